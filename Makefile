@@ -1,0 +1,62 @@
+# das2f: every entry point is a make target. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION := 2.13.0
+DATASET ?= synthetic
+EXP ?= ablation
+ARGS ?=
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow train eval predict prepare sweep report bench bench-deps clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: DATASET=$(DATASET) EXP=$(EXP) ARGS='hydra overrides'"
+
+install: $(STAMP) ## virtual environment: torch $(TORCH_VERSION) first (CPU build; a CUDA machine keeps its torch), then das2f
+
+$(STAMP): pyproject.toml
+	@if command -v nvidia-smi >/dev/null 2>&1 && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then \
+		echo "CUDA torch found: the venv uses it"; python3 -m venv --system-site-packages $(VENV); \
+	else \
+		python3 -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q torch==$(TORCH_VERSION); \
+	fi
+	$(PY) -m pip install -q -e ".[dev,sweep,tensorboard]"
+	@touch $(STAMP)
+
+test: $(STAMP) ## the test suite (CI runs exactly this); slow and GPU tests left out
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP) ## the slow tests too (DDP simulation, longer trainings)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+train: $(STAMP) ## train + test (default: the main job on the generated synthetic scene)
+	$(PY) -m das2f.train dataset=$(DATASET) $(ARGS)
+
+eval: $(STAMP) ## test metrics of a checkpoint: ARGS="ckpt_path=..."
+	$(PY) -m das2f.eval dataset=$(DATASET) $(ARGS)
+
+predict: $(STAMP) ## full-scene classification map: ARGS="ckpt_path=..."
+	$(PY) -m das2f.predict dataset=$(DATASET) $(ARGS)
+
+prepare: $(STAMP) ## cut a dataset's scenes into HDF5 patch pairs
+	$(PY) -m das2f.prepare dataset=$(DATASET) $(ARGS)
+
+sweep: $(STAMP) ## a ready sweep from experiments/ (EXP=ablation|seeds|compare), ends with its report
+	$(PY) -m das2f.train -m +sweep=$(EXP) dataset=$(DATASET) $(ARGS)
+	$(PY) -m das2f.report --latest
+
+report: $(STAMP) ## Markdown + CSV table of multirun outputs: ARGS="path/to/multirun/dir ..."
+	$(PY) -m das2f.report $(ARGS)
+
+bench-deps: $(STAMP) ## comparison baselines for the benchmark (mamba-ssm without CUDA build, mambapy)
+	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE $(PY) -m pip install -q --no-build-isolation "mamba-ssm==2.3.2.post1"
+	$(PY) -m pip install -q -e ".[bench]"
+
+bench: $(STAMP) ## scan backends, whole network, data loader: table with ratios -> bench/results/
+	$(PY) -m das2f.bench $(ARGS)
+
+clean: ## remove generated data, outputs and caches (not the venv)
+	rm -rf data logs outputs multirun wandb bench/results .pytest_cache

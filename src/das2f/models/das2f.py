@@ -1,0 +1,115 @@
+"""DAS²F: diff-attention aware state space fusion of an MS and a PAN patch (Ma et al., 2025).
+
+Input  ms (B, C_ms, P, P), pan (B, 1, ratio*P, ratio*P); output logits (B, num_classes).
+Defaults reproduce the authors' released model: 17,416,531 parameters at ``stages=2``,
+17,107,315 at ``stages=1`` (11 classes, 4 MS bands).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import CrossBlock, MixerBlock
+from .fusion import make_fusion, tokens_to_subpixels
+
+
+class PatchEmbed(nn.Module):
+    """(B, c, S, S) -> tokens (B, S/p, S/p, D): conv with kernel = stride = p, then LayerNorm."""
+
+    def __init__(self, in_channels: int, d_model: int, patch: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, d_model, patch, stride=patch)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x):
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class Stage(nn.Module):
+    """One stage: per-modality blocks (full features) and a cross block (common features)."""
+
+    def __init__(self, backbone, d_model, d_state, dt_rank, mlp_ratio, swap, scan_backend):
+        super().__init__()
+        kw = dict(backbone=backbone, d_model=d_model, d_state=d_state, dt_rank=dt_rank, mlp_ratio=mlp_ratio,
+                  scan_backend=scan_backend)
+        self.ms = MixerBlock(**kw)
+        self.pan = MixerBlock(**kw)
+        self.cross = CrossBlock(swap=swap, **kw)
+
+    def forward(self, ms, pan):
+        """-> (ms_full, pan_full, ms_common, pan_common), each (B, H, W, D)."""
+        ms_common, pan_common = self.cross(ms, pan)
+        return self.ms(ms), self.pan(pan), ms_common, pan_common
+
+
+class DAS2F(nn.Module):
+    def __init__(
+        self,
+        ms_channels: int = 4,
+        num_classes: int = 11,
+        stages: int = 2,
+        d_model: int = 64,
+        d_state: int = 24,
+        dt_rank: int = 24,
+        mlp_ratio: int = 4,
+        ms_patch: int = 16,
+        ratio: int = 4,
+        embed_patch: int = 4,
+        pan_channels: int = 4,
+        hidden: int = 1024,
+        backbone: str = "spvm",
+        fusion: str = "aalf",
+        swap: bool = True,
+        dominant: bool = True,
+        scan_backend: str = "auto",
+    ):
+        super().__init__()
+        if stages < 1:
+            raise ValueError(f"stages must be >= 1, got {stages}")
+        if d_model % 4:
+            raise ValueError(f"d_model must be divisible by 4 (2x2 sub-pixels), got {d_model}")
+        if (ms_patch * ratio) % embed_patch:
+            raise ValueError(f"the PAN patch ({ms_patch * ratio}) must be a multiple of embed_patch ({embed_patch})")
+        self.ms_channels, self.num_classes = ms_channels, num_classes
+        self.ms_patch, self.pan_patch, self.ratio = ms_patch, ms_patch * ratio, ratio
+        self.dominant = dominant
+        self.pan_expand = nn.Conv2d(1, pan_channels, 1)
+        self.embed_ms = PatchEmbed(ms_channels, d_model, embed_patch)
+        self.embed_pan = PatchEmbed(pan_channels, d_model, embed_patch)
+        self.stages = nn.ModuleList(
+            Stage(backbone, d_model, d_state, dt_rank, mlp_ratio, swap, scan_backend) for _ in range(stages)
+        )
+        channels = d_model // 4
+        self.fusions = nn.ModuleList(make_fusion(fusion, channels) for _ in range(stages))  # index = stage
+        grid = ms_patch * ratio // embed_patch  # token grid side (16)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * grid * grid * channels, hidden),
+                                        nn.Linear(hidden, num_classes))
+
+    def check_inputs(self, ms: torch.Tensor, pan: torch.Tensor) -> None:
+        p, q = self.ms_patch, self.pan_patch
+        if ms.dim() != 4 or ms.shape[1:] != (self.ms_channels, p, p):
+            raise ValueError(f"DAS2F: ms must be (B, {self.ms_channels}, {p}, {p}), got {tuple(ms.shape)}")
+        if pan.dim() != 4 or pan.shape[1:] != (1, q, q) or pan.shape[0] != ms.shape[0]:
+            raise ValueError(
+                f"DAS2F: pan must be (B={ms.shape[0]}, 1, {q}, {q}) ({self.ratio}x the MS patch), got {tuple(pan.shape)}"
+            )
+
+    def features(self, ms, pan):
+        """Fused sub-pixel features (B, 4*H*W, D/4) before the classifier."""
+        self.check_inputs(ms, pan)
+        ms = F.interpolate(ms, scale_factor=self.ratio, mode="bilinear", align_corners=False)
+        ms, pan = self.embed_ms(ms), self.embed_pan(self.pan_expand(pan))
+        dominant = []
+        for stage in self.stages:
+            ms_full, pan_full, ms, pan = stage(ms, pan)
+            if self.dominant:
+                ms_full, pan_full = ms_full - ms, pan_full - pan
+            dominant.append((tokens_to_subpixels(ms_full), tokens_to_subpixels(pan_full)))
+        f = tokens_to_subpixels((ms + pan) / 2)
+        for fusion, (ms_dom, pan_dom) in zip(reversed(self.fusions), reversed(dominant)):
+            f = fusion(ms_dom, pan_dom, f)
+        return f
+
+    def forward(self, ms, pan):
+        return self.classifier(self.features(ms, pan))
