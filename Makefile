@@ -33,7 +33,7 @@ test-slow: $(STAMP) ## the slow tests too (DDP simulation, longer trainings)
 	$(PY) -m pytest -q -m "slow or not slow"
 
 train: $(STAMP) ## train + test (default: the main job on the generated synthetic scene)
-	$(PY) -m das2f.train dataset=$(DATASET) $(ARGS)
+	$(PY) -m das2f.train dataset=$(DATASET) $(if $(filter synthetic,$(DATASET)),experiment=main) $(ARGS)
 
 eval: $(STAMP) ## test metrics of a checkpoint: ARGS="ckpt_path=..."
 	$(PY) -m das2f.eval dataset=$(DATASET) $(ARGS)
@@ -45,7 +45,7 @@ prepare: $(STAMP) ## cut a dataset's scenes into HDF5 patch pairs
 	$(PY) -m das2f.prepare dataset=$(DATASET) $(ARGS)
 
 sweep: $(STAMP) ## a ready sweep from experiments/ (EXP=ablation|seeds|compare), ends with its report
-	$(PY) -m das2f.train -m +sweep=$(EXP) dataset=$(DATASET) $(ARGS)
+	$(PY) -m das2f.train -m +experiments=$(EXP) dataset=$(DATASET) $(ARGS)
 	$(PY) -m das2f.report --latest
 
 report: $(STAMP) ## Markdown + CSV table of multirun outputs: ARGS="path/to/multirun/dir ..."

@@ -1,0 +1,224 @@
+"""`python -m das2f.bench` (make bench): side-by-side timings in ONE run, as ratios.
+
+1. One selective scan at the model's size (batch 64, 4 directions x 64 channels, N=24, L=256),
+   forward and forward+backward, time and peak memory: our torch backend, our reference loop,
+   mamba-ssm's selective_scan_ref (loaded without its CUDA module) and mambapy's pscan, where
+   installed (`make bench-deps`).
+2. The whole network: training step and inference, samples/s at batch 64.
+3. The data loader: samples/s from the prepared synthetic train file with 2 workers; bytes per
+   sample on disk against raw float32.
+Writes bench/results/bench-<date>.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import importlib.util
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import psutil
+import torch
+
+from .models import DAS2F
+from .models.scan import selective_scan_reference, selective_scan_torch
+
+
+class PeakRSS:
+    """Peak resident memory above the starting point, sampled every millisecond."""
+
+    def __enter__(self):
+        gc.collect()
+        self.proc, self.base, self.peak, self.run = psutil.Process(), psutil.Process().memory_info().rss, 0, True
+        self.t = threading.Thread(target=self._watch, daemon=True)
+        self.t.start()
+        return self
+
+    def _watch(self):
+        while self.run:
+            self.peak = max(self.peak, self.proc.memory_info().rss - self.base)
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self.run = False
+        self.t.join()
+
+
+def scan_inputs(b=64, d=256, g=4, n=24, length=256, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    A = -torch.arange(1, n + 1, dtype=torch.float32).repeat(d, 1)
+    return dict(u=r(b, d, length), delta=r(b, d, length) * 0.5 - 4, A=A, B=r(b, g, n, length), C=r(b, g, n, length),
+                D=torch.ones(d), delta_bias=0.1 * r(d))
+
+
+def mamba_ref():
+    """mamba-ssm's selective_scan_ref without importing its CUDA extension (a stub module)."""
+    if importlib.util.find_spec("mamba_ssm") is None:
+        return None
+    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+    spec = importlib.util.find_spec("mamba_ssm.ops.selective_scan_interface")
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as err:  # noqa: BLE001 - reported in the table, not hidden
+        print(f"mamba-ssm selective_scan_ref unavailable: {err}")
+        return None
+    return lambda u, delta, A, B, C, D, delta_bias: mod.selective_scan_ref(
+        u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=True)
+
+
+def mambapy_scan():
+    if importlib.util.find_spec("mambapy") is None:
+        return None
+    from mambapy.pscan import pscan
+    import torch.nn.functional as F
+
+    def run(u, delta, A, B, C, D, delta_bias):
+        b, d, length = u.shape
+        g = B.shape[1]
+        delta = F.softplus(delta + delta_bias[:, None]).transpose(1, 2)  # (B, L, D)
+        dA = torch.exp(delta.unsqueeze(-1) * A)  # (B, L, D, N)
+        Bx = B.repeat_interleave(d // g, 1).permute(0, 3, 1, 2)  # (B, L, D, N)
+        Cx = C.repeat_interleave(d // g, 1).permute(0, 3, 1, 2)
+        hs = pscan(dA, delta.unsqueeze(-1) * Bx * u.transpose(1, 2).unsqueeze(-1))
+        return ((hs * Cx).sum(-1) + D * u.transpose(1, 2)).transpose(1, 2)
+
+    return run
+
+
+def time_scan(fn, x, backward: bool, repeats: int):
+    best, peak = float("inf"), 0
+    for _ in range(repeats):
+        xs = {k: v.clone().requires_grad_(backward) for k, v in x.items()}
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            with torch.set_grad_enabled(backward):
+                y = fn(**xs)
+                if backward:
+                    y.sum().backward()
+            best = min(best, time.perf_counter() - t)
+        peak = max(peak, mem.peak)
+    return best, peak / 2**20
+
+
+def bench_scans(quick: bool) -> list[tuple]:
+    x = scan_inputs()
+    candidates = [
+        ("das2f torch", lambda **k: selective_scan_torch(**k, delta_softplus=True)),
+        ("das2f reference (loop)", lambda **k: selective_scan_reference(**k, delta_softplus=True)),
+        ("mambapy 1.2 pscan", mambapy_scan()),
+        ("mamba-ssm selective_scan_ref", mamba_ref()),
+    ]
+    rows = []
+    for name, fn in candidates:
+        if fn is None:
+            rows.append((name, None, None, None, None))
+            continue
+        slow = "selective_scan_ref" in name
+        if slow and quick:
+            rows.append((name + " (skipped: --quick)", None, None, None, None))
+            continue
+        f, fm = time_scan(fn, x, False, 1 if slow else 3)
+        fb, fbm = time_scan(fn, x, True, 1 if slow else 3)
+        rows.append((name, f, fm, fb, fbm))
+        print(f"{name}: fwd {f:.3f} s, fwd+bwd {fb:.3f} s, peak {fbm:.0f} MB", flush=True)
+    return rows
+
+
+def bench_network(batch=64, stages=2, steps=3):
+    torch.manual_seed(0)
+    net = DAS2F(stages=stages)
+    opt = torch.optim.Adam(net.parameters())
+    ms, pan, y = torch.randn(batch, 4, 16, 16), torch.randn(batch, 1, 64, 64), torch.randint(0, 11, (batch,))
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        torch.nn.functional.cross_entropy(net(ms, pan), y).backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t)
+    train = batch / min(times[1:])
+    net.eval()
+    with torch.no_grad():
+        times = []
+        for _ in range(steps + 1):
+            t = time.perf_counter()
+            net(ms, pan)
+            times.append(time.perf_counter() - t)
+    return train, batch / min(times[1:])
+
+
+def bench_loader(root: Path):
+    from .data.datamodule import MsPanDataModule
+    from .data.prepare import prepare_dataset
+    from .data.synthetic import CLASS_NAMES
+
+    raw = root / "data" / "synthetic" / "raw"
+    cfg = {"name": "synthetic", "classes": CLASS_NAMES, "class_values": None, "ignore_value": 0, "ms_channels": 4,
+           "ratio": 4, "ms_patch": 16, "seed": 0, "split": {"train": 2000, "val": 10, "test": 10},
+           "generate": {"size": 192, "seed": 0}, "raw_dir": str(raw), "prepared_dir": str(root / "data" / "bench"),
+           "scenes": [{"name": "synthetic", "ms": str(raw / "ms.npy"), "pan": str(raw / "pan.npy"),
+                       "label": str(raw / "label.npy")}]}
+    t = time.perf_counter()
+    paths = prepare_dataset(cfg, force=True)
+    prep = time.perf_counter() - t
+    dm = MsPanDataModule(cfg, batch_size=256, num_workers=2, prepare=False)
+    dm.setup()
+    n_train = len(dm.sets["train"])
+    loader = dm.train_dataloader()
+    for _ in loader:  # warm-up epoch: workers start, page cache
+        pass
+    t, n = time.perf_counter(), 0
+    for _ in range(3):
+        for batch in loader:
+            n += len(batch["label"])
+    rate = n / (time.perf_counter() - t)
+    n_all = sum(len(s) for s in dm.sets.values())
+    disk = sum(p.stat().st_size for p in paths.values()) / n_all
+    raw32 = (4 * 16 * 16 + 64 * 64) * 4
+    return rate, n_all / prep, disk, raw32, n_train
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="skip mamba-ssm's selective_scan_ref (about 2 minutes)")
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    today = dt.date.today().isoformat()
+    lines = [f"# das2f benchmark, {today}", "",
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {psutil.cpu_count()} CPUs; one run, side by side.",
+             "", "## Selective scan, batch 64, D = 4 x 64, N = 24, L = 256, float32", "",
+             "| implementation | fwd s | fwd+bwd s | peak MB (fwd+bwd) | fwd+bwd vs das2f torch |", "|---|---|---|---|---|"]
+    rows = bench_scans(args.quick)
+    ours = rows[0][3]
+    for name, f, fm, fb, fbm in rows:
+        if f is None:
+            lines.append(f"| {name} | not installed | | | |" if "skipped" not in name else f"| {name} | | | | |")
+        else:
+            lines.append(f"| {name} | {f:.3f} | {fb:.3f} | {fbm:.0f} | {fb / ours:.1f}x slower |" if fb != ours
+                         else f"| {name} | {f:.3f} | {fb:.3f} | {fbm:.0f} | 1.0x |")
+    lines += ["", "## Whole network (DAS²F, 11 classes, 4 bands), batch 64", "", "| model | train samples/s | inference samples/s |", "|---|---|---|"]
+    for stages in (2, 1):
+        tr, inf = bench_network(stages=stages)
+        print(f"stages={stages}: train {tr:.1f} samples/s, inference {inf:.1f} samples/s", flush=True)
+        lines.append(f"| stages={stages} | {tr:.1f} | {inf:.1f} |")
+    rate, prep, disk, raw32, _ = bench_loader(Path("."))
+    lines += ["", "## Data", "", f"- loader, 2 workers, batch 256: {rate:,.0f} samples/s "
+              f"({rate / max(tr, 1e-9):,.0f}x the 1-stage training rate above)",
+              f"- preparation (cut + lzf write): {prep:,.0f} samples/s",
+              f"- on disk: {disk:,.0f} bytes/sample vs {raw32:,} raw float32 ({raw32 / disk:.1f}x smaller)"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{today}.md"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""`python -m das2f.report DIR [DIR ...] | --latest`: the paper's tables from multirun outputs.
+
+One row per configuration (dataset, backbone, fusion, cmda, stages, dominant), mean ± std over
+seeds of OA, AA, kappa and per-class accuracy; the best mean of each column in bold. Writes
+report.md and report.csv into the first directory (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+KEYS = ("dataset", "backbone", "fusion", "cmda", "stages", "dominant")
+
+
+def collect(dirs: list[Path]) -> list[dict]:
+    runs = []
+    for d in dirs:
+        runs += [json.loads(p.read_text()) for p in sorted(Path(d).rglob("metrics.json"))]
+    if not runs:
+        raise FileNotFoundError(f"no metrics.json under {[str(d) for d in dirs]}: did the runs finish their test?")
+    return runs
+
+
+def table(runs: list[dict]) -> tuple[list[str], list[list]]:
+    groups = defaultdict(list)
+    for r in runs:
+        groups[tuple(r[k] for k in KEYS)].append(r)
+    class_names = runs[0]["class_names"]
+    metrics = ["test/oa", "test/aa", "test/kappa"] + [f"test/acc_{c}" for c in class_names]
+    header = [*KEYS, "seeds", *(m.split("/")[1] for m in metrics)]
+    rows = []
+    for key, rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        row = [*key, len(rs)]
+        for m in metrics:
+            vals = np.array([r["metrics"][m] for r in rs if m in r["metrics"]], dtype=float)
+            scale = 1 if m == "test/kappa" else 100
+            row.append((scale * vals.mean(), scale * vals.std(ddof=1) if len(vals) > 1 else float("nan")))
+        rows.append(row)
+    return header, rows
+
+
+def write(header, rows, out: Path) -> tuple[Path, Path]:
+    n_keys = len(KEYS) + 1
+    best = [max(r[i][0] for r in rows) for i in range(n_keys, len(header))]
+    fmt = lambda v, i: f"{v[0]:.4f} ± {v[1]:.4f}" if header[i] == "kappa" else f"{v[0]:.2f} ± {v[1]:.2f}"  # noqa
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [str(c) for c in r[:n_keys]]
+        for i in range(n_keys, len(header)):
+            s = fmt(r[i], i)
+            cells.append(f"**{s}**" if r[i][0] == best[i - n_keys] and len(rows) > 1 else s)
+        md.append("| " + " | ".join(cells) + " |")
+    md_path, csv_path = out / "report.md", out / "report.csv"
+    md_path.write_text("\n".join(md) + "\n\nmean ± std over seeds (std: sample, n-1); bold: best mean per column.\n")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(list(header[:n_keys]) + [f"{h}_{s}" for h in header[n_keys:] for s in ("mean", "std")])
+        for r in rows:
+            w.writerow(list(r[:n_keys]) + [x for v in r[n_keys:] for x in v])
+    return md_path, csv_path
+
+
+def latest_multirun(root: Path = Path("logs")) -> Path:
+    dirs = sorted(root.glob("*/multiruns/*"), key=lambda p: p.stat().st_mtime)
+    if not dirs:
+        raise FileNotFoundError(f"no multirun directory under {root}/*/multiruns/")
+    return dirs[-1]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dirs", nargs="*", type=Path)
+    ap.add_argument("--latest", action="store_true", help="the newest logs/*/multiruns/* directory")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    dirs = args.dirs or ([latest_multirun()] if args.latest else [])
+    if not dirs:
+        ap.error("give multirun directories or --latest")
+    header, rows = table(collect(dirs))
+    md, csv_path = write(header, rows, args.out or dirs[0])
+    print(md.read_text())
+    print(f"written: {md} and {csv_path}")
+
+
+if __name__ == "__main__":
+    main()

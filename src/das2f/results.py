@@ -1,0 +1,64 @@
+"""What a run leaves behind: metrics.json, config.yaml, the confusion matrix; the console summary."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+
+def write_results(cfg, metrics: dict, model) -> Path:
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    choices = {k: cfg.get(k, {}).get("name") for k in ("backbone", "fusion")}
+    summary = {
+        "dataset": cfg.dataset.name, "seed": int(cfg.seed), "stages": int(cfg.model.net.stages),
+        "backbone": choices["backbone"], "fusion": choices["fusion"], "cmda": "swap" if cfg.cmda.swap else "none",
+        "dominant": bool(cfg.model.net.dominant), "class_names": list(model.class_names), "metrics": metrics,
+    }
+    if getattr(model, "test_confusion", None) is not None:
+        summary["test_confusion"] = model.test_confusion.tolist()
+        save_confusion_figure(model.test_confusion, model.class_names, out / "test_confusion.png")
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    return out
+
+
+def save_confusion_figure(conf, class_names, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conf = conf.float()
+    norm = conf / conf.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(class_names), 1 + 0.6 * len(class_names)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            ax.text(j, i, int(conf[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_results(metrics: dict, class_names: list[str], out: Path, console: Console | None = None) -> None:
+    console = console or Console()
+    t = Table(title="test metrics (best-on-validation checkpoint)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k in ("test/oa", "test/aa", "test/kappa", "test/f1"):
+        if k in metrics:
+            t.add_row(k.split("/")[1].upper(), f"{100 * metrics[k]:.2f}" if k != "test/kappa" else f"{metrics[k]:.4f}")
+    for name in class_names:
+        if f"test/acc_{name}" in metrics:
+            t.add_row(f"acc {name}", f"{100 * metrics[f'test/acc_{name}']:.2f}")
+    console.print(t)
+    console.print(f"outputs: {out} (metrics.json, config.yaml, checkpoints/, csv/, test_confusion.png)")

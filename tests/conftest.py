@@ -1,0 +1,38 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def small_dataset_cfg(tmp_path: Path, size: int = 48, split=None, **extra) -> dict:
+    """A synthetic dataset config writing under tmp_path (a 48x48 MS scene)."""
+    raw = tmp_path / "raw"
+    cfg = {
+        "name": "synthetic", "classes": ["water", "grass", "crop", "forest", "shrub", "urban", "bare_soil", "road"],
+        "class_values": None, "ignore_value": 0, "ms_channels": 4, "ratio": 4, "ms_patch": 16, "seed": 0,
+        "split": split or {"train": 12, "val": 4, "test": 8}, "generate": {"size": size, "seed": 0},
+        "raw_dir": str(raw), "prepared_dir": str(tmp_path / "prepared"), "layout": "generated",
+        "scenes": [{"name": "synthetic", "ms": str(raw / "ms.npy"), "pan": str(raw / "pan.npy"),
+                    "label": str(raw / "label.npy")}],
+    }
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.fixture
+def tiny_scene(tmp_path):
+    """A hand-made 10x12 scene: MS value encodes (band, row, col), PAN encodes (row, col)."""
+    h, w = 10, 12
+    ms = np.zeros((h, w, 3), np.uint16)
+    for b in range(3):
+        ms[..., b] = b * 1000 + np.arange(h)[:, None] * 20 + np.arange(w)[None, :]
+    pan = (np.arange(4 * h)[:, None] * 100 + np.arange(4 * w)[None, :]).astype(np.uint16)
+    label = np.zeros((h, w), np.uint8)
+    label[1:9, 1:5] = 1
+    label[1:9, 6:11] = 2
+    for name, arr in (("ms", ms), ("pan", pan), ("label", label)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    return tmp_path, ms, pan, label
