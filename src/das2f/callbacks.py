@@ -13,17 +13,18 @@ class EpochSummary(L.Callback):
     """Logs one line per epoch: epoch, time, samples/s, train loss, validation OA / AA / kappa."""
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._t0, self._n = time.perf_counter(), 0
+        self._t0, self._n, self._loss = time.perf_counter(), 0, 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._n += len(batch["label"])
+        n = len(batch["label"])
+        self._n += n
+        self._loss += float(outputs["loss"]) * n
 
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or not hasattr(self, "_t0"):
-            return
+    def on_train_epoch_end(self, trainer, pl_module):
+        # runs after this epoch's validation loop, so the val metrics are this epoch's
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         dt = time.perf_counter() - self._t0
         log.info("epoch %d/%d: %.0f s, %.1f samples/s, train/loss %.4f, val/oa %.4f, val/aa %.4f, val/kappa %.4f",
                  trainer.current_epoch + 1, trainer.max_epochs, dt, self._n / max(dt, 1e-9),
-                 m.get("train/loss_epoch", float("nan")), m.get("val/oa", float("nan")),
+                 self._loss / max(self._n, 1), m.get("val/oa", float("nan")),
                  m.get("val/aa", float("nan")), m.get("val/kappa", float("nan")))

@@ -1,0 +1,1 @@
+"""Scenes -> pre-cut HDF5 patch pairs -> streamed batches."""

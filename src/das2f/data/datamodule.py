@@ -1,0 +1,191 @@
+"""Streaming HDF5 patch pairs into batches: lazy per-worker handles, chunk-shuffled contiguous reads."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import h5py
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .hdf5 import read_attrs
+from .prepare import prepare_dataset, split_paths
+
+
+class H5PatchDataset(Dataset):
+    """Reads batches of patch pairs; an item is a sorted index array (from a batch sampler).
+
+    The file opens lazily in the process that reads (each DataLoader worker) and the handle is
+    dropped on pickling, so no h5py handle ever crosses a fork.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.attrs = read_attrs(self.path)  # validates the file before any training starts
+        self.n = int(self.attrs["n"])
+        self._f = None
+
+    def __len__(self):
+        return self.n
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_f"] = None
+        return state
+
+    def _file(self):
+        if self._f is None:
+            self._f = h5py.File(self.path, "r")
+        return self._f
+
+    def __getitem__(self, idx) -> dict:
+        idx = np.sort(np.atleast_1d(np.asarray(idx, dtype=np.int64)))
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        f = self._file()
+        sel = idx - lo  # one contiguous read of [lo, hi), then pick
+        out = {k: f[k][lo:hi][sel] for k in ("ms", "pan", "label", "coord")}
+        return {"ms": torch.from_numpy(out["ms"].astype(np.float32)),
+                "pan": torch.from_numpy(out["pan"].astype(np.float32)),
+                "label": torch.from_numpy(out["label"]), "coord": torch.from_numpy(out["coord"])}
+
+
+class ChunkBatchSampler(Sampler):
+    """Batches of indices that each lie inside one window of ``window`` consecutive samples.
+
+    Shuffles window order every epoch (seeded by seed + epoch) and the samples within each
+    window; with ``shuffle=False`` yields file order. Under DDP (rank/world_size given or read
+    from torch.distributed) each rank takes every world_size-th window, padded to equal length.
+    """
+
+    def __init__(self, n: int, batch_size: int, window: int = 512, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, rank: int | None = None, world_size: int | None = None):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank = torch.distributed.get_rank() if rank is None else rank
+            world_size = torch.distributed.get_world_size() if world_size is None else world_size
+        self.rank, self.world_size = rank or 0, world_size or 1
+        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+        self.window = max(window - window % batch_size, batch_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _windows(self):
+        starts = np.arange(0, self.n, self.window)
+        if self.shuffle:
+            starts = np.random.default_rng([self.seed, self.epoch]).permutation(starts)
+        per_rank = math.ceil(len(starts) / self.world_size)
+        starts = np.resize(starts, per_rank * self.world_size) if self.world_size > 1 else starts
+        return starts[self.rank::self.world_size]
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        for s in self._windows():
+            idx = np.arange(s, min(s + self.window, self.n))
+            if self.shuffle:
+                rng.shuffle(idx)
+            for b in range(0, len(idx), self.batch_size):
+                batch = idx[b:b + self.batch_size]
+                if self.drop_last and len(batch) < self.batch_size:
+                    continue
+                yield batch
+        self.epoch += 1 if self.shuffle else 0
+
+    def __len__(self):
+        return sum(
+            (min(self.window, self.n - s) // self.batch_size) if self.drop_last
+            else math.ceil(min(self.window, self.n - s) / self.batch_size)
+            for s in self._windows()
+        )
+
+
+class MsPanDataModule(L.LightningDataModule):
+    """Prepared splits of one dataset. Batches: dicts with ms, pan (normalised), label, coord."""
+
+    def __init__(self, dataset: dict, batch_size: int = 64, num_workers: int = 2, normalization: str = "minmax",
+                 augment: bool = True, window: int = 512, seed: int = 0, prepare: bool = True):
+        super().__init__()
+        if normalization not in ("minmax", "zscore"):
+            raise ValueError(f"normalization must be 'minmax' or 'zscore', got {normalization!r}")
+        self.cfg = dict(dataset)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.normalization, self.augment, self.window, self.seed = normalization, augment, window, seed
+        self.do_prepare = prepare
+        self.paths = split_paths(self.cfg)
+        self.sets: dict[str, H5PatchDataset] = {}
+
+    def prepare_data(self):
+        if self.do_prepare:
+            prepare_dataset(self.cfg)
+
+    def setup(self, stage=None):
+        for split, path in self.paths.items():
+            if split not in self.sets:
+                self.sets[split] = H5PatchDataset(path)
+        a = self.sets["train"].attrs
+        if self.normalization == "minmax":
+            shift = np.concatenate([a["ms_min"], a["pan_min"]])
+            scale = np.concatenate([a["ms_max"], a["pan_max"]]) - shift
+        else:
+            shift = np.concatenate([a["ms_mean"], a["pan_mean"]])
+            scale = np.concatenate([a["ms_std"], a["pan_std"]])
+        scale = np.where(scale > 0, scale, 1.0)
+        self.shift = torch.tensor(shift, dtype=torch.float32)
+        self.scale = torch.tensor(scale, dtype=torch.float32)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.sets["train"].attrs["class_names"]) if self.sets else list(self.cfg["classes"])
+
+    @property
+    def ms_channels(self) -> int:
+        return int(self.sets["train"].attrs["ms_shape"][0])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.sets[split]
+        sampler = ChunkBatchSampler(len(ds), self.batch_size, self.window, shuffle=shuffle, seed=self.seed)
+        return DataLoader(ds, batch_size=None, sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+    def normalize(self, batch: dict) -> dict:
+        c = batch["ms"].shape[1]
+        shift, scale = self.shift.to(batch["ms"].device), self.scale.to(batch["ms"].device)
+        batch["ms"] = (batch["ms"] - shift[:c, None, None]) / scale[:c, None, None]
+        batch["pan"] = (batch["pan"] - shift[c:, None, None]) / scale[c:, None, None]
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        batch = self.normalize(batch)
+        if self.augment and self.trainer is not None and self.trainer.training:
+            batch = joint_flip_rotate(batch)
+        return batch
+
+
+def joint_flip_rotate(batch: dict, generator: torch.Generator | None = None) -> dict:
+    """The same random horizontal flip and k*90° rotation for MS and PAN of each sample."""
+    ms, pan = batch["ms"], batch["pan"]
+    n = ms.shape[0]
+    k = torch.randint(0, 4, (n,), generator=generator)
+    flip = torch.randint(0, 2, (n,), generator=generator).bool()
+    ms_out, pan_out = ms.clone(), pan.clone()
+    for kk in range(4):
+        for ff in (False, True):
+            sel = ((k == kk) & (flip == ff)).nonzero().flatten().to(ms.device)
+            if len(sel):
+                m, p = ms[sel], pan[sel]
+                if ff:
+                    m, p = m.flip(-1), p.flip(-1)
+                ms_out[sel], pan_out[sel] = torch.rot90(m, kk, (-2, -1)), torch.rot90(p, kk, (-2, -1))
+    batch["ms"], batch["pan"] = ms_out, pan_out
+    return batch

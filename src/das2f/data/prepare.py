@@ -1,0 +1,148 @@
+"""Scenes -> train.h5 / val.h5 / test.h5, streaming one scene and one block of patches at a time."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from .hdf5 import FORMAT_VERSION, PatchFileError, PatchWriter, RunningStats, read_attrs
+from .patches import PatchCutter
+from .readers import SceneError
+from .scenes import file_fingerprint, load_scene, validate_scene
+from .split import SPLITS, map_coords, stratified_split
+from .synthetic import write_scene
+
+log = logging.getLogger(__name__)
+BLOCK = 2048  # patches cut and written per block: bounds memory next to the scene
+
+
+def _spec_files(spec: dict) -> list[str]:
+    return [str(spec[k]) for k in ("ms", "pan", "image", "label", "train", "val", "test") if spec.get(k)]
+
+
+def _fingerprint(cfg: dict, files: list[str]) -> str:
+    rule = {k: cfg[k] for k in ("classes", "class_values", "ignore_value", "split", "seed", "ms_patch", "ratio")}
+    h = hashlib.sha256(json.dumps(rule, sort_keys=True, default=str).encode())
+    for f in files:
+        h.update(f"{f}:{file_fingerprint(f)}".encode())
+    return h.hexdigest()[:20]
+
+
+def split_paths(cfg: dict) -> dict[str, Path]:
+    out = Path(cfg["prepared_dir"])
+    return {s: out / f"{s}.h5" for s in SPLITS}
+
+
+def _coords_by_split(scene, values: list[int], split_rule: dict, seed: int) -> dict[str, np.ndarray]:
+    if "label" in scene.maps:
+        return stratified_split(scene.maps["label"], values, split_rule, seed)
+    return {s: map_coords(scene.maps[s], values) if s in scene.maps else np.empty((0, 2), np.int32) for s in SPLITS}
+
+
+def _map_for(scene, split: str) -> np.ndarray:
+    return scene.maps["label"] if "label" in scene.maps else scene.maps[split]
+
+
+def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = None) -> dict[str, Path]:
+    """Write the dataset's split files (see hdf5.py); skip when they exist with the same fingerprint."""
+    console = console or Console()
+    cfg = dict(cfg)
+    if cfg.get("generate"):
+        write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
+    classes = list(cfg["classes"])
+    values = list(cfg.get("class_values") or range(1, len(classes) + 1))
+    cfg["class_values"] = values
+    if len(values) != len(classes):
+        raise ValueError(f"dataset {cfg['name']}: {len(classes)} class names but {len(values)} class_values")
+    ratio, seed = int(cfg["ratio"]), int(cfg["seed"])
+    specs = list(cfg["scenes"])
+    if not specs:
+        raise ValueError(f"dataset {cfg['name']}: no scenes configured")
+    files = [f for s in specs for f in _spec_files(s)]
+    for f in files:  # every input exists before any work starts
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"dataset {cfg['name']}: input file not found: {f} ({cfg.get('layout', '')})")
+    fingerprint = _fingerprint(cfg, files)
+    paths = split_paths(cfg)
+    if not force and all(p.exists() for p in paths.values()):
+        try:
+            if all(read_attrs(p).get("fingerprint") == fingerprint for p in paths.values()):
+                log.info("prepared files up to date, skipping (force=true rebuilds): %s", cfg["prepared_dir"])
+                return paths
+        except PatchFileError as err:
+            log.warning("rebuilding: %s", err)
+
+    # pass 1: read and validate every scene, draw the split, count classes; nothing written yet
+    coords, shapes, meta = [], None, []
+    counts = {s: np.zeros(len(values), np.int64) for s in SPLITS}
+    for spec in specs:
+        scene = load_scene(spec, ratio)
+        validate_scene(scene, ratio)
+        c = _coords_by_split(scene, values, cfg["split"], seed)
+        coords.append(c)
+        for s, xy in c.items():
+            if len(xy):
+                v = _map_for(scene, s)[xy[:, 0], xy[:, 1]]
+                counts[s] += np.array([(v == x).sum() for x in values])
+        ms_shape = (scene.ms.data.shape[0], cfg["ms_patch"], cfg["ms_patch"])
+        if shapes and shapes[0] != ms_shape:
+            raise SceneError(f"scene {scene.name}: {ms_shape[0]} MS bands, the first scene has {shapes[0][0]}")
+        shapes = (ms_shape, (1, cfg["ms_patch"] * ratio, cfg["ms_patch"] * ratio), scene.ms.data.dtype, scene.pan.data.dtype)
+        meta.append({"name": scene.name, "files": _spec_files(spec), "ms_size": list(scene.ms.data.shape),
+                     "georeferenced": scene.ms.georeferenced})
+    absent = [classes[k] for k in range(len(values)) if counts["train"][k] == 0]
+    if absent:
+        raise SceneError(f"dataset {cfg['name']}: classes {absent} have no training pixel; "
+                         f"every configured class must be present in train (labels {values})")
+
+    # pass 2: cut and write, one scene in memory at a time
+    Path(cfg["prepared_dir"]).mkdir(parents=True, exist_ok=True)
+    writers = {s: PatchWriter(paths[s], *shapes) for s in SPLITS}
+    stats = {"ms": RunningStats(shapes[0][0]), "pan": RunningStats(1)}
+    total = sum(len(c[s]) for c in coords for s in SPLITS)
+    try:
+        with Progress(console=console, transient=False) as progress:
+            task = progress.add_task(f"cutting {cfg['name']}", total=total)
+            for i, spec in enumerate(specs):
+                scene = load_scene(spec, ratio)
+                cutter = PatchCutter(scene.ms.data, scene.pan.data, cfg["ms_patch"], ratio)
+                for s in SPLITS:
+                    xy = coords[i][s]
+                    if s != "test":  # train/val stored in a seeded random order: any chunk is a random sample
+                        xy = xy[np.random.default_rng([seed, i, SPLITS.index(s)]).permutation(len(xy))]
+                    lab = _map_for(scene, s) if len(xy) else None
+                    for b in range(0, len(xy), BLOCK):
+                        block = xy[b:b + BLOCK]
+                        ms, pan = cutter.cut(block)
+                        raw = lab[block[:, 0], block[:, 1]]
+                        label = np.searchsorted(np.array(values), raw)
+                        writers[s].append(ms=ms, pan=pan, label=label, coord=block,
+                                          scene=np.full(len(block), i, np.int16))
+                        if s == "train":
+                            stats["ms"].update(ms)
+                            stats["pan"].update(pan)
+                        progress.advance(task, len(block))
+        attrs = {"format_version": FORMAT_VERSION, "dataset": cfg["name"], "class_names": classes,
+                 "class_values": values, "ms_patch": cfg["ms_patch"], "pan_patch": cfg["ms_patch"] * ratio,
+                 "ratio": ratio, "scenes": meta, "split_seed": seed, "split_rule": dict(cfg["split"]),
+                 "fingerprint": fingerprint, **stats["ms"].as_attrs("ms"), **stats["pan"].as_attrs("pan")}
+        for s in SPLITS:
+            writers[s].close(attrs)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    table = Table(title=f"{cfg['name']}: samples per class and split")
+    for col in ("class", *SPLITS):
+        table.add_column(col, justify="right" if col != "class" else "left")
+    for k, name in enumerate(classes):
+        table.add_row(name, *(str(counts[s][k]) for s in SPLITS))
+    table.add_row("total", *(str(counts[s].sum()) for s in SPLITS))
+    console.print(table)
+    return paths

@@ -1,0 +1,97 @@
+"""Scene readers: GeoTIFF (georeferencing kept), MATLAB .mat (v5 and v7.3), NumPy .npy.
+
+Every reader returns a :class:`Raster`: ``data`` as (C, H, W) for images, (H, W) for label maps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+KNOWN_DTYPES = (np.uint8, np.uint16, np.int16, np.int32, np.uint32, np.float32, np.float64)
+
+
+class SceneError(ValueError):
+    """A scene file that cannot be used; the message names the file, the value and what was expected."""
+
+
+@dataclass
+class Raster:
+    data: np.ndarray
+    path: Path
+    profile: dict = field(default_factory=dict)  # rasterio profile (crs, transform) when georeferenced
+
+    @property
+    def georeferenced(self) -> bool:
+        return bool(self.profile.get("crs"))
+
+
+def _channels_first(arr: np.ndarray, path: Path, band_axis: int | None) -> np.ndarray:
+    if arr.ndim == 2:
+        return arr[None]
+    if arr.ndim != 3:
+        raise SceneError(f"{path}: image has shape {arr.shape}, expected 2 or 3 dimensions")
+    if band_axis is None:  # the band axis is the one much smaller than the two spatial ones
+        band_axis = int(np.argmin(arr.shape))
+        if arr.shape[band_axis] > 64:
+            raise SceneError(f"{path}: cannot tell the band axis of shape {arr.shape}; set band_axis explicitly")
+    return np.moveaxis(arr, band_axis, 0)
+
+
+def _read_mat(path: Path, key: str | None) -> np.ndarray:
+    try:
+        from scipy.io import loadmat
+
+        content = {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
+    except NotImplementedError:  # v7.3 is HDF5; MATLAB stores arrays transposed
+        with h5py.File(path, "r") as f:
+            content = {k: np.asarray(f[k]).T for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+    arrays = {k: v for k, v in content.items() if isinstance(v, np.ndarray) and v.ndim >= 2}
+    if key is None:
+        if len(arrays) != 1:
+            raise SceneError(f"{path}: holds arrays {sorted(arrays)}; name one with `key`")
+        key = next(iter(arrays))
+    if key not in arrays:
+        raise SceneError(f"{path}: no array {key!r}; it holds {sorted(arrays)}")
+    return arrays[key]
+
+
+def read_raster(path: str | Path, *, key: str | None = None, band_axis: int | None = None,
+                bands: list[int] | None = None, label: bool = False) -> Raster:
+    """Read an image (-> (C, H, W)) or, with ``label=True``, a label map (-> (H, W))."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"scene file not found: {path}")
+    suffix = path.suffix.lower()
+    profile: dict = {}
+    if suffix in (".tif", ".tiff"):
+        import rasterio
+
+        with rasterio.open(path) as src:
+            arr = src.read()  # (C, H, W)
+            if src.crs is not None:
+                profile = {"crs": src.crs, "transform": src.transform}
+        band_axis = 0
+    elif suffix == ".mat":
+        arr = _read_mat(path, key)
+    elif suffix == ".npy":
+        arr = np.load(path, mmap_mode="r")
+    else:
+        raise SceneError(f"{path}: unknown format {suffix!r}, expected .tif, .tiff, .mat or .npy")
+    arr = np.asarray(arr)
+    if not any(arr.dtype == d for d in KNOWN_DTYPES):
+        raise SceneError(f"{path}: dtype {arr.dtype}, expected one of {[np.dtype(d).name for d in KNOWN_DTYPES]}")
+    if label:
+        arr = arr[0] if arr.ndim == 3 and arr.shape[0] == 1 else arr
+        if arr.ndim != 2:
+            raise SceneError(f"{path}: label map has shape {arr.shape}, expected (H, W)")
+        return Raster(arr, path, profile)
+    arr = _channels_first(arr, path, band_axis)
+    if bands is not None:
+        arr = arr[list(bands)]
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise SceneError(f"{path}: {bad} non-finite values (NaN/inf); expected finite values everywhere")
+    return Raster(np.ascontiguousarray(arr), path, profile)
