@@ -9,10 +9,10 @@ ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow train eval predict prepare sweep report bench bench-deps clean
+.PHONY: help install test test-slow train eval predict prepare sweep report bench bench-deps experiment-gid5 experiment-wv2 clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) EXP=$(EXP) ARGS='hydra overrides'"
 
 install: $(STAMP) ## virtual environment: torch $(TORCH_VERSION) first (CPU build; a CUDA machine keeps its torch), then das2f
@@ -38,7 +38,7 @@ train: $(STAMP) ## train + test (default: the main job on the generated syntheti
 eval: $(STAMP) ## test metrics of a checkpoint: ARGS="ckpt_path=..."
 	$(PY) -m das2f.eval dataset=$(DATASET) $(ARGS)
 
-predict: $(STAMP) ## full-scene classification map: ARGS="ckpt_path=..."
+predict: $(STAMP) ## full-scene classification maps of a dataset's scenes: ARGS="ckpt_path=... [scenes=[a,b]] [stats=scene]"
 	$(PY) -m das2f.predict dataset=$(DATASET) $(ARGS)
 
 prepare: $(STAMP) ## cut a dataset's scenes into HDF5 patch pairs
@@ -57,6 +57,12 @@ bench-deps: $(STAMP) ## comparison baselines for the benchmark (mamba-ssm withou
 
 bench: $(STAMP) ## scan backends, whole network, data loader: table with ratios -> bench/results/
 	$(PY) -m das2f.bench $(ARGS)
+
+experiment-gid5: $(STAMP) ## real Gaofen-2 tiles split by tile: DAS²F, CNN, ablations -> experiments/gid5/results/ (VARIANTS=, SEEDS=)
+	PY=$(PY) bash experiments/gid5/run.sh $(ARGS)
+
+experiment-wv2: $(STAMP) ## real WorldView-2 scene, full map with the main job's model -> experiments/wv2/results/
+	PY=$(PY) bash experiments/wv2/run.sh $(ARGS)
 
 clean: ## remove generated data, outputs and caches (not the venv)
 	rm -rf data logs outputs multirun wandb bench/results .pytest_cache

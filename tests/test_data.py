@@ -181,6 +181,11 @@ def test_sampler_shuffles_by_epoch_and_splits_ranks():
     r0 = [i for b in ChunkBatchSampler(100, 8, 32, seed=1, rank=0, world_size=2) for i in b]
     r1 = [i for b in ChunkBatchSampler(100, 8, 32, seed=1, rank=1, world_size=2) for i in b]
     assert not set(r0) & set(r1) and set(r0) | set(r1) == set(range(100))
+    # 5 windows over 2 ranks: training pads to equal batch counts, evaluation counts each sample once
+    train = [list(ChunkBatchSampler(130, 8, 32, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(train[0]) == len(train[1]) and {i for t in train for b in t for i in b} == set(range(130))
+    ev = [[i for b in ChunkBatchSampler(130, 8, 32, shuffle=False, rank=r, world_size=2) for i in b] for r in (0, 1)]
+    assert sorted(ev[0] + ev[1]) == list(range(130))
 
 
 def test_normalisation_uses_file_statistics(prepared):
@@ -218,3 +223,27 @@ def test_gid5_prepares_from_shared_data(tmp_path):
         counts = np.bincount(f["label"][:], minlength=5)
     # a count rule applies per class and per scene: each of the 5 tiles gives its own class 30 pixels
     assert (counts >= 30).all() and counts.sum() <= 5 * 5 * 30
+
+
+@pytest.mark.skipif(not (SHARED / "gid5").is_dir(), reason="../shared/data/gid5 not present")
+def test_gid5_tile_split_keeps_every_tile_in_one_split(tmp_path):
+    from das2f.config import _gid5_tiles
+
+    cats = ["builtup", "farmland", "forest", "meadow", "water"]
+    tiles = _gid5_tiles(str(SHARED / "gid5"), cats, 4, {"train": 2, "val": 1, "test": 1}, seed=3)
+    assert tiles == _gid5_tiles(str(SHARED / "gid5"), cats, 4, {"train": 2, "val": 1, "test": 1}, seed=3)
+    assert [t["split"] for t in tiles].count("train") == 10 and len(tiles) == 20
+    cfg = {"name": "gid5", "classes": ["built_up", "farmland", "forest", "meadow", "water"],
+           "class_values": [0, 1, 2, 3, 4], "ignore_value": 5, "ms_channels": 3, "ratio": 4, "ms_patch": 16,
+           "seed": 0, "split": {"train": 0.05, "val": 0.05, "test": 0.02}, "prepared_dir": str(tmp_path),
+           "scenes": tiles}
+    paths = prepare_dataset(cfg)
+    seen = {}
+    for split, path in paths.items():
+        names = [s["name"] for s in read_attrs(path)["scenes"]]
+        with h5py.File(path, "r") as f:
+            seen[split] = {names[i] for i in np.unique(f["scene"][:])}
+        assert seen[split] == {t["name"] for t in tiles if t["split"] == split}, split
+    assert not (seen["train"] & seen["test"]) and not (seen["train"] & seen["val"])
+    with pytest.raises(ValueError, match="takes 25 tiles per category, only 24"):
+        _gid5_tiles(str(SHARED / "gid5"), cats, 24, {"train": 20, "val": 3, "test": 2})

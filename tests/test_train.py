@@ -1,5 +1,6 @@
 """The experiment layer end to end on a tiny synthetic dataset: train, resume, eval, sweep + report."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,14 +72,91 @@ def test_unknown_group_option_is_refused_before_training():
 
 
 def test_cli_multirun_and_report(tmp_path):
-    args = [sys.executable, "-m", "das2f.train", "-m", "fusion=aalf,sum", "seed=1,2", *SMALL,
+    args = [sys.executable, "-m", "das2f.train", "-m", "fusion=aalf,sum", "seed=1,2", *SMALL, "logger=many",
             f"paths.data_dir={tmp_path}/data", f"paths.log_dir={tmp_path}/logs", "test=true"]
-    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     (multirun,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    # separate jobs, separate logger runs: one offline W&B run per job, all in the sweep's group
+    runs = [list((multirun / str(j) / "wandb").glob("offline-run-*")) for j in range(4)]
+    assert all(len(r) == 1 for r in runs) and len({r[0].name.rsplit("-", 1)[1] for r in runs}) == 4
+    assert all((multirun / str(j) / "tensorboard").is_dir() and (multirun / str(j) / "csv").is_dir() for j in range(4))
     r = subprocess.run([sys.executable, "-m", "das2f.report", str(multirun)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     lines = (multirun / "report.md").read_text().splitlines()
     rows = [ln for ln in lines if ln.startswith("| synthetic")]
     assert len(rows) == 2 and all("| 2 |" in ln and "±" in ln for ln in rows)
     assert "oa_std" in (multirun / "report.csv").read_text().splitlines()[0]
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+    import torch
+
+    cfg = make_cfg(tmp_path, "test=false", "trainer.max_epochs=2", "+callbacks.sigterm._target_=tests.helpers.SigtermAtStep",
+                   "+callbacks.sigterm.step=2")
+    with pytest.raises(SystemExit):
+        run(cfg)
+    last = tmp_path / "out" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 2  # saved at the step the signal came
+    metrics = run(make_cfg(tmp_path, "test=false", "trainer.max_epochs=2", "ckpt_path=last"))
+    ckpt = torch.load(last, weights_only=False)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (1, 6) and "val/oa_best" in metrics
+    # exactly where it stopped: the same weights as a run that was never interrupted
+    cfg = make_cfg(tmp_path / "whole", "test=false", "trainer.max_epochs=2")
+    with open_dict(cfg):
+        cfg.paths.data_dir = str(tmp_path / "data")
+    run(cfg)
+    whole = torch.load(tmp_path / "whole" / "out" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.equal(whole[k], ckpt["state_dict"][k]) for k in whole)
+
+
+def test_same_seed_reproduces_metrics_and_weights(tmp_path):
+    import torch
+
+    results = []
+    for name in ("a", "b"):
+        cfg = make_cfg(tmp_path / name, "seed=7")
+        with open_dict(cfg):
+            cfg.paths.data_dir = str(tmp_path / "data")  # the same prepared files
+        metrics = run(cfg)
+        state = torch.load(metrics["best_checkpoint"], weights_only=False)["state_dict"]
+        results.append((metrics, state))
+    (m1, s1), (m2, s2) = results
+    for k in ("val/oa", "test/oa", "test/kappa", "train/loss_epoch"):
+        assert m1[k] == m2[k], k
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    other = run(make_cfg(tmp_path / "c", "seed=8"))
+    s3 = torch.load(other["best_checkpoint"], weights_only=False)["state_dict"]
+    assert not all(torch.equal(s1[k], s3[k]) for k in s1)  # the seed matters
+
+
+def test_wandb_offline_run_is_resumed_from_the_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run(make_cfg(tmp_path, "logger=wandb", "test=false"))
+    run_id = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)["das2f"]["wandb_run_id"]
+    run(make_cfg(tmp_path, "logger=wandb", "ckpt_path=last", "trainer.max_epochs=2"))
+    runs = sorted((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)  # one run, continued
+
+
+def test_sweep_configs_compose():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        optuna = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+        slurm = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper") and optuna.optimized_metric.startswith("val/")
+    assert "model.optimizer.lr" in optuna.hydra.sweeper.params and optuna.test is False
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.gpus_per_node == 1
+
+
+@pytest.mark.slow
+def test_ddp_sim_metrics_match_single_process(tmp_path):
+    metrics = run(make_cfg(tmp_path))
+    ddp = run(make_cfg(tmp_path, "trainer=ddp_sim", f"ckpt_path={metrics['best_checkpoint']}", "train=false"))
+    for k in ("test/oa", "test/aa", "test/kappa"):
+        assert ddp[k] == pytest.approx(metrics[k], abs=1e-6), k

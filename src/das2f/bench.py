@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import gc
 import importlib.util
 import sys
@@ -25,7 +26,7 @@ import psutil
 import torch
 
 from .models import DAS2F
-from .models.scan import selective_scan_reference, selective_scan_torch
+from .models.scan import DEFAULT_CHUNK, selective_scan_reference, selective_scan_torch
 
 
 class PeakRSS:
@@ -106,10 +107,15 @@ def time_scan(fn, x, backward: bool, repeats: int):
     return best, peak / 2**20
 
 
+def _torch_chunk(chunk: int, **k):
+    return selective_scan_torch(**k, delta_softplus=True, chunk=chunk)
+
+
 def bench_scans(quick: bool) -> list[tuple]:
     x = scan_inputs()
     candidates = [
-        ("das2f torch", lambda **k: selective_scan_torch(**k, delta_softplus=True)),
+        (f"das2f torch (default chunk {DEFAULT_CHUNK})", lambda **k: selective_scan_torch(**k, delta_softplus=True)),
+        *[(f"das2f torch, chunk {c}", functools.partial(_torch_chunk, chunk=c)) for c in (4, 8, 32)],
         ("das2f reference (loop)", lambda **k: selective_scan_reference(**k, delta_softplus=True)),
         ("mambapy 1.2 pscan", mambapy_scan()),
         ("mamba-ssm selective_scan_ref", mamba_ref()),

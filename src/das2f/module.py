@@ -37,6 +37,18 @@ class Das2fClassifier(L.LightningModule):
                                         for s in ("val", "test")})
         self.val_oa_best = MaxMetric()
         self.test_confusion: torch.Tensor | None = None
+        # what `das2f.predict` and a resumed W&B run need, saved in every checkpoint (set by das2f.train)
+        self.run_info: dict = {}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        info = dict(self.run_info)
+        for lg in self.loggers:
+            if type(lg).__name__ == "WandbLogger":
+                info["wandb_run_id"] = lg.experiment.id  # resuming this checkpoint resumes this W&B run
+        checkpoint["das2f"] = info
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.run_info = {**checkpoint.get("das2f", {}), **self.run_info}
 
     def forward(self, ms, pan):
         return self.net(ms, pan)

@@ -44,7 +44,33 @@ def table(runs: list[dict]) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def write(header, rows, out: Path) -> tuple[Path, Path]:
+def provenance(dirs: list[Path], runs: list[dict]) -> list[str]:
+    """How the table was made: the sweep command(s) (from Hydra's multirun.yaml), date, machine, wall time."""
+    from omegaconf import OmegaConf
+
+    lines = []
+    for d in dirs:
+        mr = Path(d) / "multirun.yaml"
+        if mr.is_file():
+            overrides = OmegaConf.load(mr).hydra.overrides.task
+            lines.append(f"- command: `python -m das2f.train -m {' '.join(overrides)}`")
+    walls = [r["wall_seconds"] for r in runs if r.get("wall_seconds")]
+    stamps = [p.stat().st_mtime for d in dirs for p in Path(d).rglob("metrics.json")]
+    if stamps:
+        import datetime as dt
+
+        lines.append(f"- finished: {dt.datetime.fromtimestamp(max(stamps)):%Y-%m-%d %H:%M}; {len(runs)} runs")
+    m = next((r["machine"] for r in runs if r.get("machine")), None)
+    if m:
+        lines.append(f"- machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']} with {m['torch_threads']} threads, "
+                     f"GPU: {m['gpu'] or 'none'}")
+    if walls:
+        lines.append(f"- wall time: {sum(walls) / 60:.1f} min in all, {min(walls) / 60:.1f}-{max(walls) / 60:.1f} min per run "
+                     "(data preparation, training, test)")
+    return lines
+
+
+def write(header, rows, out: Path, notes: list[str] | None = None) -> tuple[Path, Path]:
     n_keys = len(KEYS) + 1
     best = [max(r[i][0] for r in rows) for i in range(n_keys, len(header))]
     fmt = lambda v, i: f"{v[0]:.4f} ± {v[1]:.4f}" if header[i] == "kappa" else f"{v[0]:.2f} ± {v[1]:.2f}"  # noqa
@@ -56,7 +82,10 @@ def write(header, rows, out: Path) -> tuple[Path, Path]:
             cells.append(f"**{s}**" if r[i][0] == best[i - n_keys] and len(rows) > 1 else s)
         md.append("| " + " | ".join(cells) + " |")
     md_path, csv_path = out / "report.md", out / "report.csv"
-    md_path.write_text("\n".join(md) + "\n\nmean ± std over seeds (std: sample, n-1); bold: best mean per column.\n")
+    text = "\n".join(md) + "\n\nmean ± std over seeds (std: sample, n-1; nan with one seed); bold: best mean per column.\n"
+    if notes:
+        text += "\n" + "\n".join(notes) + "\n"
+    md_path.write_text(text)
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(list(header[:n_keys]) + [f"{h}_{s}" for h in header[n_keys:] for s in ("mean", "std")])
@@ -81,8 +110,11 @@ def main(argv=None) -> None:
     dirs = args.dirs or ([latest_multirun()] if args.latest else [])
     if not dirs:
         ap.error("give multirun directories or --latest")
-    header, rows = table(collect(dirs))
-    md, csv_path = write(header, rows, args.out or dirs[0])
+    runs = collect(dirs)
+    header, rows = table(runs)
+    out = args.out or dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    md, csv_path = write(header, rows, out, provenance(dirs, runs))
     print(md.read_text())
     print(f"written: {md} and {csv_path}")
 

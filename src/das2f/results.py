@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -9,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 
-def write_results(cfg, metrics: dict, model) -> Path:
+def write_results(cfg, metrics: dict, model, started: float | None = None) -> Path:
+    """``started``: time.perf_counter() at the start of the run (data preparation included)."""
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     choices = {k: cfg.get(k, {}).get("name") for k in ("backbone", "fusion")}
@@ -17,6 +19,7 @@ def write_results(cfg, metrics: dict, model) -> Path:
         "dataset": cfg.dataset.name, "seed": int(cfg.seed), "stages": int(cfg.model.net.stages),
         "backbone": choices["backbone"], "fusion": choices["fusion"], "cmda": "swap" if cfg.cmda.swap else "none",
         "dominant": bool(cfg.model.net.dominant), "class_names": list(model.class_names), "metrics": metrics,
+        "wall_seconds": round(time.perf_counter() - started, 1) if started else None, "machine": machine(),
     }
     if getattr(model, "test_confusion", None) is not None:
         summary["test_confusion"] = model.test_confusion.tolist()
@@ -24,6 +27,18 @@ def write_results(cfg, metrics: dict, model) -> Path:
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     return out
+
+
+def machine() -> dict:
+    """Where the numbers were measured."""
+    import os
+    import platform
+
+    import torch
+
+    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def save_confusion_figure(conf, class_names, path: Path) -> None:

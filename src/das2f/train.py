@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import CONF_DIR
 from .results import print_results, write_results
@@ -40,12 +41,47 @@ def build(cfg: DictConfig):
         raise ValueError(f"{datamodule.paths['train']}: prepared with classes {datamodule.class_names}, config has "
                          f"{list(cfg.dataset.classes)}; run `make prepare DATASET={cfg.dataset.name} ARGS=force=true`")
     model = hydra.utils.instantiate(cfg.model)
+    model.run_info = run_info(cfg, datamodule)
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return datamodule, model, trainer
+
+
+def run_info(cfg: DictConfig, datamodule) -> dict:
+    """Saved in every checkpoint: enough to rebuild the network and normalise a new scene (das2f.predict)."""
+    attrs = datamodule.sets["train"].attrs
+    return {
+        "net": OmegaConf.to_container(cfg.model.net, resolve=True), "dataset": cfg.dataset.name,
+        "class_names": list(datamodule.class_names), "class_values": [int(v) for v in attrs["class_values"]],
+        "ms_patch": int(attrs["ms_patch"]), "ratio": int(attrs["ratio"]),
+        "normalization": {"kind": datamodule.normalization, "shift": datamodule.shift.tolist(),
+                          "scale": datamodule.scale.tolist()},
+    }
+
+
+def resume_wandb_run(cfg: DictConfig, ckpt: str) -> None:
+    """A resumed checkpoint continues its W&B run: the id stored in the checkpoint, never typed by hand."""
+    import torch
+
+    run_id = torch.load(ckpt, map_location="cpu", weights_only=False).get("das2f", {}).get("wandb_run_id")
+    for c in (cfg.get("logger") or {}).values():
+        if c is not None and str(c.get("_target_", "")).endswith("WandbLogger") and run_id:
+            with open_dict(c):
+                c.id, c.resume = run_id, "allow"
+            log.info("resuming W&B run %s from %s", run_id, ckpt)
+
+
+def log_figures(trainer, out: Path) -> None:
+    """The test confusion matrix (and any classification map already in the run dir) to W&B."""
+    figures = {"test/confusion": out / "test_confusion.png", **{f"predict/{p.stem}": p for p in out.glob("*_map.png")}}
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger":
+            for key, path in figures.items():
+                if path.is_file():
+                    lg.log_image(key=key, images=[str(path)])
 
 
 def resolve_ckpt(cfg: DictConfig) -> str | None:
@@ -58,7 +94,10 @@ def resolve_ckpt(cfg: DictConfig) -> str | None:
 
 
 def run(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
     ckpt = resolve_ckpt(cfg)
+    if ckpt:
+        resume_wandb_run(cfg, ckpt)
     datamodule, model, trainer = build(cfg)
     if ckpt:
         check_checkpoint_classes(ckpt, datamodule.class_names)
@@ -76,7 +115,8 @@ def run(cfg: DictConfig) -> dict:
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
             metrics["best_checkpoint"] = best
-        out = write_results(cfg, metrics, model)
+        out = write_results(cfg, metrics, model, started)
+        log_figures(trainer, out)
         print_results(metrics, model.class_names, out)
     finally:
         import wandb

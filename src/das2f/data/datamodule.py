@@ -56,7 +56,9 @@ class ChunkBatchSampler(Sampler):
 
     Shuffles window order every epoch (seeded by seed + epoch) and the samples within each
     window; with ``shuffle=False`` yields file order. Under DDP (rank/world_size given or read
-    from torch.distributed) each rank takes every world_size-th window, padded to equal length.
+    from torch.distributed) each rank takes every world_size-th window; shuffled (training) windows
+    are padded to equal counts per rank, evaluation windows are not (each sample counted once).
+    Trainers must set ``use_distributed_sampler=False`` (conf/trainer/ddp*.yaml do).
     """
 
     def __init__(self, n: int, batch_size: int, window: int = 512, shuffle: bool = True, seed: int = 0,
@@ -68,6 +70,7 @@ class ChunkBatchSampler(Sampler):
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
         self.window = max(window - window % batch_size, batch_size)
         self.epoch = 0
+        self.skip = 0  # batches of the current epoch already trained (a run resumed mid-epoch skips them once)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -76,11 +79,19 @@ class ChunkBatchSampler(Sampler):
         starts = np.arange(0, self.n, self.window)
         if self.shuffle:
             starts = np.random.default_rng([self.seed, self.epoch]).permutation(starts)
-        per_rank = math.ceil(len(starts) / self.world_size)
-        starts = np.resize(starts, per_rank * self.world_size) if self.world_size > 1 else starts
+        if self.shuffle and self.world_size > 1:  # training: equal batch counts per rank (gradient sync), padded
+            starts = np.resize(starts, math.ceil(len(starts) / self.world_size) * self.world_size)
+        # evaluation: no padding, every sample counted exactly once over all ranks (metrics sync at epoch end)
         return starts[self.rank::self.world_size]
 
     def __iter__(self):
+        skip, self.skip = self.skip, 0
+        for i, batch in enumerate(self._batches()):
+            if i >= skip:
+                yield batch
+        self.epoch += 1 if self.shuffle else 0
+
+    def _batches(self):
         rng = np.random.default_rng([self.seed, self.epoch, 1])
         for s in self._windows():
             idx = np.arange(s, min(s + self.window, self.n))
@@ -91,7 +102,6 @@ class ChunkBatchSampler(Sampler):
                 if self.drop_last and len(batch) < self.batch_size:
                     continue
                 yield batch
-        self.epoch += 1 if self.shuffle else 0
 
     def __len__(self):
         return sum(
@@ -150,7 +160,13 @@ class MsPanDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self):
-        return self._loader("train", True)
+        loader = self._loader("train", True)
+        fit_loop = self.trainer.fit_loop if self.trainer is not None else None
+        if fit_loop is not None and fit_loop.restarting:
+            # resumed mid-epoch (e.g. after SIGTERM): continue the interrupted epoch's batch order where it stopped
+            loader.sampler.set_epoch(fit_loop.epoch_progress.current.processed)
+            loader.sampler.skip = fit_loop.epoch_loop.batch_progress.current.ready
+        return loader
 
     def val_dataloader(self):
         return self._loader("val", False)

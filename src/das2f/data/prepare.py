@@ -28,6 +28,7 @@ def _spec_files(spec: dict) -> list[str]:
 
 def _fingerprint(cfg: dict, files: list[str]) -> str:
     rule = {k: cfg[k] for k in ("classes", "class_values", "ignore_value", "split", "seed", "ms_patch", "ratio")}
+    rule["scene_splits"] = [s.get("split") for s in cfg["scenes"]]  # a split by scene changes the files
     h = hashlib.sha256(json.dumps(rule, sort_keys=True, default=str).encode())
     for f in files:
         h.update(f"{f}:{file_fingerprint(f)}".encode())
@@ -39,7 +40,17 @@ def split_paths(cfg: dict) -> dict[str, Path]:
     return {s: out / f"{s}.h5" for s in SPLITS}
 
 
-def _coords_by_split(scene, values: list[int], split_rule: dict, seed: int) -> dict[str, np.ndarray]:
+def _coords_by_split(scene, values: list[int], split_rule: dict, seed: int, whole: str | None = None
+                     ) -> dict[str, np.ndarray]:
+    """Coordinates per split. ``whole``: the scene belongs entirely to that split (a split by scene/tile,
+    no pixel of it anywhere else); the rule's entry for that split then samples within the scene."""
+    if whole is not None:
+        if whole not in SPLITS:
+            raise SceneError(f"scene {scene.name}: split {whole!r}, expected one of {SPLITS}")
+        if "label" not in scene.maps:
+            raise SceneError(f"scene {scene.name}: a scene assigned to a split needs one `label` map")
+        x = split_rule.get(whole, "rest")
+        return stratified_split(scene.maps["label"], values, {whole: "rest" if x in ("rest", 1.0) else x}, seed)
     if "label" in scene.maps:
         return stratified_split(scene.maps["label"], values, split_rule, seed)
     return {s: map_coords(scene.maps[s], values) if s in scene.maps else np.empty((0, 2), np.int32) for s in SPLITS}
@@ -84,7 +95,7 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
     for spec in specs:
         scene = load_scene(spec, ratio)
         validate_scene(scene, ratio)
-        c = _coords_by_split(scene, values, cfg["split"], seed)
+        c = _coords_by_split(scene, values, cfg["split"], seed, spec.get("split"))
         coords.append(c)
         for s, xy in c.items():
             if len(xy):

@@ -65,8 +65,8 @@ def load_scene(spec: dict, ratio: int) -> Scene:
     return Scene(spec.get("name", Path(str(ms.path)).stem), ms, pan, maps)
 
 
-def validate_scene(scene: Scene, ratio: int) -> None:
-    """PAN exactly ratio x the MS size, one PAN band, label maps the MS size."""
+def validate_scene(scene: Scene, ratio: int, require_labels: bool = True) -> None:
+    """PAN exactly ratio x the MS size, one PAN band, label maps the MS size (and present, unless not required)."""
     c, h, w = scene.ms.data.shape
     if scene.pan.data.shape[0] != 1:
         raise SceneError(f"{scene.pan.path}: PAN has {scene.pan.data.shape[0]} bands, expected 1")
@@ -78,5 +78,5 @@ def validate_scene(scene: Scene, ratio: int) -> None:
     for name, m in scene.maps.items():
         if m.shape != (h, w):
             raise SceneError(f"scene {scene.name}: {name} map has size {m.shape}, expected the MS size {(h, w)}")
-    if not scene.maps:
+    if require_labels and not scene.maps:
         raise SceneError(f"scene {scene.name}: no label map (set `label`, or `train` and `test`)")

@@ -15,12 +15,13 @@ def stratified_split(labels: np.ndarray, classes: list[int], rule: dict, seed: i
     change the others' split.
     """
     out = {s: [] for s in SPLITS}
+    order = [s for s in SPLITS if s in rule and rule[s] != "rest"] + [s for s in SPLITS if rule.get(s) == "rest"]
     for value in classes:
         idx = np.flatnonzero(labels.ravel() == value)
         np.random.default_rng([seed, int(value)]).shuffle(idx)
         start = 0
-        for split in SPLITS:
-            x = rule.get(split, 0)
+        for split in order:
+            x = rule[split]
             if x == "rest":
                 take = len(idx) - start
             elif isinstance(x, float) or (isinstance(x, int) and x == 0):

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The Gaofen-2 experiment end to end (make experiment-gid5): one multirun over the variants and seeds,
+# its report into experiments/gid5/results/, and held-out tile maps from the DAS²F (1-stage) run.
+#   VARIANTS  comma list of experiments/gid5/variant/*.yaml   (default: all five)
+#   SEEDS     comma list of seeds                              (default: 1)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+VARIANTS=${VARIANTS:-das2f_s1,cnn,fusion_sum,no_swap,das2f_s2}
+SEEDS=${SEEDS:-1}
+if [ ! -d ../shared/data/gid5 ]; then
+  echo "experiments/gid5: ../shared/data/gid5 not found (the Gaofen-2 tiles; see ../shared/data/README.md)" >&2
+  exit 2
+fi
+SWEEP=logs/train/multiruns/gid5_$(date +%Y-%m-%d_%H-%M-%S)
+RESULTS=experiments/gid5/results
+"$PY" -m das2f.train -m dataset=gid5 +experiments=gid5/train "+experiments/gid5/variant=$VARIANTS" "seed=$SEEDS" \
+  "hydra.sweep.dir=$SWEEP" trainer.enable_progress_bar=false "$@"
+"$PY" -m das2f.report "$SWEEP" --out "$RESULTS"
+# maps of held-out TEST tiles (two per category) from the first DAS²F 1-stage job
+CKPT=$("$PY" - "$SWEEP" <<'PYEOF'
+import json, sys
+from pathlib import Path
+for m in sorted(Path(sys.argv[1]).glob("*/metrics.json"), key=lambda p: int(p.parent.name)):
+    r = json.loads(m.read_text())
+    if r["backbone"] == "spvm" and r["fusion"] == "aalf" and r["cmda"] == "swap" and r["stages"] == 1:
+        print(r["metrics"]["best_checkpoint"]); break
+PYEOF
+)
+if [ -n "$CKPT" ]; then
+  TILES=$("$PY" - <<'PYEOF'
+from omegaconf import OmegaConf
+from das2f.config import _gid5_tiles
+cfg = OmegaConf.load("experiments/gid5/train.yaml")
+tiles = _gid5_tiles("../shared/data/gid5", ["builtup", "farmland", "forest", "meadow", "water"], 24,
+                    OmegaConf.to_container(cfg.dataset.tile_split), 0)
+test = [t["name"] for t in tiles if t["split"] == "test"]
+picked = [n for c in ("builtup", "farmland", "forest", "meadow", "water") for n in [t for t in test if t.startswith(c)][:2]]
+print("[" + ",".join(picked) + "]")
+PYEOF
+)
+  "$PY" -m das2f.predict dataset=gid5 "ckpt_path=$CKPT" "scenes=$TILES" grid_max_scenes=10 \
+    "hydra.run.dir=$SWEEP/predict" progress=false
+  cp "$SWEEP/predict/maps.png" "$RESULTS/test_tiles_map.png"
+  cp "$SWEEP/predict/predict.json" "$RESULTS/test_tiles_predict.json"
+fi
+echo "results: $RESULTS (report.md, report.csv, test_tiles_map.png); runs: $SWEEP"

@@ -1,0 +1,97 @@
+"""Full-scene prediction: map shape and classes, agreement with the Lightning test pass, map files."""
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from das2f.config import CONF_DIR
+from das2f.data.scenes import load_scene, validate_scene
+from das2f.maps import write_map
+from das2f.predict import Predictor, predict
+from das2f.train import run
+
+from .conftest import SHARED
+from .test_train import make_cfg
+
+
+def predict_cfg(tmp_path: Path, ckpt: str, *overrides: str):
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("predict", overrides=[f"ckpt_path={ckpt}", "dataset.generate.size=48", "progress=false",
+                                            *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.data_dir = str(tmp_path / "data")
+        cfg.paths.output_dir = str(tmp_path / "pred")
+        del cfg["hydra"]
+    return cfg
+
+
+def test_predict_maps_every_pixel_like_the_test_pass(tmp_path):
+    metrics = run(make_cfg(tmp_path))
+    summary = predict(predict_cfg(tmp_path, metrics["best_checkpoint"], "batch_size=100"))
+    entry = summary["scenes"]["synthetic"]
+    values = np.load(entry["map"])
+    assert values.shape == (48, 48) and set(np.unique(values)) <= set(range(1, 9))  # label values 1..8
+    assert (tmp_path / "pred" / "synthetic_map.png").is_file() and (tmp_path / "pred" / "synthetic_confusion.png").is_file()
+    assert entry["labelled_pixels"] > 0 and 0 <= entry["oa"] <= 1
+    # the map at the test pixels reproduces the Lightning test pass's confusion matrix exactly
+    with h5py.File(tmp_path / "data" / "synthetic" / "prepared" / "test.h5", "r") as f:
+        coords, labels = f["coord"][:], f["label"][:]
+    pred = values[coords[:, 0], coords[:, 1]] - 1
+    conf = np.zeros((8, 8), np.int64)
+    np.add.at(conf, (labels, pred), 1)
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())["test_confusion"]
+    assert conf.tolist() == saved
+
+
+def test_predict_refuses_other_classes_and_unknown_scenes(tmp_path):
+    run(make_cfg(tmp_path, "test=false"))
+    ckpt = str(tmp_path / "out" / "checkpoints" / "last.ckpt")
+    cfg = predict_cfg(tmp_path, ckpt, "scenes=[nowhere]")
+    with pytest.raises(ValueError, match=r"scenes: \['nowhere'\] not in dataset synthetic"):
+        predict(cfg)
+    cfg = predict_cfg(tmp_path, ckpt, "dataset.classes=[a,b]")
+    with pytest.raises(ValueError, match="trained on classes"):
+        predict(cfg)
+    with pytest.raises(ValueError, match="no 'das2f' run information"):
+        import torch
+
+        bare = tmp_path / "bare.ckpt"
+        torch.save({"state_dict": {}}, bare)
+        Predictor(bare)
+
+
+def test_geotiff_map_keeps_georeferencing(tmp_path):
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    profile = {"crs": CRS.from_epsg(32650), "transform": from_origin(500000.0, 4400000.0, 3.2, 3.2)}
+    values = np.arange(12, dtype=np.int64).reshape(3, 4) % 5 + 1
+    path = write_map(values, tmp_path / "scene_map", profile)
+    assert path.suffix == ".tif" and not list(tmp_path.glob("*.tmp*"))
+    with rasterio.open(path) as src:
+        assert src.crs == profile["crs"] and src.transform == profile["transform"] and src.dtypes[0] == "uint8"
+        assert (src.read(1) == values).all()
+    assert write_map(values, tmp_path / "plain").suffix == ".npy"
+
+
+@pytest.mark.skipif(not (SHARED / "wv2" / "imgWV2.mat").is_file(), reason="../shared/data/wv2/imgWV2.mat not present")
+def test_wv2_scene_loads_as_four_band_prediction_scene():
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("predict", overrides=["dataset=wv2", "ckpt_path=x"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(SHARED.parents[1] / "main")
+        del cfg["hydra"]
+    (spec,) = cfg.dataset.scenes
+    spec = dict(spec, ms=str(SHARED / "wv2" / "imgWV2.mat"), pan=str(SHARED / "wv2" / "imgWV2.mat"))
+    scene = load_scene(spec, 4)
+    validate_scene(scene, 4, require_labels=False)
+    assert scene.ms.data.shape == (4, 320, 320) and scene.pan.data.shape == (1, 1280, 1280)
+    assert scene.ms.data.dtype == np.uint16 and scene.ms.data.max() < 2048  # 11-bit DN, not rescaled
+    full = load_scene(dict(spec, ms_bands=None), 4)
+    assert (scene.ms.data == full.ms.data[[1, 2, 4, 6]]).all()
