@@ -69,6 +69,8 @@ class ChunkBatchSampler(Sampler):
         self.rank, self.world_size = rank or 0, world_size or 1
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
         self.window = max(window - window % batch_size, batch_size)
+        if not shuffle and self.world_size > 1:
+            self.window = batch_size  # evaluation under DDP: ranks take alternate batches (each rank gets one early)
         self.epoch = 0
         self.skip = 0  # batches of the current epoch already trained (a run resumed mid-epoch skips them once)
 
