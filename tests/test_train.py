@@ -160,3 +160,9 @@ def test_ddp_sim_metrics_match_single_process(tmp_path):
     ddp = run(make_cfg(tmp_path, "trainer=ddp_sim", f"ckpt_path={metrics['best_checkpoint']}", "train=false"))
     for k in ("test/oa", "test/aa", "test/kappa"):
         assert ddp[k] == pytest.approx(metrics[k], abs=1e-6), k
+
+
+def test_experiment_recipe_outside_the_project_root_is_refused(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "das2f.prepare", "+experiments=ablation"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "no experiments/ablation.yaml found" in r.stderr

@@ -66,3 +66,16 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+def check_config(cfg) -> None:
+    """Config mistakes Hydra lets through, refused before any work.
+
+    ``+experiments=NAME`` composes experiments/NAME.yaml only when run from the project root
+    (hydra.searchpath file://.); elsewhere Hydra silently adds a string key ``experiments`` and the
+    recipe would not apply at all.
+    """
+    recipe = cfg.get("experiments") if hasattr(cfg, "get") else None
+    if isinstance(recipe, str):
+        raise ValueError(f"+experiments={recipe}: no experiments/{recipe}.yaml found from {os.getcwd()}; "
+                         "run from the project root (where experiments/ is), e.g. through make")

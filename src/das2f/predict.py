@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .config import CONF_DIR
+from .config import CONF_DIR, check_config
 from .data.patches import PatchCutter
 from .data.scenes import Scene, load_scene, validate_scene
 from .maps import class_colors, rgb_composite, save_map_figure, save_maps_grid, write_map
@@ -118,6 +118,7 @@ def labelled_truth(scene: Scene, class_values: np.ndarray) -> np.ndarray | None:
 
 
 def predict(cfg: DictConfig) -> dict:
+    check_config(cfg)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = Predictor(cfg.ckpt_path, device=device, scan_backend=cfg.get("scan_backend"))
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)

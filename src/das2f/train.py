@@ -10,7 +10,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import CONF_DIR
+from .config import CONF_DIR, check_config
 from .results import print_results, write_results
 
 log = logging.getLogger("das2f.train")
@@ -94,6 +94,7 @@ def resolve_ckpt(cfg: DictConfig) -> str | None:
 
 
 def run(cfg: DictConfig) -> dict:
+    check_config(cfg)
     started = time.perf_counter()
     ckpt = resolve_ckpt(cfg)
     if ckpt:
