@@ -245,5 +245,17 @@ def test_gid5_tile_split_keeps_every_tile_in_one_split(tmp_path):
             seen[split] = {names[i] for i in np.unique(f["scene"][:])}
         assert seen[split] == {t["name"] for t in tiles if t["split"] == split}, split
     assert not (seen["train"] & seen["test"]) and not (seen["train"] & seen["val"])
+    # train is shuffled ACROSS tiles: the first batch already mixes most tiles and every class
+    with h5py.File(paths["train"], "r") as f:
+        assert len(np.unique(f["scene"][:64])) >= 8 and len(np.unique(f["label"][:64])) == 5
     with pytest.raises(ValueError, match="takes 25 tiles per category, only 24"):
         _gid5_tiles(str(SHARED / "gid5"), cats, 24, {"train": 20, "val": 3, "test": 2})
+
+
+def test_scene_groups_fit_the_shuffle_budget():
+    from das2f.data.prepare import _scene_groups
+
+    groups = _scene_groups([10, 10, 10, 30], budget=45, seed=0)
+    assert sorted(i for g in groups for i in g) == [0, 1, 2, 3] and all(len(g) >= 1 for g in groups)
+    assert all(sum(2 * [10, 10, 10, 30][i] for i in g) <= 45 or len(g) == 1 for g in groups)
+    assert _scene_groups([10, 10, 10, 30], budget=1e9, seed=0) == [[0, 1, 2, 3]]  # all fit: one global shuffle

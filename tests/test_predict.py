@@ -30,9 +30,11 @@ def predict_cfg(tmp_path: Path, ckpt: str, *overrides: str):
     return cfg
 
 
-def test_predict_maps_every_pixel_like_the_test_pass(tmp_path):
-    metrics = run(make_cfg(tmp_path))
-    summary = predict(predict_cfg(tmp_path, metrics["best_checkpoint"], "batch_size=100"))
+def test_predict_maps_every_pixel_like_the_test_pass(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    metrics = run(make_cfg(tmp_path, "logger=wandb"))
+    summary = predict(predict_cfg(tmp_path, metrics["best_checkpoint"], "batch_size=100", "wandb=true"))
     entry = summary["scenes"]["synthetic"]
     values = np.load(entry["map"])
     assert values.shape == (48, 48) and set(np.unique(values)) <= set(range(1, 9))  # label values 1..8
@@ -46,6 +48,10 @@ def test_predict_maps_every_pixel_like_the_test_pass(tmp_path):
     np.add.at(conf, (labels, pred), 1)
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())["test_confusion"]
     assert conf.tolist() == saved
+    # the maps went into the training run's W&B run (same id, resumed offline)
+    (train_run,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    (pred_run,) = (tmp_path / "pred" / "wandb").glob("offline-run-*")
+    assert pred_run.name.rsplit("-", 1)[1] == train_run.name.rsplit("-", 1)[1]
 
 
 def test_predict_refuses_other_classes_and_unknown_scenes(tmp_path):

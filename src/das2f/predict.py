@@ -168,8 +168,29 @@ def predict(cfg: DictConfig) -> dict:
         save_maps_grid(grid, predictor.class_names, colors, out_dir / "maps.png",
                        title=f"{dataset['name']}: {Path(cfg.ckpt_path).name}")
     (out_dir / "predict.json").write_text(json.dumps(summary, indent=2))
+    if cfg.get("wandb"):
+        log_to_wandb(predictor.info, out_dir, summary, dataset["name"])
     log.info("outputs: %s", out_dir)
     return summary
+
+
+def log_to_wandb(info: dict, out_dir: Path, summary: dict, dataset: str) -> None:
+    """Maps and per-scene figures into the checkpoint's own W&B run (resumed by the id stored in it)."""
+    import wandb
+
+    from .config import _wandb_offline
+
+    run_id = info.get("wandb_run_id")
+    run = wandb.init(project="das2f", id=run_id, resume="allow" if run_id else None, dir=str(out_dir),
+                     mode="offline" if _wandb_offline() else "online", job_type="predict",
+                     group=None if run_id else f"{dataset}-predict")
+    try:
+        images = {f"predict/{p.stem}": wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))}
+        scalars = {f"predict/{name}/{k}": v for name, e in summary["scenes"].items()
+                   for k, v in e.items() if k in ("oa", "aa", "kappa", "pixels_per_s")}
+        run.log({**images, **scalars})
+    finally:
+        run.finish()
 
 
 def scene_metrics(pred: np.ndarray, truth: np.ndarray, class_names: list[str], figure: Path) -> dict:

@@ -29,6 +29,7 @@ def _spec_files(spec: dict) -> list[str]:
 def _fingerprint(cfg: dict, files: list[str]) -> str:
     rule = {k: cfg[k] for k in ("classes", "class_values", "ignore_value", "split", "seed", "ms_patch", "ratio")}
     rule["scene_splits"] = [s.get("split") for s in cfg["scenes"]]  # a split by scene changes the files
+    rule["shuffle_memory_mb"] = cfg.get("shuffle_memory_mb", 2048)  # so does the shuffle grouping
     h = hashlib.sha256(json.dumps(rule, sort_keys=True, default=str).encode())
     for f in files:
         h.update(f"{f}:{file_fingerprint(f)}".encode())
@@ -58,6 +59,42 @@ def _coords_by_split(scene, values: list[int], split_rule: dict, seed: int, whol
 
 def _map_for(scene, split: str) -> np.ndarray:
     return scene.maps["label"] if "label" in scene.maps else scene.maps[split]
+
+
+def _scene_groups(sizes: list[int], budget: float, seed: int) -> list[list[int]]:
+    """Scenes in a seeded random order, cut into consecutive groups whose scenes (with their padded
+    copies, about twice their size) fit ``budget`` bytes; a group holds at least one scene."""
+    order = np.random.default_rng([seed, 7]).permutation(len(sizes)) if len(sizes) > 1 else np.arange(len(sizes))
+    groups, current, used = [], [], 0.0
+    for i in order.tolist():
+        if current and used + 2 * sizes[i] > budget:
+            groups.append(sorted(current))
+            current, used = [], 0.0
+        current.append(i)
+        used += 2 * sizes[i]
+    return groups + [sorted(current)] if current else groups
+
+
+def _split_items(coords: list[dict], group: list[int], split: str) -> np.ndarray:
+    """(n, 3) int64 rows (scene index, row, col) of one split for the scenes of a group, scene by scene."""
+    parts = [np.column_stack([np.full(len(coords[i][split]), i), coords[i][split]]) for i in group]
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty((0, 3), np.int64)
+
+
+def _cut_block(block: np.ndarray, cutters: dict, scenes: dict, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patches and raw label values of a block of (scene, row, col) rows, in the block's order."""
+    ms = pan = None
+    raw = np.empty(len(block), np.int64)
+    for i in np.unique(block[:, 0]):
+        sel = np.flatnonzero(block[:, 0] == i)
+        xy = block[sel, 1:]
+        m, p = cutters[i].cut(xy)
+        if ms is None:
+            ms = np.empty((len(block), *m.shape[1:]), m.dtype)
+            pan = np.empty((len(block), *p.shape[1:]), p.dtype)
+        ms[sel], pan[sel] = m, p
+        raw[sel] = _map_for(scenes[i], split)[xy[:, 0], xy[:, 1]]
+    return ms, pan, raw
 
 
 def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = None) -> dict[str, Path]:
@@ -106,39 +143,46 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
             raise SceneError(f"scene {scene.name}: {ms_shape[0]} MS bands, the first scene has {shapes[0][0]}")
         shapes = (ms_shape, (1, cfg["ms_patch"] * ratio, cfg["ms_patch"] * ratio), scene.ms.data.dtype, scene.pan.data.dtype)
         meta.append({"name": scene.name, "files": _spec_files(spec), "ms_size": list(scene.ms.data.shape),
+                     "bytes": int(scene.ms.data.nbytes + scene.pan.data.nbytes),
                      "georeferenced": scene.ms.georeferenced})
     absent = [classes[k] for k in range(len(values)) if counts["train"][k] == 0]
     if absent:
         raise SceneError(f"dataset {cfg['name']}: classes {absent} have no training pixel; "
                          f"every configured class must be present in train (labels {values})")
 
-    # pass 2: cut and write, one scene in memory at a time
+    # pass 2: cut and write. Train and val go in a seeded random order ACROSS scenes (any window of
+    # the chunk-shuffling sampler is then a random sample of the whole split, not of one scene or
+    # tile); scenes are loaded in groups that fit `shuffle_memory_mb`, one group at a time.
     Path(cfg["prepared_dir"]).mkdir(parents=True, exist_ok=True)
+    budget = float(cfg.get("shuffle_memory_mb", 2048)) * 2**20
+    groups = _scene_groups([m["bytes"] for m in meta], budget, seed)
+    if len(groups) > 1:
+        log.warning("%d scenes (%.0f MB) exceed shuffle_memory_mb=%.0f: train/val are shuffled within %d groups "
+                    "of scenes, not across all", len(specs), sum(m["bytes"] for m in meta) / 2**20, budget / 2**20,
+                    len(groups))
     writers = {s: PatchWriter(paths[s], *shapes) for s in SPLITS}
     stats = {"ms": RunningStats(shapes[0][0]), "pan": RunningStats(1)}
     total = sum(len(c[s]) for c in coords for s in SPLITS)
     try:
         with Progress(console=console, transient=False) as progress:
             task = progress.add_task(f"cutting {cfg['name']}", total=total)
-            for i, spec in enumerate(specs):
-                scene = load_scene(spec, ratio)
-                cutter = PatchCutter(scene.ms.data, scene.pan.data, cfg["ms_patch"], ratio)
+            for g, group in enumerate(groups):
+                scenes = {i: load_scene(specs[i], ratio) for i in group}
+                cutters = {i: PatchCutter(sc.ms.data, sc.pan.data, cfg["ms_patch"], ratio) for i, sc in scenes.items()}
                 for s in SPLITS:
-                    xy = coords[i][s]
-                    if s != "test":  # train/val stored in a seeded random order: any chunk is a random sample
-                        xy = xy[np.random.default_rng([seed, i, SPLITS.index(s)]).permutation(len(xy))]
-                    lab = _map_for(scene, s) if len(xy) else None
-                    for b in range(0, len(xy), BLOCK):
-                        block = xy[b:b + BLOCK]
-                        ms, pan = cutter.cut(block)
-                        raw = lab[block[:, 0], block[:, 1]]
-                        label = np.searchsorted(np.array(values), raw)
-                        writers[s].append(ms=ms, pan=pan, label=label, coord=block,
-                                          scene=np.full(len(block), i, np.int16))
+                    items = _split_items(coords, group, s)  # (n, 3): scene, row, col
+                    if s != "test":
+                        items = items[np.random.default_rng([seed, g, SPLITS.index(s)]).permutation(len(items))]
+                    for b in range(0, len(items), BLOCK):
+                        block = items[b:b + BLOCK]
+                        ms, pan, raw = _cut_block(block, cutters, scenes, s)
+                        writers[s].append(ms=ms, pan=pan, label=np.searchsorted(np.array(values), raw),
+                                          coord=block[:, 1:].astype(np.int32), scene=block[:, 0].astype(np.int16))
                         if s == "train":
                             stats["ms"].update(ms)
                             stats["pan"].update(pan)
                         progress.advance(task, len(block))
+                del scenes, cutters
         attrs = {"format_version": FORMAT_VERSION, "dataset": cfg["name"], "class_names": classes,
                  "class_values": values, "ms_patch": cfg["ms_patch"], "pan_patch": cfg["ms_patch"] * ratio,
                  "ratio": ratio, "scenes": meta, "split_seed": seed, "split_rule": dict(cfg["split"]),
