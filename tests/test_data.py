@@ -259,3 +259,25 @@ def test_scene_groups_fit_the_shuffle_budget():
     assert sorted(i for g in groups for i in g) == [0, 1, 2, 3] and all(len(g) >= 1 for g in groups)
     assert all(sum(2 * [10, 10, 10, 30][i] for i in g) <= 45 or len(g) == 1 for g in groups)
     assert _scene_groups([10, 10, 10, 30], budget=1e9, seed=0) == [[0, 1, 2, 3]]  # all fit: one global shuffle
+
+
+def test_colour_coded_label_png(tmp_path):
+    from PIL import Image
+
+    from das2f.data.readers import SceneError, read_raster
+
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[:2] = (255, 0, 0)
+    rgb[2:, :3] = (0, 0, 255)  # the rest stays black = unlabelled
+    Image.fromarray(rgb).save(tmp_path / "label.png")
+    table = {0: [0, 0, 0], 1: [255, 0, 0], 2: [0, 0, 255]}
+    lab = read_raster(tmp_path / "label.png", label=True, color_table=table).data
+    assert lab.shape == (4, 5) and (lab[:2] == 1).all() and (lab[2:, :3] == 2).all() and (lab[2:, 3:] == 0).all()
+    with pytest.raises(SceneError, match=r"colours \[\(\(0, 0, 255\), 6\)\] .* not in color_table"):
+        read_raster(tmp_path / "label.png", label=True, color_table={0: [0, 0, 0], 1: [255, 0, 0]})
+    with pytest.raises(SceneError, match="needs `color_table`"):
+        read_raster(tmp_path / "label.png", label=True)
+    pal = Image.fromarray(lab.astype(np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255])
+    pal.save(tmp_path / "pal.png")
+    assert (read_raster(tmp_path / "pal.png", label=True).data == lab).all()

@@ -84,6 +84,14 @@ def test_geotiff_map_keeps_georeferencing(tmp_path):
         assert src.crs == profile["crs"] and src.transform == profile["transform"] and src.dtypes[0] == "uint8"
         assert (src.read(1) == values).all()
     assert write_map(values, tmp_path / "plain").suffix == ".npy"
+    # the reader keeps an input GeoTIFF's georeferencing, which predict hands to write_map
+    from das2f.data.readers import read_raster
+
+    with rasterio.open(tmp_path / "ms.tif", "w", driver="GTiff", height=3, width=4, count=2, dtype="uint16",
+                       **profile) as dst:
+        dst.write(np.ones((2, 3, 4), np.uint16))
+    raster = read_raster(tmp_path / "ms.tif")
+    assert raster.georeferenced and raster.profile["transform"] == profile["transform"] and raster.data.shape == (2, 3, 4)
 
 
 @pytest.mark.skipif(not (SHARED / "wv2" / "imgWV2.mat").is_file(), reason="../shared/data/wv2/imgWV2.mat not present")

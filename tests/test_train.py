@@ -166,3 +166,10 @@ def test_experiment_recipe_outside_the_project_root_is_refused(tmp_path):
     r = subprocess.run([sys.executable, "-m", "das2f.prepare", "+experiments=ablation"], cwd=tmp_path,
                        capture_output=True, text=True)
     assert r.returncode != 0 and "no experiments/ablation.yaml found" in r.stderr
+
+
+def test_fast_dev_run_trains_and_tests_one_batch(tmp_path):
+    metrics = run(make_cfg(tmp_path, "debug=fast"))
+    out = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert "train/loss_epoch" in metrics and "test/oa" in metrics
+    assert sum(map(sum, out["test_confusion"])) == 16  # fast_dev_run: exactly one test batch of 16

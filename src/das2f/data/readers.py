@@ -58,18 +58,54 @@ def _read_mat(path: Path, key: str | None) -> np.ndarray:
     return arrays[key]
 
 
+def read_color_labels(path: Path, color_table: dict | None) -> np.ndarray:
+    """A colour-coded label PNG -> (H, W) label values.
+
+    Palette PNGs give their palette indices; with ``color_table`` ({value: [r, g, b]}) an RGB(A) PNG
+    is mapped colour by colour, and a colour not in the table is an error naming it and its count.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode == "P" and not color_table:
+            return np.asarray(im).astype(np.int32)
+        if not color_table:
+            raise SceneError(f"{path}: a {im.mode} label image needs `color_table` ({{value: [r, g, b]}}) in the "
+                             "dataset's scene entry, or a palette (mode P) PNG")
+        rgb = np.asarray(im.convert("RGB")).astype(np.int32)
+    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    lut = {(int(r) << 16) | (int(g) << 8) | int(b): int(v) for v, (r, g, b) in dict(color_table).items()}
+    found, counts = np.unique(codes, return_counts=True)
+    unknown = [(tuple(int(x) for x in ((c >> 16) & 255, (c >> 8) & 255, c & 255)), int(n))
+               for c, n in zip(found, counts) if int(c) not in lut]
+    if unknown:
+        raise SceneError(f"{path}: colours {unknown[:5]} (colour, pixels) are not in color_table; "
+                         f"expected only {sorted(dict(color_table).items())}")
+    out = np.empty(codes.shape, np.int32)
+    for code, value in lut.items():
+        out[codes == code] = value
+    return out
+
+
 def read_raster(path: str | Path, *, key: str | None = None, band_axis: int | None = None,
-                bands: list[int] | None = None, label: bool = False) -> Raster:
-    """Read an image (-> (C, H, W)) or, with ``label=True``, a label map (-> (H, W))."""
+                bands: list[int] | None = None, label: bool = False, color_table: dict | None = None) -> Raster:
+    """Read an image (-> (C, H, W)) or, with ``label=True``, a label map (-> (H, W)); label maps may
+    also be colour-coded PNGs (see :func:`read_color_labels`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"scene file not found: {path}")
     suffix = path.suffix.lower()
     profile: dict = {}
     if suffix in (".tif", ".tiff"):
-        import rasterio
+        import warnings
 
-        with rasterio.open(path) as src:
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+
+        with warnings.catch_warnings():  # an image without georeferencing is fine: profile stays empty
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+        with src:
             arr = src.read()  # (C, H, W)
             if src.crs is not None:
                 profile = {"crs": src.crs, "transform": src.transform}
@@ -78,8 +114,10 @@ def read_raster(path: str | Path, *, key: str | None = None, band_axis: int | No
         arr = _read_mat(path, key)
     elif suffix == ".npy":
         arr = np.load(path, mmap_mode="r")
+    elif suffix == ".png" and label:
+        arr = read_color_labels(path, color_table)
     else:
-        raise SceneError(f"{path}: unknown format {suffix!r}, expected .tif, .tiff, .mat or .npy")
+        raise SceneError(f"{path}: unknown format {suffix!r}, expected .tif, .tiff, .mat or .npy (or .png for label maps)")
     arr = np.asarray(arr)
     if not any(arr.dtype == d for d in KNOWN_DTYPES):
         raise SceneError(f"{path}: dtype {arr.dtype}, expected one of {[np.dtype(d).name for d in KNOWN_DTYPES]}")

@@ -59,7 +59,8 @@ def load_scene(spec: dict, ratio: int) -> Scene:
         pan = read_raster(spec["pan"], key=spec.get("pan_key"), band_axis=spec.get("band_axis"))
         for m in ("label", "train", "val", "test"):
             if spec.get(m):
-                maps[m] = read_raster(spec[m], key=spec.get(f"{m}_key"), label=True).data
+                maps[m] = read_raster(spec[m], key=spec.get(f"{m}_key"), label=True,
+                                      color_table=spec.get("color_table")).data
     else:
         raise SceneError(f"scene {spec.get('name')}: unknown kind {kind!r}, expected 'files' or 'wald_rgb'")
     return Scene(spec.get("name", Path(str(ms.path)).stem), ms, pan, maps)
