@@ -165,7 +165,7 @@ def test_two_workers_yield_every_sample_once(prepared):
     dm.setup()
     seen = []
     for batch in dm.train_dataloader():
-        assert batch["ms"].dtype == torch.float32 and batch["pan"].shape[1:] == (1, 64, 64)
+        assert batch["ms"].dtype == torch.uint16 and batch["pan"].shape[1:] == (1, 64, 64)  # raw: normalize() casts
         seen += [tuple(c) for c in batch["coord"].tolist()]
     with h5py.File(paths["train"], "r") as f:
         expected = sorted(tuple(c) for c in f["coord"][:].tolist())

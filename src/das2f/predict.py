@@ -95,7 +95,13 @@ class Predictor:
         coords = np.stack([rows, cols], 1)
         out = np.empty(h * w, np.uint8)
         task = progress.add_task(scene.name, total=h * w) if progress else None
+        t0 = last = time.perf_counter()
         for s in range(0, h * w, batch_size):
+            if time.perf_counter() - last > 60:  # a plain log line too: progress bars vanish in batch jobs
+                last = time.perf_counter()
+                rate = s / (last - t0)
+                log.info("scene %s: %d/%d px, %.0f px/s, about %.0f min left", scene.name, s, h * w, rate,
+                         (h * w - s) / rate / 60)
             ms, pan = cutter.cut(coords[s:s + batch_size])
             ms = (torch.from_numpy(ms.astype(np.float32)).to(self.device) - shift_t[:c, None, None]) / scale_t[:c, None, None]
             pan = (torch.from_numpy(pan.astype(np.float32)).to(self.device) - shift_t[c:, None, None]) / scale_t[c:, None, None]

@@ -46,8 +46,8 @@ class H5PatchDataset(Dataset):
         f = self._file()
         sel = idx - lo  # one contiguous read of [lo, hi), then pick
         out = {k: f[k][lo:hi][sel] for k in ("ms", "pan", "label", "coord")}
-        return {"ms": torch.from_numpy(out["ms"].astype(np.float32)),
-                "pan": torch.from_numpy(out["pan"].astype(np.float32)),
+        # raw dtype (uint8/uint16: 2-4x fewer bytes between worker and trainer); float32 in normalize()
+        return {"ms": torch.from_numpy(out["ms"]), "pan": torch.from_numpy(out["pan"]),
                 "label": torch.from_numpy(out["label"]), "coord": torch.from_numpy(out["coord"])}
 
 
@@ -179,8 +179,8 @@ class MsPanDataModule(L.LightningDataModule):
     def normalize(self, batch: dict) -> dict:
         c = batch["ms"].shape[1]
         shift, scale = self.shift.to(batch["ms"].device), self.scale.to(batch["ms"].device)
-        batch["ms"] = (batch["ms"] - shift[:c, None, None]) / scale[:c, None, None]
-        batch["pan"] = (batch["pan"] - shift[c:, None, None]) / scale[c:, None, None]
+        batch["ms"] = (batch["ms"].float() - shift[:c, None, None]) / scale[:c, None, None]
+        batch["pan"] = (batch["pan"].float() - shift[c:, None, None]) / scale[c:, None, None]
         return batch
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
