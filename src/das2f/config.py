@@ -40,7 +40,7 @@ def _gid5_tiles(source_dir: str, categories, per_category: int, tile_split=None,
     return tiles
 
 
-def _wandb_offline() -> bool:
+def wandb_offline() -> bool:
     """W&B runs offline (no account, no network) unless an API key is set or WANDB_MODE says otherwise."""
     mode = os.environ.get("WANDB_MODE")
     if mode:
@@ -60,7 +60,7 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("gid5_tiles"):
         OmegaConf.register_new_resolver("gid5_tiles", _gid5_tiles)
     if not OmegaConf.has_resolver("wandb_offline"):
-        OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)
+        OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
     if not OmegaConf.has_resolver("run_group"):
         OmegaConf.register_new_resolver("run_group", _run_group)
 

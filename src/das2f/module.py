@@ -47,9 +47,6 @@ class Das2fClassifier(L.LightningModule):
                 info["wandb_run_id"] = lg.experiment.id  # resuming this checkpoint resumes this W&B run
         checkpoint["das2f"] = info
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.run_info = {**checkpoint.get("das2f", {}), **self.run_info}
-
     def forward(self, ms, pan):
         return self.net(ms, pan)
 

@@ -22,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .config import CONF_DIR, check_config
+from .data.datamodule import normalize_pair, shift_scale
+from .data.hdf5 import RunningStats
 from .data.patches import PatchCutter
 from .data.scenes import Scene, load_scene, validate_scene
 from .maps import class_colors, rgb_composite, save_map_figure, save_maps_grid, write_map
@@ -61,14 +63,10 @@ class Predictor:
 
     def scene_stats(self, scene: Scene) -> tuple[np.ndarray, np.ndarray]:
         """Shift and scale (MS bands then PAN) of the scene itself, with the checkpoint's normalisation."""
-        bands = [b.astype(np.float64) for b in scene.ms.data] + [scene.pan.data[0].astype(np.float64)]
-        if self.normalization == "minmax":
-            shift = np.array([b.min() for b in bands])
-            scale = np.array([b.max() for b in bands]) - shift
-        else:
-            shift = np.array([b.mean() for b in bands])
-            scale = np.array([b.std() for b in bands])
-        return shift, np.where(scale > 0, scale, 1.0)
+        ms, pan = RunningStats(scene.ms.data.shape[0]), RunningStats(1)
+        ms.update(scene.ms.data[None])
+        pan.update(scene.pan.data[None])
+        return shift_scale(self.normalization, {**ms.as_attrs("ms"), **pan.as_attrs("pan")})
 
     def check_scene(self, scene: Scene) -> None:
         c = scene.ms.data.shape[0]
@@ -87,7 +85,7 @@ class Predictor:
             shift, scale = self.scene_stats(scene)
         else:
             raise ValueError(f"stats must be 'train' or 'scene', got {stats!r}")
-        c, h, w = scene.ms.data.shape
+        h, w = scene.ms.data.shape[1:]
         shift_t = torch.tensor(shift, dtype=torch.float32, device=self.device)
         scale_t = torch.tensor(scale, dtype=torch.float32, device=self.device)
         cutter = PatchCutter(scene.ms.data, scene.pan.data, self.ms_patch, self.ratio)
@@ -103,8 +101,8 @@ class Predictor:
                 log.info("scene %s: %d/%d px, %.0f px/s, about %.0f min left", scene.name, s, h * w, rate,
                          (h * w - s) / rate / 60)
             ms, pan = cutter.cut(coords[s:s + batch_size])
-            ms = (torch.from_numpy(ms.astype(np.float32)).to(self.device) - shift_t[:c, None, None]) / scale_t[:c, None, None]
-            pan = (torch.from_numpy(pan.astype(np.float32)).to(self.device) - shift_t[c:, None, None]) / scale_t[c:, None, None]
+            ms, pan = normalize_pair(torch.from_numpy(ms).to(self.device), torch.from_numpy(pan).to(self.device),
+                                     shift_t, scale_t)
             out[s:s + batch_size] = self.net(ms, pan).argmax(1).cpu().numpy()
             if progress:
                 progress.advance(task, len(ms))
@@ -149,7 +147,6 @@ def predict(cfg: DictConfig) -> dict:
         for spec in specs:
             scene = load_scene(spec, dataset["ratio"])
             validate_scene(scene, dataset["ratio"], require_labels=False)
-            predictor.check_scene(scene)
             log.info("scene %s: MS %s, PAN %s", scene.name, scene.ms.data.shape, scene.pan.data.shape)
             t0 = time.perf_counter()
             index_map = predictor.classify(scene, cfg.stats, cfg.batch_size, progress)
@@ -184,11 +181,11 @@ def log_to_wandb(info: dict, out_dir: Path, summary: dict, dataset: str) -> None
     """Maps and per-scene figures into the checkpoint's own W&B run (resumed by the id stored in it)."""
     import wandb
 
-    from .config import _wandb_offline
+    from .config import wandb_offline
 
     run_id = info.get("wandb_run_id")
     run = wandb.init(project="das2f", id=run_id, resume="allow" if run_id else None, dir=str(out_dir),
-                     mode="offline" if _wandb_offline() else "online", job_type="predict",
+                     mode="offline" if wandb_offline() else "online", job_type="predict",
                      group=None if run_id else f"{dataset}-predict")
     try:
         images = {f"predict/{p.stem}": wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))}

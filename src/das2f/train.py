@@ -20,10 +20,14 @@ def instantiate_list(cfg: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
 
 
-def check_checkpoint_classes(ckpt_path: str, class_names: list[str]) -> None:
+def read_checkpoint(ckpt_path: str) -> dict:
+    """A checkpoint's contents, read once (memory-mapped) for the checks before training."""
     import torch
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    return torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)  # our own checkpoints
+
+
+def check_checkpoint_classes(ckpt_path: str, ckpt: dict, class_names: list[str]) -> None:
     saved = ckpt.get("hyper_parameters", {}).get("class_names")
     if saved is not None and list(saved) != list(class_names):
         raise ValueError(f"checkpoint {ckpt_path} was trained on classes {list(saved)}, "
@@ -62,26 +66,22 @@ def run_info(cfg: DictConfig, datamodule) -> dict:
     }
 
 
-def resume_wandb_run(cfg: DictConfig, ckpt: str) -> None:
+def resume_wandb_run(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> None:
     """A resumed checkpoint continues its W&B run: the id stored in the checkpoint, never typed by hand."""
-    import torch
-
-    run_id = torch.load(ckpt, map_location="cpu", weights_only=False).get("das2f", {}).get("wandb_run_id")
+    run_id = ckpt.get("das2f", {}).get("wandb_run_id")
     for c in (cfg.get("logger") or {}).values():
         if c is not None and str(c.get("_target_", "")).endswith("WandbLogger") and run_id:
             with open_dict(c):
                 c.id, c.resume = run_id, "allow"
-            log.info("resuming W&B run %s from %s", run_id, ckpt)
+            log.info("resuming W&B run %s from %s", run_id, ckpt_path)
 
 
 def log_figures(trainer, out: Path) -> None:
-    """The test confusion matrix (and any classification map already in the run dir) to W&B."""
-    figures = {"test/confusion": out / "test_confusion.png", **{f"predict/{p.stem}": p for p in out.glob("*_map.png")}}
+    """The test confusion matrix to W&B (maps go there from das2f.predict, wandb=true)."""
+    figure = out / "test_confusion.png"
     for lg in trainer.loggers:
-        if type(lg).__name__ == "WandbLogger":
-            for key, path in figures.items():
-                if path.is_file():
-                    lg.log_image(key=key, images=[str(path)])
+        if type(lg).__name__ == "WandbLogger" and figure.is_file():
+            lg.log_image(key="test/confusion", images=[str(figure)])
 
 
 def resolve_ckpt(cfg: DictConfig) -> str | None:
@@ -97,11 +97,13 @@ def run(cfg: DictConfig) -> dict:
     check_config(cfg)
     started = time.perf_counter()
     ckpt = resolve_ckpt(cfg)
+    saved = read_checkpoint(ckpt) if ckpt else None
     if ckpt:
-        resume_wandb_run(cfg, ckpt)
+        resume_wandb_run(cfg, ckpt, saved)
     datamodule, model, trainer = build(cfg)
     if ckpt:
-        check_checkpoint_classes(ckpt, datamodule.class_names)
+        check_checkpoint_classes(ckpt, saved, datamodule.class_names)
+    del saved
     try:
         if cfg.get("train"):
             log.info("training: %s", cfg.paths.output_dir)

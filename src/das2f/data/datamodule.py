@@ -136,14 +136,7 @@ class MsPanDataModule(L.LightningDataModule):
         for split, path in self.paths.items():
             if split not in self.sets:
                 self.sets[split] = H5PatchDataset(path)
-        a = self.sets["train"].attrs
-        if self.normalization == "minmax":
-            shift = np.concatenate([a["ms_min"], a["pan_min"]])
-            scale = np.concatenate([a["ms_max"], a["pan_max"]]) - shift
-        else:
-            shift = np.concatenate([a["ms_mean"], a["pan_mean"]])
-            scale = np.concatenate([a["ms_std"], a["pan_std"]])
-        scale = np.where(scale > 0, scale, 1.0)
+        shift, scale = shift_scale(self.normalization, self.sets["train"].attrs)
         self.shift = torch.tensor(shift, dtype=torch.float32)
         self.scale = torch.tensor(scale, dtype=torch.float32)
 
@@ -177,10 +170,7 @@ class MsPanDataModule(L.LightningDataModule):
         return self._loader("test", False)
 
     def normalize(self, batch: dict) -> dict:
-        c = batch["ms"].shape[1]
-        shift, scale = self.shift.to(batch["ms"].device), self.scale.to(batch["ms"].device)
-        batch["ms"] = (batch["ms"].float() - shift[:c, None, None]) / scale[:c, None, None]
-        batch["pan"] = (batch["pan"].float() - shift[c:, None, None]) / scale[c:, None, None]
+        batch["ms"], batch["pan"] = normalize_pair(batch["ms"], batch["pan"], self.shift, self.scale)
         return batch
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
@@ -188,6 +178,26 @@ class MsPanDataModule(L.LightningDataModule):
         if self.augment and self.trainer is not None and self.trainer.training:
             batch = joint_flip_rotate(batch)
         return batch
+
+
+def shift_scale(kind: str, stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band shift and scale (MS bands, then PAN) from patch-file-style statistics
+    (``ms_min``, ``pan_max``, ``ms_mean``, ``pan_std``, ...): min-max or z-score; a constant band keeps scale 1."""
+    if kind == "minmax":
+        shift = np.concatenate([stats["ms_min"], stats["pan_min"]])
+        scale = np.concatenate([stats["ms_max"], stats["pan_max"]]) - shift
+    else:
+        shift = np.concatenate([stats["ms_mean"], stats["pan_mean"]])
+        scale = np.concatenate([stats["ms_std"], stats["pan_std"]])
+    return shift, np.where(scale > 0, scale, 1.0)
+
+
+def normalize_pair(ms: torch.Tensor, pan: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
+    """(x - shift) / scale per band, as float32, for an MS batch (n, C, h, w) and its PAN batch (n, 1, H, W)."""
+    c = ms.shape[1]
+    shift, scale = shift.to(ms.device), scale.to(ms.device)
+    return ((ms.float() - shift[:c, None, None]) / scale[:c, None, None],
+            (pan.float() - shift[c:, None, None]) / scale[c:, None, None])
 
 
 def joint_flip_rotate(batch: dict, generator: torch.Generator | None = None) -> dict:
