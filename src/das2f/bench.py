@@ -22,9 +22,12 @@ import time
 import types
 from pathlib import Path
 
+import hydra
 import psutil
 import torch
+from omegaconf import OmegaConf
 
+from .config import CONF_DIR
 from .models import DAS2F
 from .models.scan import DEFAULT_CHUNK, selective_scan_reference, selective_scan_torch
 
@@ -139,7 +142,9 @@ def bench_scans(quick: bool) -> list[tuple]:
 def bench_network(batch=64, stages=2, steps=3):
     torch.manual_seed(0)
     net = DAS2F(stages=stages)
-    opt = torch.optim.Adam(net.parameters())
+    # the optimizer training uses (conf/model/das2f.yaml), so the step is the one `make train` takes
+    opt = hydra.utils.instantiate(OmegaConf.load(Path(CONF_DIR) / "model" / "das2f.yaml").optimizer)(
+        params=net.parameters())
     ms, pan, y = torch.randn(batch, 4, 16, 16), torch.randn(batch, 1, 64, 64), torch.randint(0, 11, (batch,))
     times = []
     for _ in range(steps + 1):

@@ -33,9 +33,11 @@ def cross_merge(ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
     b, k, d, length = ys.shape
     if k != K_DIRECTIONS or length != h * w:
         raise ValueError(f"cross_merge: expected (B, 4, D, {h * w}), got {tuple(ys.shape)}")
-    y = ys[:, :2] + ys[:, 2:].flip(-1)
-    cols = y[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
-    return y[:, 0] + cols
+    # unbind, not slicing: its backward stacks the four gradients instead of zero-filling
+    # a full-size tensor per slice
+    rows, cols, rows_rev, cols_rev = ys.unbind(1)
+    cols = cols + cols_rev.flip(-1)
+    return rows + rows_rev.flip(-1) + cols.view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
 
 
 # --------------------------------------------------------------------------- token <-> image
