@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
-# The Gaofen-2 experiment end to end (make experiment-gid5): one multirun over the variants and seeds,
-# its report into experiments/gid5/results/, and held-out tile maps from the DAS²F (1-stage) run.
-#   VARIANTS  comma list of experiments/gid5/variant/*.yaml   (default: all five)
-#   SEEDS     comma list of seeds                              (default: 1)
+# The Gaofen-2 experiment end to end (make experiment-gid5): one multirun per group of variants and
+# seeds, one report over all of them into experiments/gid5/results/, and held-out tile maps from the
+# first DAS²F (1-stage) run.
+#   RUNS  space-separated groups VARIANTS:SEEDS, VARIANTS a comma list of experiments/gid5/variant/*.yaml
+#         default: the 1-stage models with 3 seeds, the 2-stage DAS²F and the VMamba ablation with 1
+#         (about 100 min on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
-VARIANTS=${VARIANTS:-das2f_s1,cnn,fusion_sum,no_swap,das2f_s2}
-SEEDS=${SEEDS:-1}
+RUNS=${RUNS:-"das2f_s1,cnn,fusion_sum,no_swap:1,2,3 das2f_s2,vmamba:1"}
 if [ ! -d ../shared/data/gid5 ]; then
   echo "experiments/gid5: ../shared/data/gid5 not found (the Gaofen-2 tiles; see ../shared/data/README.md)" >&2
   exit 2
 fi
-SWEEP=logs/train/multiruns/gid5_$(date +%Y-%m-%d_%H-%M-%S)
+STAMP=$(date +%Y-%m-%d_%H-%M-%S)
 RESULTS=experiments/gid5/results
-"$PY" -m das2f.train -m dataset=gid5 +experiments=gid5/train "+experiments/gid5/variant=$VARIANTS" "seed=$SEEDS" \
-  "hydra.sweep.dir=$SWEEP" trainer.enable_progress_bar=false "$@"
-"$PY" -m das2f.report "$SWEEP" --out "$RESULTS"
+SWEEPS=()
+for group in $RUNS; do
+  VARIANTS=${group%%:*}
+  SEEDS=${group#*:}
+  SWEEP=logs/train/multiruns/gid5_${STAMP}_$(echo "$VARIANTS" | tr ',' '+')
+  "$PY" -m das2f.train -m dataset=gid5 +experiments=gid5/train "+experiments/gid5/variant=$VARIANTS" "seed=$SEEDS" \
+    "hydra.sweep.dir=$SWEEP" trainer.enable_progress_bar=false "$@"
+  SWEEPS+=("$SWEEP")
+done
+"$PY" -m das2f.report "${SWEEPS[@]}" --out "$RESULTS"
+SWEEP=${SWEEPS[0]}
 # maps of held-out TEST tiles (two per category) from the first DAS²F 1-stage job
 CKPT=$("$PY" - "$SWEEP" <<'PYEOF'
 import json, sys
@@ -44,4 +53,4 @@ PYEOF
   cp "$SWEEP/predict/maps.png" "$RESULTS/test_tiles_map.png"
   cp "$SWEEP/predict/predict.json" "$RESULTS/test_tiles_predict.json"
 fi
-echo "results: $RESULTS (report.md, report.csv, test_tiles_map.png); runs: $SWEEP"
+echo "results: $RESULTS (report.md, report.csv, test_tiles_map.png); runs: ${SWEEPS[*]}"
