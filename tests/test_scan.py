@@ -40,6 +40,23 @@ def test_torch_backend_matches_reference(shape, regime):
         assert err < RTOL, f"gradient of {name}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("grad_of", [None, "u", "A"])
+def test_inference_path_equals_training_path(grad_of):
+    """Without gradients the scan keeps only its running state; the output must not change, and
+    a gradient through any single input must still keep the chunk checkpoints it needs."""
+    x = {k: v.float() for k, v in make_inputs(2, 8, 2, 4, 37, regime="stress", seed=3).items()}
+    with torch.no_grad():
+        y_inf = selective_scan(**x, delta_softplus=True, backend="torch")
+    xs = {k: v.clone().requires_grad_(k == grad_of) for k, v in x.items()}
+    y = selective_scan(**xs, delta_softplus=True, backend="torch")
+    torch.testing.assert_close(y_inf, y.detach(), rtol=0, atol=0)
+    if grad_of is not None:
+        xr = {k: v.double().requires_grad_(k == grad_of) for k, v in x.items()}
+        (g_ref,) = torch.autograd.grad(selective_scan(**xr, delta_softplus=True, backend="reference").sum(), xr[grad_of])
+        (g,) = torch.autograd.grad(y.sum(), xs[grad_of])
+        assert (g.double() - g_ref).abs().max() / g_ref.abs().max() < RTOL
+
+
 def test_without_optional_terms_and_softplus():
     x = make_inputs(2, 8, 4, 4, 20, "init", 0)
     x["delta"] = torch.rand_like(x["delta"]) * 0.1  # positive without softplus

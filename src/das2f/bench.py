@@ -12,6 +12,7 @@ Writes bench/results/bench-<date>.md.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime as dt
 import functools
 import gc
@@ -33,6 +34,15 @@ from .models import DAS2F
 from .models.scan import DEFAULT_CHUNK, selective_scan_reference, selective_scan_torch
 
 
+def _malloc_trim():
+    """Hand freed heap memory back to the OS (glibc), so a peak counts every page a run touches
+    rather than only what the heap left by earlier candidates could not serve."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak may undercount reused heap memory
+        pass
+
+
 class PeakRSS:
     """Peak resident memory above the starting point.
 
@@ -49,6 +59,7 @@ class PeakRSS:
 
     def __enter__(self):
         gc.collect()
+        _malloc_trim()
         self.proc = psutil.Process()
         self.base = self.proc.memory_info().rss
         try:
@@ -117,18 +128,23 @@ def mambapy_scan():
 
 
 def time_scan(fn, x, backward: bool, repeats: int):
-    best, peak = float("inf"), 0
-    for _ in range(repeats):
+    """(best time of ``repeats`` runs, peak MB). With repeats > 1 the peak comes from one extra,
+    untimed run: measuring it returns freed memory to the OS, which the next run pays back in
+    page faults."""
+
+    def once():
         xs = {k: v.clone().requires_grad_(backward) for k, v in x.items()}
-        with PeakRSS() as mem:
-            t = time.perf_counter()
-            with torch.set_grad_enabled(backward):
-                y = fn(**xs)
-                if backward:
-                    y.sum().backward()
-            best = min(best, time.perf_counter() - t)
-        peak = max(peak, mem.peak)
-    return best, peak / 2**20
+        t = time.perf_counter()
+        with torch.set_grad_enabled(backward):
+            y = fn(**xs)
+            if backward:
+                y.sum().backward()
+        return time.perf_counter() - t
+
+    with PeakRSS() as mem:
+        first = once()
+    times = [once() for _ in range(repeats - 1)] if repeats > 1 else [first]
+    return min(times), mem.peak / 2**20
 
 
 def _torch_chunk(chunk: int, **k):
@@ -153,8 +169,8 @@ def bench_scans(quick: bool) -> list[tuple]:
         if slow and quick:
             rows.append((name + " (skipped: --quick)", None, None, None, None))
             continue
-        f, fm = time_scan(fn, x, False, 1 if slow else 3)
-        fb, fbm = time_scan(fn, x, True, 1 if slow else 3)
+        f, fm = time_scan(fn, x, False, 1 if slow else 4)
+        fb, fbm = time_scan(fn, x, True, 1 if slow else 4)
         rows.append((name, f, fm, fb, fbm))
         print(f"{name}: fwd {f:.3f} s, fwd+bwd {fb:.3f} s, peak {fbm:.0f} MB", flush=True)
     return rows

@@ -126,21 +126,25 @@ class _ChunkedScan(torch.autograd.Function):
         n = A.shape[1]
         chunks = _ChunkedScan._chunks(length, chunk)
         y = du.new_empty(length, b, g, e)
-        # chunk-start states, one small tensor each: one (L/T)-state allocation would exceed
-        # glibc's mmap threshold and page-fault afresh on every call (~25k faults, ~15% of the time)
+        # chunk-start states for the backward, one small tensor each: one (L/T)-state allocation
+        # would exceed glibc's mmap threshold and page-fault afresh on every call (~25k faults,
+        # ~15% of the time). Without gradients (inference) only the running state is kept.
+        keep = any(ctx.needs_input_grad[:5])
         checkpoints = []
         buf_a = du.new_empty(chunk, b, g, n, e)
         buf_h = du.new_empty(chunk, b, g, n, e)
+        carry = None if keep else du.new_empty(b, g, n, e)
         h = du.new_zeros(b, g, n, e)
         A2 = A * _LOG2E
         for s, t1 in chunks:
             T = t1 - s
-            checkpoints.append(h.clone())  # copied before the buffer that holds h is overwritten
+            if keep:
+                checkpoints.append(h)
             dA, hs = buf_a[:T], buf_h[:T]
-            _ChunkedScan._states(checkpoints[-1], delta[s:t1], du[s:t1], A2, Bt[s:t1], dA, hs)
+            _ChunkedScan._states(h, delta[s:t1], du[s:t1], A2, Bt[s:t1], dA, hs)
             # y = C (1, N) @ h (N, E) per (t, b, g): the row-vector form is the fast one in CPU BLAS
             torch.bmm(Ct[s:t1].view(-1, 1, n), hs.view(-1, n, e), out=y[s:t1].view(-1, 1, e))
-            h = hs[-1]
+            h = hs[-1].clone() if keep else carry.copy_(hs[-1])  # before the buffer is overwritten
         ctx.save_for_backward(du, delta, A, Bt, Ct, *checkpoints)
         ctx.chunk = chunk
         return y
