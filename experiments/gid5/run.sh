@@ -3,12 +3,12 @@
 # seeds, one report over all of them into experiments/gid5/results/, and held-out tile maps from the
 # first DAS²F (1-stage) run.
 #   RUNS  space-separated groups VARIANTS:SEEDS, VARIANTS a comma list of experiments/gid5/variant/*.yaml
-#         default: the 1-stage models with 3 seeds, the 2-stage DAS²F and the VMamba ablation with 1
-#         (about 100 min on 2 CPU cores)
+#         default: DAS²F 1-stage and the CNN with 3 seeds, the ablations and the 2-stage DAS²F with 1
+#         (about 80 min on 2 CPU cores, then about 10 min of maps)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
-RUNS=${RUNS:-"das2f_s1,cnn,fusion_sum,no_swap:1,2,3 das2f_s2,vmamba:1"}
+RUNS=${RUNS:-"das2f_s1,cnn:1,2,3 fusion_sum,no_swap,das2f_s2,vmamba:1"}
 if [ ! -d ../shared/data/gid5 ]; then
   echo "experiments/gid5: ../shared/data/gid5 not found (the Gaofen-2 tiles; see ../shared/data/README.md)" >&2
   exit 2

@@ -17,8 +17,9 @@ Backends
 --------
 ``torch``      chunked, time-major, pure PyTorch with a hand-written backward. States are
                kept only at chunk starts and recomputed per chunk in the backward, so
-               memory stays O(B*D*N*chunk) instead of O(B*D*N*L). No closed form over a
-               chunk (no ``exp(cumsum)``), hence no float32 overflow for large deltas.
+               memory is O(B*D*N*(L/chunk + chunk)) instead of O(B*D*N*L) (none of the
+               chunk starts without gradients). No closed form over a chunk (no
+               ``exp(cumsum)``), hence no float32 overflow for large deltas.
 ``reference``  the obvious sequential loop with autograd, for tests (run it in float64).
 ``mamba_ssm``  mamba-ssm's CUDA kernel; only where it imports and the tensors are on CUDA.
 ``auto``       ``mamba_ssm`` when both hold, else ``torch``; logs its choice once.
@@ -35,7 +36,9 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "reference", "mamba_ssm")
 _LOG2E = 1.4426950408889634  # log2(e)
-DEFAULT_CHUNK = 4  # interleaved re-measurement 2026-11-24: fwd+bwd 0.37-0.40 s vs 0.47-0.58 s at 16 (README)
+# make bench 2026-11-24: chunk 4 fwd+bwd 1.4-1.6x faster than 8 or 16; chunk 2 about 1.1x faster
+# again but its chunk-start states push the peak near 0.5 GB (README, Benchmark)
+DEFAULT_CHUNK = 4
 
 
 def _check_shapes(u, delta, A, B, C, D, delta_bias):
