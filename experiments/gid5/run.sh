@@ -25,17 +25,18 @@ for group in $RUNS; do
   SWEEPS+=("$SWEEP")
 done
 "$PY" -m das2f.report "${SWEEPS[@]}" --out "$RESULTS"
-SWEEP=${SWEEPS[0]}
-# maps of held-out TEST tiles (two per category) from the first DAS²F 1-stage job
-CKPT=$("$PY" - "$SWEEP" <<'PYEOF'
+# maps of held-out TEST tiles (two per category) from the first DAS²F 1-stage job of any group
+CKPT=$("$PY" - "${SWEEPS[@]}" <<'PYEOF'
 import json, sys
 from pathlib import Path
-for m in sorted(Path(sys.argv[1]).glob("*/metrics.json"), key=lambda p: int(p.parent.name)):
+jobs = [m for d in sys.argv[1:] for m in sorted(Path(d).glob("*/metrics.json"), key=lambda p: int(p.parent.name))]
+for m in jobs:
     r = json.loads(m.read_text())
     if r["backbone"] == "spvm" and r["fusion"] == "aalf" and r["cmda"] == "swap" and r["stages"] == 1:
         print(r["metrics"]["best_checkpoint"]); break
 PYEOF
 )
+MAPS=logs/train/multiruns/gid5_${STAMP}_predict
 if [ -n "$CKPT" ]; then
   TILES=$("$PY" - <<'PYEOF'
 from omegaconf import OmegaConf
@@ -49,8 +50,8 @@ print("[" + ",".join(picked) + "]")
 PYEOF
 )
   "$PY" -m das2f.predict dataset=gid5 "ckpt_path=$CKPT" "scenes=$TILES" grid_max_scenes=10 \
-    "hydra.run.dir=$SWEEP/predict" progress=false
-  cp "$SWEEP/predict/maps.png" "$RESULTS/test_tiles_map.png"
-  cp "$SWEEP/predict/predict.json" "$RESULTS/test_tiles_predict.json"
+    "hydra.run.dir=$MAPS" progress=false
+  cp "$MAPS/maps.png" "$RESULTS/test_tiles_map.png"
+  cp "$MAPS/predict.json" "$RESULTS/test_tiles_predict.json"
 fi
 echo "results: $RESULTS (report.md, report.csv, test_tiles_map.png); runs: ${SWEEPS[*]}"

@@ -128,9 +128,9 @@ def mambapy_scan():
 
 
 def time_scan(fn, x, backward: bool, repeats: int):
-    """(best time of ``repeats`` runs, peak MB). With repeats > 1 the peak comes from one extra,
-    untimed run: measuring it returns freed memory to the OS, which the next run pays back in
-    page faults."""
+    """(best time, peak MB). With repeats > 1 the first run only measures the peak (measuring it
+    returns freed memory to the OS, which that run pays back in page faults) and the best of the
+    other ``repeats - 1`` is the time; with repeats == 1 the one run gives both."""
 
     def once():
         xs = {k: v.clone().requires_grad_(backward) for k, v in x.items()}

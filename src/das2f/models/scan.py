@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "reference", "mamba_ssm")
 _LOG2E = 1.4426950408889634  # log2(e)
-# make bench 2026-11-24: chunk 4 fwd+bwd 1.4-1.6x faster than 8 or 16; chunk 2 about 1.1x faster
-# again but its chunk-start states push the peak near 0.5 GB (README, Benchmark)
+# make bench 2026-11-24: chunk 4 fwd+bwd 1.2-1.6x faster than 8 or 16; chunk 2 was faster in one run,
+# slower in the next, and its chunk-start states push the peak near 0.5 GB (README, Benchmark)
 DEFAULT_CHUNK = 4
 
 
