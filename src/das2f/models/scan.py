@@ -86,135 +86,173 @@ def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_s
 
 
 # --------------------------------------------------------------------------- torch (chunked)
-class _ChunkedScan(torch.autograd.Function):
-    """Core recurrence y_t = <C_t, h_t>, h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t.
+# The recurrence y_t = <C_t, h_t>, h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t runs on
+# contiguous time-major tensors, the state laid out (N, E) so that the long channel axis E is
+# innermost (broadcasts over N then run vectorised):
+#     du, delta : (L, B, G, E)  with E = D // G and du = delta * u
+#     A         : (G, N, E)
+#     Bt, Ct    : (L, B, G, N)
+#     y         : (L, B, G, E)
+# Per chunk of T steps the work is a few whole-chunk passes (T, B, G, N, E) into reused buffers
+# (no fresh allocation per chunk, no page faults) and one in-place fused multiply-add per time
+# step. Gradients: with g_t = dL/dh_t,
+#     g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1},
+#     dL/d(du_t) = <g_t, B_t>,  dL/dB_t = sum_e du_t g_t,  dL/dC_t = sum_e dy_t h_t,
+#     X_t = g_t exp(delta_t A) h_{t-1},  dL/ddelta_t = <X_t, A>,  dL/dA = sum_{t,b} X_t delta_t.
 
-    Works on contiguous time-major tensors, the state laid out (N, E) so that the long
-    channel axis E is innermost (broadcasts over N then run vectorised):
-        du, delta : (L, B, G, E)  with E = D // G and du = delta * u
-        A         : (G, N, E)
-        Bt, Ct    : (L, B, G, N)
-    Returns y : (L, B, G, E).
 
-    Per chunk of T steps the work is a few whole-chunk passes (T, B, G, N, E) into reused
-    buffers (no fresh allocation per chunk, no page faults) and one in-place fused
-    multiply-add per time step. Gradients: with g_t = dL/dh_t,
-        g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1},
-        dL/d(du_t) = <g_t, B_t>,  dL/dB_t = sum_e du_t g_t,  dL/dC_t = sum_e dy_t h_t,
-        X_t = g_t exp(delta_t A) h_{t-1},  dL/ddelta_t = <X_t, A>,  dL/dA = sum_{t,b} X_t delta_t.
+def _chunks(length: int, chunk: int) -> list[tuple[int, int]]:
+    return [(s, min(s + chunk, length)) for s in range(0, length, chunk)]
+
+
+def _chunk_states(h0, delta, du, A2, Bt, dA, hs):
+    """Fill dA with exp(delta A) = 2^(delta A log2 e) and hs with the states h_t of one chunk.
+
+    ``A2`` is A * log2(e): torch's exp2 runs about 3x faster than its exp on this CPU
+    (5.5 vs 1.6 G/s, AVX-512) and the exponentials are the recurrence's largest cost.
+    """
+    torch.mul(delta[:, :, :, None, :], A2, out=dA)
+    dA.exp2_()
+    torch.mul(du[:, :, :, None, :], Bt[..., None], out=hs)
+    prev = h0
+    for t in range(hs.shape[0]):
+        torch.addcmul(hs[t], prev, dA[t], out=hs[t])
+        prev = hs[t]
+
+
+def _recurrence_forward(du, delta, A, Bt, Ct, chunk: int, keep: bool):
+    """y and, with ``keep``, the state at every chunk start (for the backward); without it
+    (inference) only the running state is kept."""
+    length, b, g, e = du.shape
+    n = A.shape[1]
+    y = du.new_empty(length, b, g, e)
+    # one small tensor per chunk start: one (L/T)-state allocation would exceed glibc's mmap
+    # threshold and page-fault afresh on every call
+    checkpoints = []
+    buf_a = du.new_empty(chunk, b, g, n, e)
+    buf_h = du.new_empty(chunk, b, g, n, e)
+    carry = None if keep else du.new_empty(b, g, n, e)
+    h = du.new_zeros(b, g, n, e)
+    A2 = A * _LOG2E
+    for s, t1 in _chunks(length, chunk):
+        if keep:
+            checkpoints.append(h)
+        dA, hs = buf_a[: t1 - s], buf_h[: t1 - s]
+        _chunk_states(h, delta[s:t1], du[s:t1], A2, Bt[s:t1], dA, hs)
+        # y = C (1, N) @ h (N, E) per (t, b, g): the row-vector form is the fast one in CPU BLAS
+        torch.bmm(Ct[s:t1].view(-1, 1, n), hs.view(-1, n, e), out=y[s:t1].view(-1, 1, e))
+        h = hs[-1].clone() if keep else carry.copy_(hs[-1])  # before the buffer is overwritten
+    return y, checkpoints
+
+
+def _recurrence_backward(dy, du, delta, A, Bt, Ct, checkpoints, chunk: int):
+    """Gradients of du, delta, A, Bt, Ct from dy (all time-major, formulas above)."""
+    length, b, g, e = du.shape
+    n = A.shape[1]
+    d_du, d_delta = torch.empty_like(du), torch.empty_like(delta)
+    d_B, d_C = torch.empty_like(Bt), torch.empty_like(Ct)
+    d_A = torch.zeros_like(A)
+    buf_a, buf_h, buf_g = (du.new_empty(chunk, b, g, n, e) for _ in range(3))
+    A2 = A * _LOG2E
+    carry = None  # exp(delta_{t+1} A) g_{t+1} at the first step of the following chunk
+    carry_buf = du.new_empty(b, g, n, e)
+    for i, (s, t1) in reversed(list(enumerate(_chunks(length, chunk)))):
+        T = t1 - s
+        h0 = checkpoints[i]
+        dA, hs, grad = buf_a[:T], buf_h[:T], buf_g[:T]
+        _chunk_states(h0, delta[s:t1], du[s:t1], A2, Bt[s:t1], dA, hs)
+        dy_c = dy[s:t1]
+        torch.bmm(dy_c.view(-1, 1, e), hs.view(-1, n, e).transpose(1, 2), out=d_C[s:t1].view(-1, 1, n))
+        torch.mul(dy_c[:, :, :, None, :], Ct[s:t1, ..., None], out=grad)
+        if carry is not None:
+            grad[-1] += carry
+        for t in range(T - 1, 0, -1):
+            grad[t - 1].addcmul_(dA[t], grad[t])
+        dA.mul_(grad)  # dA[t] now holds exp(delta_t A) g_t
+        carry = carry_buf.copy_(dA[0])
+        torch.bmm(Bt[s:t1].view(-1, 1, n), grad.view(-1, n, e), out=d_du[s:t1].view(-1, 1, e))
+        torch.bmm(du[s:t1].view(-1, 1, e), grad.view(-1, n, e).transpose(1, 2), out=d_B[s:t1].view(-1, 1, n))
+        dA[1:].mul_(hs[:-1])
+        dA[0].mul_(h0)  # dA now holds X_t
+        # contractions over N (d_delta) and over (t, b) (d_A); hs and grad serve as scratch
+        torch.sum(torch.mul(dA, A, out=hs), dim=-2, out=d_delta[s:t1])
+        d_A += torch.mul(dA, delta[s:t1, :, :, None, :], out=grad).sum(dim=(0, 1))
+    return d_du, d_delta, d_A, d_B, d_C
+
+
+class _SelectiveScanTorch(torch.autograd.Function):
+    """The whole scan in one node: delta bias and softplus, delta * u, the recurrence, D * u.
+
+    Inputs and outputs keep mamba-ssm's layout; each (B, D, L) operand is transposed to
+    time-major once by a copy, and every elementwise step, forward and backward, runs between
+    tensors of the same layout. (Left to autograd, the gradients came back as permuted views
+    and the elementwise backward ops between them and contiguous tensors ran about 10x slower
+    than with matching strides: a third of the scan's time.)
     """
 
     @staticmethod
-    def _states(h0, delta, du, A2, Bt, dA, hs):
-        """Fill dA with exp(delta A) = 2^(delta A log2 e) and hs with the states h_t of one chunk.
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk):
+        b, d, length = u.shape
+        g, n = B.shape[1], A.shape[1]
+        e = d // g
 
-        ``A2`` is A * log2(e): torch's exp2 runs about 3x faster than its exp on this CPU
-        (5.5 vs 1.6 G/s, AVX-512) and the exponentials are the scan's largest cost.
-        """
-        torch.mul(delta[:, :, :, None, :], A2, out=dA)
-        dA.exp2_()
-        torch.mul(du[:, :, :, None, :], Bt[..., None], out=hs)
-        prev = h0
-        for t in range(hs.shape[0]):
-            torch.addcmul(hs[t], prev, dA[t], out=hs[t])
-            prev = hs[t]
+        def time_major(t):  # (B, D, L) -> (L, B, G, E)
+            return t.permute(2, 0, 1).reshape(length, b, g, e).contiguous()
 
-    @staticmethod
-    def _chunks(length, chunk):
-        return [(s, min(s + chunk, length)) for s in range(0, length, chunk)]
-
-    @staticmethod
-    def forward(ctx, du, delta, A, Bt, Ct, chunk):
-        length, b, g, e = du.shape
-        n = A.shape[1]
-        chunks = _ChunkedScan._chunks(length, chunk)
-        y = du.new_empty(length, b, g, e)
-        # chunk-start states for the backward, one small tensor each: one (L/T)-state allocation
-        # would exceed glibc's mmap threshold and page-fault afresh on every call (~25k faults,
-        # ~15% of the time). Without gradients (inference) only the running state is kept.
-        keep = any(ctx.needs_input_grad[:5])
-        checkpoints = []
-        buf_a = du.new_empty(chunk, b, g, n, e)
-        buf_h = du.new_empty(chunk, b, g, n, e)
-        carry = None if keep else du.new_empty(b, g, n, e)
-        h = du.new_zeros(b, g, n, e)
-        A2 = A * _LOG2E
-        for s, t1 in chunks:
-            T = t1 - s
-            if keep:
-                checkpoints.append(h)
-            dA, hs = buf_a[:T], buf_h[:T]
-            _ChunkedScan._states(h, delta[s:t1], du[s:t1], A2, Bt[s:t1], dA, hs)
-            # y = C (1, N) @ h (N, E) per (t, b, g): the row-vector form is the fast one in CPU BLAS
-            torch.bmm(Ct[s:t1].view(-1, 1, n), hs.view(-1, n, e), out=y[s:t1].view(-1, 1, e))
-            h = hs[-1].clone() if keep else carry.copy_(hs[-1])  # before the buffer is overwritten
-        ctx.save_for_backward(du, delta, A, Bt, Ct, *checkpoints)
-        ctx.chunk = chunk
-        return y
+        u_t, delta_t = time_major(u), time_major(delta)
+        if delta_bias is not None:
+            delta_t += delta_bias.view(g, e)
+        x_t = delta_t  # softplus' = sigmoid(x): the backward needs x itself
+        if delta_softplus:
+            delta_t = F.softplus(x_t)
+        du_t = delta_t * u_t
+        A_t = A.reshape(g, e, n).transpose(1, 2).contiguous()  # (G, N, E)
+        B_t, C_t = B.permute(3, 0, 1, 2).contiguous(), C.permute(3, 0, 1, 2).contiguous()
+        needs = ctx.needs_input_grad
+        keep = any(needs[i] for i in (0, 1, 2, 3, 4, 6))  # everything but D goes through the states
+        y_t, checkpoints = _recurrence_forward(du_t, delta_t, A_t, B_t, C_t, chunk, keep)
+        if D is not None:
+            y_t.addcmul_(u_t, D.view(g, e))
+        ctx.save_for_backward(u_t, x_t if delta_softplus else None, delta_t, du_t, A_t, B_t, C_t, D, *checkpoints)
+        ctx.config = (delta_softplus, chunk, keep, delta_bias is not None)
+        return y_t.view(length, b, d).permute(1, 2, 0).contiguous()
 
     @staticmethod
     def backward(ctx, dy):
-        du, delta, A, Bt, Ct, *checkpoints = ctx.saved_tensors
-        chunk = ctx.chunk
-        length, b, g, e = du.shape
-        n = A.shape[1]
-        dy = dy.contiguous()
-        d_du, d_delta = torch.empty_like(du), torch.empty_like(delta)
-        d_B, d_C = torch.empty_like(Bt), torch.empty_like(Ct)
-        d_A = torch.zeros_like(A)
-        buf_a, buf_h, buf_g = (du.new_empty(chunk, b, g, n, e) for _ in range(3))
-        A2 = A * _LOG2E
-        carry = None  # exp(delta_{t+1} A) g_{t+1} at the first step of the following chunk
-        for i, (s, t1) in reversed(list(enumerate(_ChunkedScan._chunks(length, chunk)))):
-            T = t1 - s
-            h0 = checkpoints[i]
-            dA, hs, grad = buf_a[:T], buf_h[:T], buf_g[:T]
-            _ChunkedScan._states(h0, delta[s:t1], du[s:t1], A2, Bt[s:t1], dA, hs)
-            dy_c = dy[s:t1]
-            torch.bmm(dy_c.view(-1, 1, e), hs.view(-1, n, e).transpose(1, 2), out=d_C[s:t1].view(-1, 1, n))
-            torch.mul(dy_c[:, :, :, None, :], Ct[s:t1, ..., None], out=grad)
-            if carry is not None:
-                grad[-1] += carry
-            for t in range(T - 1, 0, -1):
-                grad[t - 1].addcmul_(dA[t], grad[t])
-            dA.mul_(grad)  # dA[t] now holds exp(delta_t A) g_t
-            carry = dA[0].clone()
-            torch.bmm(Bt[s:t1].view(-1, 1, n), grad.view(-1, n, e), out=d_du[s:t1].view(-1, 1, e))
-            torch.bmm(du[s:t1].view(-1, 1, e), grad.view(-1, n, e).transpose(1, 2), out=d_B[s:t1].view(-1, 1, n))
-            dA[1:].mul_(hs[:-1])
-            dA[0].mul_(h0)  # dA now holds X_t
-            # contractions over N (d_delta) and over (t, b) (d_A); hs and grad serve as scratch
-            torch.sum(torch.mul(dA, A, out=hs), dim=-2, out=d_delta[s:t1])
-            d_A += torch.mul(dA, delta[s:t1, :, :, None, :], out=grad).sum(dim=(0, 1))
-        return d_du, d_delta, d_A, d_B, d_C, None
+        u_t, x_t, delta_t, du_t, A_t, B_t, C_t, D, *checkpoints = ctx.saved_tensors
+        delta_softplus, chunk, keep, has_bias = ctx.config
+        needs = ctx.needs_input_grad
+        length, b, g, e = u_t.shape
+        d, n = g * e, A_t.shape[1]
+
+        def batch_major(t):  # (L, B, G, E) -> (B, D, L)
+            return t.view(length, b, d).permute(1, 2, 0).contiguous()
+
+        dy_t = dy.permute(2, 0, 1).reshape(length, b, g, e).contiguous()
+        d_u = d_delta = d_A = d_B = d_C = d_D = d_bias = None
+        if D is not None and needs[5]:
+            d_D = torch.mul(dy_t, u_t).sum(dim=(0, 1)).view(d)
+        if keep:
+            d_du, d_x, d_A_t, d_B_t, d_C_t = _recurrence_backward(dy_t, du_t, delta_t, A_t, B_t, C_t, checkpoints, chunk)
+            if needs[0]:
+                d_u_t = torch.mul(d_du, delta_t)
+                if D is not None:
+                    d_u_t.addcmul_(dy_t, D.view(g, e))
+                d_u = batch_major(d_u_t)
+            if needs[1] or needs[6]:
+                d_x.addcmul_(d_du, u_t)  # gradient of delta after softplus
+                if delta_softplus:
+                    d_x.mul_(torch.sigmoid(x_t))
+                d_delta = batch_major(d_x) if needs[1] else None
+                d_bias = d_x.sum(dim=(0, 1)).view(d) if has_bias and needs[6] else None
+            d_A = d_A_t.transpose(1, 2).reshape(d, n)
+            d_B, d_C = d_B_t.permute(1, 2, 3, 0).contiguous(), d_C_t.permute(1, 2, 3, 0).contiguous()
+        return d_u, d_delta, d_A, d_B, d_C, d_D, d_bias, None, None
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, chunk=DEFAULT_CHUNK):
     """Fast pure-PyTorch scan (see module docstring); differentiable in every input."""
-    b, d, length = u.shape
-    g, n = B.shape[1], A.shape[1]
-    e = d // g
-    if delta_bias is not None:
-        delta = delta + delta_bias[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    # Elementwise work stays in the callers' (B, D, L) layout; each operand is then transposed
-    # to time-major ONCE by a copy. (An elementwise op between a permuted view and a
-    # contiguous tensor ran about 10x slower than either step, forward and backward.)
-    du = delta * u
-
-    def time_major(t):
-        return t.permute(2, 0, 1).reshape(length, b, g, e).contiguous()
-
-    A_gne = A.reshape(g, e, n).transpose(1, 2).contiguous()
-    y = _ChunkedScan.apply(
-        time_major(du), time_major(delta), A_gne,
-        B.permute(3, 0, 1, 2).contiguous(), C.permute(3, 0, 1, 2).contiguous(), chunk,
-    )
-    y = y.view(length, b, d).permute(1, 2, 0).contiguous()
-    if D is not None:
-        y = torch.addcmul(y, u, D[:, None])
-    return y
+    return _SelectiveScanTorch.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
 
 
 # --------------------------------------------------------------------------- mamba-ssm
