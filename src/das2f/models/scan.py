@@ -41,23 +41,26 @@ _LOG2E = 1.4426950408889634  # log2(e)
 DEFAULT_CHUNK = 4
 
 
-def _check_shapes(u, delta, A, B, C, D, delta_bias):
+def _check_shapes(u, delta, A, B, C, D, delta_bias, time_major=False):
+    seq, bc = ("(L, B, D)", "(L={length}, B={b}, G, N={n})") if time_major else ("(B, D, L)", "(B={b}, G, N={n}, L={length})")
     if u.dim() != 3:
-        raise ValueError(f"selective_scan: u must be (B, D, L), got shape {tuple(u.shape)}")
-    b, d, length = u.shape
+        raise ValueError(f"selective_scan: u must be {seq}, got shape {tuple(u.shape)}")
+    length, b, d = u.shape if time_major else (u.shape[2], u.shape[0], u.shape[1])
     if delta.shape != u.shape:
         raise ValueError(f"selective_scan: delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
     if A.dim() != 2 or A.shape[0] != d:
         raise ValueError(f"selective_scan: A must be (D={d}, N), got {tuple(A.shape)}")
     n = A.shape[1]
     for name, t in (("B", B), ("C", C)):
-        if t.dim() != 4 or t.shape[0] != b or t.shape[2] != n or t.shape[3] != length or d % t.shape[1]:
+        expected = (length, b, t.shape[2], n) if time_major and t.dim() == 4 else (b, t.shape[1], n, length)
+        groups = t.shape[2 if time_major else 1] if t.dim() == 4 else 0
+        if t.dim() != 4 or tuple(t.shape) != expected or not groups or d % groups:
             raise ValueError(
-                f"selective_scan: {name} must be (B={b}, G, N={n}, L={length}) with G dividing D={d}, "
+                f"selective_scan: {name} must be {bc.format(length=length, b=b, n=n)} with G dividing D={d}, "
                 f"got {tuple(t.shape)}"
             )
-    if B.shape[1] != C.shape[1]:
-        raise ValueError(f"selective_scan: B and C must have the same groups, got {B.shape[1]} and {C.shape[1]}")
+    if B.shape != C.shape:
+        raise ValueError(f"selective_scan: B and C must have the same shape, got {tuple(B.shape)} and {tuple(C.shape)}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and t.shape != (d,):
             raise ValueError(f"selective_scan: {name} must be ({d},), got {tuple(t.shape)}")
@@ -183,52 +186,56 @@ def _recurrence_backward(dy, du, delta, A, Bt, Ct, checkpoints, chunk: int):
 class _SelectiveScanTorch(torch.autograd.Function):
     """The whole scan in one node: delta bias and softplus, delta * u, the recurrence, D * u.
 
-    Inputs and outputs keep mamba-ssm's layout; each (B, D, L) operand is transposed to
-    time-major once by a copy, and every elementwise step, forward and backward, runs between
-    tensors of the same layout. (Left to autograd, the gradients came back as permuted views
-    and the elementwise backward ops between them and contiguous tensors ran about 10x slower
-    than with matching strides: a third of the scan's time.)
+    Takes and returns either mamba-ssm's layout or the time-major one (``time_major``: u, delta
+    and y (L, B, D), B and C (L, B, G, N)). In mamba-ssm's layout each (B, D, L) operand is
+    transposed to time-major once by a copy (about 5 ms per 16 MB on this CPU) and every
+    elementwise step, forward and backward, runs between tensors of the same layout. (Left to
+    autograd, the gradients came back as permuted views and the elementwise backward ops between
+    them and contiguous tensors ran about 10x slower than with matching strides.)
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk):
-        b, d, length = u.shape
-        g, n = B.shape[1], A.shape[1]
-        e = d // g
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk, time_major):
+        if time_major:
+            (length, b, d), g = u.shape, B.shape[2]
+        else:
+            (b, d, length), g = u.shape, B.shape[1]
+        n, e = A.shape[1], d // g
 
-        def time_major(t):  # (B, D, L) -> (L, B, G, E)
-            return t.permute(2, 0, 1).reshape(length, b, g, e).contiguous()
+        def to_time_major(t):  # (B, D, L) or (L, B, D) -> contiguous (L, B, G, E)
+            return (t if time_major else t.permute(2, 0, 1)).reshape(length, b, g, e).contiguous()
 
-        u_t, delta_t = time_major(u), time_major(delta)
+        u_t = to_time_major(u)
+        x_t = to_time_major(delta)  # softplus' = sigmoid(x): the backward needs x itself
         if delta_bias is not None:
-            delta_t += delta_bias.view(g, e)
-        x_t = delta_t  # softplus' = sigmoid(x): the backward needs x itself
-        if delta_softplus:
-            delta_t = F.softplus(x_t)
+            x_t = x_t + delta_bias.view(g, e)
+        delta_t = F.softplus(x_t) if delta_softplus else x_t
         du_t = delta_t * u_t
         A_t = A.reshape(g, e, n).transpose(1, 2).contiguous()  # (G, N, E)
-        B_t, C_t = B.permute(3, 0, 1, 2).contiguous(), C.permute(3, 0, 1, 2).contiguous()
+        B_t, C_t = (t.contiguous() if time_major else t.permute(3, 0, 1, 2).contiguous() for t in (B, C))
         needs = ctx.needs_input_grad
         keep = any(needs[i] for i in (0, 1, 2, 3, 4, 6))  # everything but D goes through the states
         y_t, checkpoints = _recurrence_forward(du_t, delta_t, A_t, B_t, C_t, chunk, keep)
         if D is not None:
             y_t.addcmul_(u_t, D.view(g, e))
         ctx.save_for_backward(u_t, x_t if delta_softplus else None, delta_t, du_t, A_t, B_t, C_t, D, *checkpoints)
-        ctx.config = (delta_softplus, chunk, keep, delta_bias is not None)
-        return y_t.view(length, b, d).permute(1, 2, 0).contiguous()
+        ctx.config = (delta_softplus, chunk, keep, delta_bias is not None, time_major)
+        y = y_t.view(length, b, d)
+        return y if time_major else y.permute(1, 2, 0).contiguous()
 
     @staticmethod
     def backward(ctx, dy):
         u_t, x_t, delta_t, du_t, A_t, B_t, C_t, D, *checkpoints = ctx.saved_tensors
-        delta_softplus, chunk, keep, has_bias = ctx.config
+        delta_softplus, chunk, keep, has_bias, time_major = ctx.config
         needs = ctx.needs_input_grad
         length, b, g, e = u_t.shape
         d, n = g * e, A_t.shape[1]
 
-        def batch_major(t):  # (L, B, G, E) -> (B, D, L)
-            return t.view(length, b, d).permute(1, 2, 0).contiguous()
+        def to_caller(t):  # (L, B, G, E) -> the caller's layout
+            t = t.view(length, b, d)
+            return t if time_major else t.permute(1, 2, 0).contiguous()
 
-        dy_t = dy.permute(2, 0, 1).reshape(length, b, g, e).contiguous()
+        dy_t = (dy if time_major else dy.permute(2, 0, 1)).reshape(length, b, g, e).contiguous()
         d_u = d_delta = d_A = d_B = d_C = d_D = d_bias = None
         if D is not None and needs[5]:
             d_D = torch.mul(dy_t, u_t).sum(dim=(0, 1)).view(d)
@@ -238,21 +245,21 @@ class _SelectiveScanTorch(torch.autograd.Function):
                 d_u_t = torch.mul(d_du, delta_t)
                 if D is not None:
                     d_u_t.addcmul_(dy_t, D.view(g, e))
-                d_u = batch_major(d_u_t)
+                d_u = to_caller(d_u_t)
             if needs[1] or needs[6]:
                 d_x.addcmul_(d_du, u_t)  # gradient of delta after softplus
                 if delta_softplus:
                     d_x.mul_(torch.sigmoid(x_t))
-                d_delta = batch_major(d_x) if needs[1] else None
+                d_delta = to_caller(d_x) if needs[1] else None
                 d_bias = d_x.sum(dim=(0, 1)).view(d) if has_bias and needs[6] else None
             d_A = d_A_t.transpose(1, 2).reshape(d, n)
-            d_B, d_C = d_B_t.permute(1, 2, 3, 0).contiguous(), d_C_t.permute(1, 2, 3, 0).contiguous()
-        return d_u, d_delta, d_A, d_B, d_C, d_D, d_bias, None, None
+            d_B, d_C = (t if time_major else t.permute(1, 2, 3, 0).contiguous() for t in (d_B_t, d_C_t))
+        return d_u, d_delta, d_A, d_B, d_C, d_D, d_bias, None, None, None
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, chunk=DEFAULT_CHUNK):
-    """Fast pure-PyTorch scan (see module docstring); differentiable in every input."""
-    return _SelectiveScanTorch.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
+    """Fast pure-PyTorch scan, mamba-ssm's layout (module docstring); differentiable in every input."""
+    return _SelectiveScanTorch.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk, False)
 
 
 # --------------------------------------------------------------------------- mamba-ssm
@@ -320,3 +327,19 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Fa
     return _IMPLS[resolve_backend(backend, u.device)](
         u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus
     )
+
+
+def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
+                              backend: str = "auto"):
+    """The same scan on time-major sequences: u, delta (L, B, D), B, C (L, B, G, N) -> y (L, B, D).
+
+    The layout the torch backend computes in, so callers that can produce it (SS2D) skip the
+    transposing copies in and out; the other backends get mamba-ssm's layout as views.
+    """
+    _check_shapes(u, delta, A, B, C, D, delta_bias, time_major=True)
+    name = resolve_backend(backend, u.device)
+    if name == "torch":
+        return _SelectiveScanTorch.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, DEFAULT_CHUNK, True)
+    y = _IMPLS[name](u.permute(1, 2, 0), delta.permute(1, 2, 0), A, B.permute(1, 2, 3, 0), C.permute(1, 2, 3, 0),
+                     D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    return y.permute(2, 0, 1)

@@ -1,43 +1,101 @@
 """SS2D: 2D selective scan over a token grid (VMamba), with DAS²F's space-preserving input.
 
-Shapes: tokens x (B, H, W, D); cross-scan sequences xs (B, K=4, D, L=H*W).
+Shapes: tokens x (B, H, W, D); cross-scan sequences xs (L=H*W, B, K=4, D), time-major.
 An :class:`SS2DBranch` holds one modality's parameters; :class:`SS2D` is one branch plus an
 output LayerNorm. The CMDA core (``cmda.py``) composes two branches and swaps their SSM
 parameters, so nothing here is duplicated there.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .scan import selective_scan
+from .scan import selective_scan_time_major
 
 K_DIRECTIONS = 4
 
 
 # --------------------------------------------------------------------------- cross scan / merge
-def cross_scan(x: torch.Tensor) -> torch.Tensor:
-    """(B, D, H, W) -> (B, 4, D, H*W): row-major, column-major, and both reversed."""
-    b, d, h, w = x.shape
-    rows = x.flatten(2)
-    cols = x.transpose(2, 3).flatten(2)
-    fwd = torch.stack((rows, cols), dim=1)
-    return torch.cat((fwd, fwd.flip(-1)), dim=1)
+# Sequences are time-major, xs (L, B, 4, D): what the torch scan runs on, so that no operand of
+# the scan is transposed element by element (a 16 MB transposing copy took 5 ms here, ten per
+# scan). Both maps move whole D-vectors with one gather, and each is the other's adjoint, hence
+# its backward.
+@functools.lru_cache(maxsize=16)
+def _orders(h: int, w: int) -> torch.Tensor:
+    """(4, L): the token (row-major index) at each position of each direction's sequence."""
+    rows = torch.arange(h * w)
+    cols = rows.view(h, w).t().reshape(-1)  # column-major walk
+    return torch.stack((rows, cols, rows.flip(0), cols.flip(0)))
+
+
+@functools.lru_cache(maxsize=16)
+def _scan_index(b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Rows of x (B*L, D) that make xs (L*B*4, D): xs[l, b, k] = x[b, orders[k, l]]."""
+    orders = _orders(h, w)
+    return (torch.arange(b)[None, :, None] * (h * w) + orders.t()[:, None, :]).reshape(-1).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _merge_index(b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Rows of ys (L*B*4, D) that make (B*L*4, D): entry (b, token, k) is where direction k saw that token."""
+    positions = _orders(h, w).argsort(dim=1)  # (4, L): position of each token in each sequence
+    k = torch.arange(K_DIRECTIONS)
+    idx = (positions.t()[None] * b + torch.arange(b)[:, None, None]) * K_DIRECTIONS + k  # (B, L, 4)
+    return idx.reshape(-1).to(device)
+
+
+def _gather_scan(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    b, length, d = x.shape
+    return x.reshape(b * length, d).index_select(0, _scan_index(b, h, w, x.device)).view(length, b, K_DIRECTIONS, d)
+
+
+def _gather_merge(ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    length, b, k, d = ys.shape
+    rows = ys.reshape(length * b * k, d).index_select(0, _merge_index(b, h, w, ys.device))
+    return rows.view(b, length, k, d).sum(dim=2)
+
+
+class _CrossScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h, w):
+        ctx.hw = h, w
+        return _gather_scan(x, h, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _gather_merge(grad.contiguous(), *ctx.hw), None, None
+
+
+class _CrossMerge(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ys, h, w):
+        ctx.hw = h, w
+        return _gather_merge(ys, h, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _gather_scan(grad.contiguous(), *ctx.hw), None, None
+
+
+def cross_scan(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Tokens (B, L=H*W, D) in row-major order -> time-major sequences xs (L, B, 4, D): row-major,
+    column-major, and both reversed."""
+    b, length, d = x.shape
+    if length != h * w:
+        raise ValueError(f"cross_scan: expected (B, {h * w}, D) for a {h}x{w} grid, got {tuple(x.shape)}")
+    return _CrossScan.apply(x.contiguous(), h, w)
 
 
 def cross_merge(ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(B, 4, D, H*W) -> (B, D, H*W): undo each direction's order and sum (adjoint of cross_scan)."""
-    b, k, d, length = ys.shape
+    """(L, B, 4, D) -> (B, L, D): undo each direction's order and sum (adjoint of cross_scan)."""
+    length, b, k, d = ys.shape
     if k != K_DIRECTIONS or length != h * w:
-        raise ValueError(f"cross_merge: expected (B, 4, D, {h * w}), got {tuple(ys.shape)}")
-    # unbind, not slicing: its backward stacks the four gradients instead of zero-filling
-    # a full-size tensor per slice
-    rows, cols, rows_rev, cols_rev = ys.unbind(1)
-    cols = cols + cols_rev.flip(-1)
-    return rows + rows_rev.flip(-1) + cols.view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
+        raise ValueError(f"cross_merge: expected ({h * w}, B, 4, D), got {tuple(ys.shape)}")
+    return _CrossMerge.apply(ys.contiguous(), h, w)
 
 
 # --------------------------------------------------------------------------- token <-> image
@@ -70,23 +128,26 @@ class SSMParams(nn.Module):
         self.Ds = nn.Parameter(torch.ones(k * d_model))
 
     def forward(self, xs: torch.Tensor) -> dict:
-        """xs (B, 4, D, L) -> keyword arguments of ``selective_scan`` except ``u``."""
-        b, k, d, length = xs.shape
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        """xs (L, B, 4, D) -> keyword arguments of ``selective_scan_time_major`` except ``u``."""
+        length, b, k, d = xs.shape
+        x_dbl = torch.einsum("lbkd,kcd->lbkc", xs, self.x_proj_weight)
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=3)
+        dts = torch.einsum("lbkr,kdr->lbkd", dts, self.dt_projs_weight)
+        # A, D and the delta bias stay in float32 or wider when the activations are half precision
+        # (the released code casts them with .float(), which would also narrow a float64 model)
+        wide = torch.promote_types(xs.dtype, torch.float32)
         return dict(
-            delta=dts.reshape(b, k * d, length),
-            A=-torch.exp(self.A_logs.float()),
+            delta=dts.reshape(length, b, k * d),
+            A=-torch.exp(self.A_logs.to(wide)),
             B=Bs.contiguous(),
             C=Cs.contiguous(),
-            D=self.Ds.float(),
-            delta_bias=self.dt_projs_bias.reshape(-1).float(),
+            D=self.Ds.to(wide),
+            delta_bias=self.dt_projs_bias.reshape(-1).to(wide),
         )
 
 
 class SpacePreservingConv(nn.Module):
-    """SPVM input path: tokens -> sub-pixel image -> depthwise 3x3 + SiLU -> patch conv + BN -> (B, D, H, W)."""
+    """SPVM input path: tokens -> sub-pixel image -> depthwise 3x3 + SiLU -> patch conv + BN -> (B, H, W, D)."""
 
     def __init__(self, d_model: int, patch: int = 4):
         super().__init__()
@@ -99,18 +160,19 @@ class SpacePreservingConv(nn.Module):
 
     def forward(self, x):  # (B, H, W, D)
         img = F.silu(self.conv2d(tokens_to_image(x, self.patch)))
-        return self.patch_embed(img)
+        # channels-last, so that the tokens come out as contiguous D-vectors
+        return self.patch_embed(img.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
 
 
 class GridConv(nn.Module):
-    """Plain VMamba input path: depthwise 3x3 conv on the token grid + SiLU -> (B, D, H, W)."""
+    """Plain VMamba input path: depthwise 3x3 conv on the token grid + SiLU -> (B, H, W, D)."""
 
     def __init__(self, d_model: int):
         super().__init__()
         self.conv2d = nn.Conv2d(d_model, d_model, 3, padding=1, groups=d_model)
 
     def forward(self, x):  # (B, H, W, D)
-        return F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
+        return F.silu(self.conv2d(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
 
 
 class SS2DBranch(nn.Module):
@@ -124,22 +186,23 @@ class SS2DBranch(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
     def prepare(self, x):
-        """x (B, H, W, D) -> sequences xs (B, 4, D, L), gate z (B, H, W, D)."""
+        """x (B, H, W, D) -> sequences xs (L, B, 4, D), gate z (B, H, W, D)."""
+        b, h, w, d = x.shape
         z = F.silu(self.in_proj(x))
-        return cross_scan(self.local(x)), z
+        return cross_scan(self.local(x).reshape(b, h * w, d), h, w), z
 
     def finish(self, ys, z, out_norm: nn.LayerNorm):
-        """Scan outputs (B, 4*D, L) -> merged, normed, gated, projected (B, H, W, D)."""
+        """Scan outputs (L, B, 4*D) -> merged, normed, gated, projected (B, H, W, D)."""
         b, h, w, d = z.shape
-        y = cross_merge(ys.view(b, K_DIRECTIONS, d, h * w), h, w)
-        y = out_norm(y.transpose(1, 2)).view(b, h, w, d)
+        y = cross_merge(ys.view(h * w, b, K_DIRECTIONS, d), h, w)
+        y = out_norm(y).view(b, h, w, d)
         return self.out_proj(y * z)
 
 
 def scan_sequences(xs: torch.Tensor, params: dict, backend: str) -> torch.Tensor:
-    """Run all four directions of xs (B, 4, D, L) in one selective scan -> (B, 4*D, L)."""
-    b, k, d, length = xs.shape
-    return selective_scan(xs.reshape(b, k * d, length), delta_softplus=True, backend=backend, **params)
+    """Run all four directions of xs (L, B, 4, D) in one selective scan -> (L, B, 4*D)."""
+    length, b, k, d = xs.shape
+    return selective_scan_time_major(xs.reshape(length, b, k * d), delta_softplus=True, backend=backend, **params)
 
 
 class SS2D(nn.Module):
