@@ -5,10 +5,15 @@
 #   RUNS  space-separated groups VARIANTS:SEEDS, VARIANTS a comma list of experiments/gid5/variant/*.yaml
 #         default: DAS²F 1-stage and the CNN with 3 seeds, the ablations and the 2-stage DAS²F with 1
 #         (about 80 min on 2 CPU cores, then about 10 min of maps)
+#   ALSO  earlier sweep dirs (space-separated) whose runs join the report, e.g. when adding seeds later
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 RUNS=${RUNS:-"das2f_s1,cnn:1,2,3 fusion_sum,no_swap,das2f_s2,vmamba:1"}
+read -r -a ALSO_DIRS <<< "${ALSO:-}"
+for dir in "${ALSO_DIRS[@]}"; do
+  [ -d "$dir" ] || { echo "experiments/gid5: ALSO names $dir, which is not a directory" >&2; exit 2; }
+done
 if [ ! -d ../shared/data/gid5 ]; then
   echo "experiments/gid5: ../shared/data/gid5 not found (the Gaofen-2 tiles; see ../shared/data/README.md)" >&2
   exit 2
@@ -24,7 +29,7 @@ for group in $RUNS; do
     "hydra.sweep.dir=$SWEEP" trainer.enable_progress_bar=false "$@"
   SWEEPS+=("$SWEEP")
 done
-"$PY" -m das2f.report "${SWEEPS[@]}" --out "$RESULTS"
+"$PY" -m das2f.report "${ALSO_DIRS[@]}" "${SWEEPS[@]}" --out "$RESULTS"
 # maps of held-out TEST tiles (two per category) from the first DAS²F 1-stage job of any group
 CKPT=$("$PY" - "${SWEEPS[@]}" <<'PYEOF'
 import json, sys
