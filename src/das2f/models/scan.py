@@ -13,9 +13,13 @@ Conventions follow mamba-ssm's ``selective_scan_fn``::
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
     y_t = <C_t, h_t> + D * u_t
 
+``selective_scan_time_major`` is the same scan on time-major sequences (u, delta, y: (L, B, D);
+B, C: (L, B, G, N)), the layout the torch backend computes in; SS2D produces it directly.
+
 Backends
 --------
-``torch``      chunked, time-major, pure PyTorch with a hand-written backward. States are
+``torch``      chunked, time-major, pure PyTorch, one autograd node with a hand-written
+               backward (bias, softplus, delta * u and D * u included). States are
                kept only at chunk starts and recomputed per chunk in the backward, so
                memory is O(B*D*N*(L/chunk + chunk)) instead of O(B*D*N*L) (none of the
                chunk starts without gradients). No closed form over a chunk (no
