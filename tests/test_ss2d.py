@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from das2f.models import selective_scan
 from das2f.models.fusion import tokens_to_subpixels
-from das2f.models.ss2d import SS2D, cross_merge, cross_scan, tokens_to_image
+from das2f.models.ss2d import SS2D, SpacePreservingConv, cross_merge, cross_scan, tokens_to_image
 
 
 def test_cross_scan_orders():
@@ -45,8 +45,10 @@ def _ss2d_as_specified(m: SS2D, x: torch.Tensor) -> torch.Tensor:
     br = m.branch
     b, h, w, d = x.shape
     z = F.silu(br.in_proj(x))
-    img = tokens_to_image(x, 4)
-    feat = br.local.patch_embed(F.silu(br.local.conv2d(img)))  # (B, D, H, W)
+    if isinstance(br.local, SpacePreservingConv):  # SPVM: conv on the sub-pixel image, patch conv + BN
+        feat = br.local.patch_embed(F.silu(br.local.conv2d(tokens_to_image(x, 4))))  # (B, D, H, W)
+    else:  # plain VMamba: depthwise conv on the token grid
+        feat = F.silu(br.local.conv2d(x.permute(0, 3, 1, 2)))
     rows, cols = feat.flatten(2), feat.transpose(2, 3).flatten(2)
     xs = torch.stack((rows, cols, rows.flip(-1), cols.flip(-1)), dim=1)  # (B, 4, D, L)
     x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, br.ssm.x_proj_weight)
@@ -61,11 +63,12 @@ def _ss2d_as_specified(m: SS2D, x: torch.Tensor) -> torch.Tensor:
     return br.out_proj(y * z)
 
 
-def test_ss2d_equals_its_specification_in_float64():
+@pytest.mark.parametrize("space_preserving", [True, False])
+def test_ss2d_equals_its_specification_in_float64(space_preserving):
     """The time-major SS2D (gathers, einsums on (L, B, 4, D), fused scan) against the literal version,
     outputs and every parameter's gradient, in float64 where both should agree to rounding."""
     torch.manual_seed(0)
-    m = SS2D(d_model=32, d_state=6, dt_rank=4).double().train()
+    m = SS2D(d_model=32, d_state=6, dt_rank=4, space_preserving=space_preserving).double().train()
     x = torch.randn(3, 5, 7, 32, dtype=torch.float64)
     y, y_ref = m(x), _ss2d_as_specified(m, x)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
