@@ -63,12 +63,14 @@ def _ss2d_as_specified(m: SS2D, x: torch.Tensor) -> torch.Tensor:
     return br.out_proj(y * z)
 
 
-@pytest.mark.parametrize("space_preserving", [True, False])
-def test_ss2d_equals_its_specification_in_float64(space_preserving):
+@pytest.mark.parametrize("space_preserving,backend", [(True, "torch"), (False, "torch"), (True, "reference")])
+def test_ss2d_equals_its_specification_in_float64(space_preserving, backend):
     """The time-major SS2D (gathers, einsums on (L, B, 4, D), fused scan) against the literal version,
-    outputs and every parameter's gradient, in float64 where both should agree to rounding."""
+    outputs and every parameter's gradient, in float64 where both should agree to rounding. With the
+    reference backend, SS2D's sequences reach the scan as mamba-ssm-layout views, as on a GPU."""
     torch.manual_seed(0)
-    m = SS2D(d_model=32, d_state=6, dt_rank=4, space_preserving=space_preserving).double().train()
+    m = SS2D(d_model=32, d_state=6, dt_rank=4, space_preserving=space_preserving, scan_backend=backend)
+    m = m.double().train()
     x = torch.randn(3, 5, 7, 32, dtype=torch.float64)
     y, y_ref = m(x), _ss2d_as_specified(m, x)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
