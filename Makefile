@@ -58,7 +58,7 @@ bench-deps: $(STAMP) ## comparison baselines for the benchmark (mamba-ssm withou
 bench: $(STAMP) ## scan backends, whole network, data loader: table with ratios -> bench/results/
 	$(PY) -m das2f.bench $(ARGS)
 
-experiment-gid5: $(STAMP) ## real Gaofen-2 tiles split by tile: DAS²F, CNN, ablations -> experiments/gid5/results/ (RUNS="variants:seeds ...")
+experiment-gid5: $(STAMP) ## real Gaofen-2 tiles split by tile: DAS²F, CNN, ablations -> experiments/gid5/results/ (RUNS="variants:seeds ...", ALSO="earlier sweep dirs")
 	PY=$(PY) bash experiments/gid5/run.sh $(ARGS)
 
 experiment-wv2: $(STAMP) ## real WorldView-2 scene, full map with the main job's model -> experiments/wv2/results/

@@ -3,13 +3,13 @@
 # seeds, one report over all of them into experiments/gid5/results/, and held-out tile maps from the
 # first DAS²F (1-stage) run.
 #   RUNS  space-separated groups VARIANTS:SEEDS, VARIANTS a comma list of experiments/gid5/variant/*.yaml
-#         default: DAS²F 1-stage and the CNN with 3 seeds, the ablations and the 2-stage DAS²F with 1
-#         (about 80 min on 2 CPU cores, then about 10 min of maps)
+#         default: every variant with seeds 1, 2, 3, the table of experiments/gid5/README.md
+#         (about 2 hours on 2 CPU cores, then a few minutes of maps)
 #   ALSO  earlier sweep dirs (space-separated) whose runs join the report, e.g. when adding seeds later
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
-RUNS=${RUNS:-"das2f_s1,cnn:1,2,3 fusion_sum,no_swap,das2f_s2,vmamba:1"}
+RUNS=${RUNS:-"das2f_s1,cnn,fusion_sum,no_swap,das2f_s2,vmamba:1,2,3"}
 read -r -a ALSO_DIRS <<< "${ALSO:-}"
 for dir in "${ALSO_DIRS[@]}"; do
   [ -d "$dir" ] || { echo "experiments/gid5: ALSO names $dir, which is not a directory" >&2; exit 2; }
