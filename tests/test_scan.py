@@ -104,6 +104,8 @@ def test_bad_shapes_raise():
     x = make_inputs(2, 8, 2, 4, 10, "init", 0)
     with pytest.raises(ValueError, match=r"B must be \(B=2, G, N=4, L=10\).*got \(2, 3, 4, 10\)"):
         selective_scan(x["u"], x["delta"], x["A"], torch.randn(2, 3, 4, 10), x["C"])
+    with pytest.raises(ValueError, match=r"C must be \(B=2, G, N=4, L=10\).*got \(4, 10\)"):
+        selective_scan(x["u"], x["delta"], x["A"], x["B"], torch.randn(4, 10))  # not 4-D: a ValueError too
     with pytest.raises(ValueError, match="delta must have u's shape"):
         selective_scan(x["u"], x["delta"][..., :5], x["A"], x["B"], x["C"])
     with pytest.raises(ValueError, match="scan_backend must be one of"):

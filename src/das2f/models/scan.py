@@ -56,9 +56,9 @@ def _check_shapes(u, delta, A, B, C, D, delta_bias, time_major=False):
         raise ValueError(f"selective_scan: A must be (D={d}, N), got {tuple(A.shape)}")
     n = A.shape[1]
     for name, t in (("B", B), ("C", C)):
-        expected = (length, b, t.shape[2], n) if time_major and t.dim() == 4 else (b, t.shape[1], n, length)
         groups = t.shape[2 if time_major else 1] if t.dim() == 4 else 0
-        if t.dim() != 4 or tuple(t.shape) != expected or not groups or d % groups:
+        expected = (length, b, groups, n) if time_major else (b, groups, n, length)
+        if tuple(t.shape) != expected or not groups or d % groups:
             raise ValueError(
                 f"selective_scan: {name} must be {bc.format(length=length, b=b, n=n)} with G dividing D={d}, "
                 f"got {tuple(t.shape)}"
