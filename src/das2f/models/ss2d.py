@@ -59,26 +59,17 @@ def _gather_merge(ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return rows.view(b, length, k, d).sum(dim=2)
 
 
-class _CrossScan(torch.autograd.Function):
+class _CrossMap(torch.autograd.Function):
+    """Cross-scan (``merge=False``) or cross-merge (``merge=True``); the backward is the other one."""
+
     @staticmethod
-    def forward(ctx, x, h, w):
-        ctx.hw = h, w
-        return _gather_scan(x, h, w)
+    def forward(ctx, t, h, w, merge):
+        ctx.hw, ctx.merge = (h, w), merge
+        return (_gather_merge if merge else _gather_scan)(t, h, w)
 
     @staticmethod
     def backward(ctx, grad):
-        return _gather_merge(grad.contiguous(), *ctx.hw), None, None
-
-
-class _CrossMerge(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, ys, h, w):
-        ctx.hw = h, w
-        return _gather_merge(ys, h, w)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gather_scan(grad.contiguous(), *ctx.hw), None, None
+        return (_gather_scan if ctx.merge else _gather_merge)(grad.contiguous(), *ctx.hw), None, None, None
 
 
 def cross_scan(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -87,7 +78,7 @@ def cross_scan(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     b, length, d = x.shape
     if length != h * w:
         raise ValueError(f"cross_scan: expected (B, {h * w}, D) for a {h}x{w} grid, got {tuple(x.shape)}")
-    return _CrossScan.apply(x.contiguous(), h, w)
+    return _CrossMap.apply(x.contiguous(), h, w, False)
 
 
 def cross_merge(ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -95,7 +86,7 @@ def cross_merge(ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
     length, b, k, d = ys.shape
     if k != K_DIRECTIONS or length != h * w:
         raise ValueError(f"cross_merge: expected ({h * w}, B, 4, D), got {tuple(ys.shape)}")
-    return _CrossMerge.apply(ys.contiguous(), h, w)
+    return _CrossMap.apply(ys.contiguous(), h, w, True)
 
 
 # --------------------------------------------------------------------------- token <-> image
