@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from das2f.models import selective_scan
-from das2f.models.scan import resolve_backend, selective_scan_time_major
+from das2f.models.scan import resolve_backend, selective_scan_time_major, time_major_arguments
 
 # float32 chunked scan vs float64 loop: observed errors ~1e-6 relative; 1e-4 leaves room for
 # accumulation over 300 steps without hiding a wrong formula (those give errors of order 1).
@@ -79,18 +79,12 @@ def test_reference_matches_hand_computation():
         torch.testing.assert_close(y.flatten().double(), torch.tensor([5 * h1 + 0.5, 6 * h2 + 1.0], dtype=torch.float64))
 
 
-def _time_major(x: dict) -> dict:
-    """mamba-ssm's layout -> the time-major one: u, delta (L, B, D); B, C (L, B, G, N)."""
-    perm = {"u": (2, 0, 1), "delta": (2, 0, 1), "B": (3, 0, 1, 2), "C": (3, 0, 1, 2)}
-    return {k: v.permute(*perm[k]) if k in perm else v for k, v in x.items()}
-
-
 @pytest.mark.parametrize("backend", ["torch", "reference"])
 def test_time_major_entry_equals_the_mamba_layout(backend):
     """SS2D's entry point (time-major in and out) computes the same scan, outputs and gradients."""
     x = {k: v.float().requires_grad_() for k, v in make_inputs(2, 8, 2, 4, 37, "stress", 5).items()}
     y = selective_scan(**x, delta_softplus=True, backend=backend)
-    y_tm = selective_scan_time_major(**_time_major(x), delta_softplus=True, backend=backend)
+    y_tm = selective_scan_time_major(**time_major_arguments(x), delta_softplus=True, backend=backend)
     assert y_tm.shape == (37, 2, 8)
     torch.testing.assert_close(y_tm.permute(1, 2, 0), y, rtol=1e-6, atol=1e-6)
     w = torch.randn_like(y)
@@ -110,7 +104,7 @@ def test_bad_shapes_raise():
         selective_scan(x["u"], x["delta"][..., :5], x["A"], x["B"], x["C"])
     with pytest.raises(ValueError, match="scan_backend must be one of"):
         selective_scan(**x, backend="cuda")
-    tm = _time_major(x)
+    tm = time_major_arguments(x)
     with pytest.raises(ValueError, match=r"C must be \(L=10, B=2, G, N=4\).*got \(2, 10, 2, 4\)"):
         selective_scan_time_major(**{**tm, "C": x["C"].permute(0, 3, 1, 2)})  # batch-major by mistake
     with pytest.raises(ValueError, match=r"A must be \(D=8, N\), got \(4, 4\)"):

@@ -31,7 +31,8 @@ from omegaconf import OmegaConf
 
 from .config import CONF_DIR
 from .models import DAS2F
-from .models.scan import DEFAULT_CHUNK, selective_scan_reference, selective_scan_time_major, selective_scan_torch
+from .models.scan import (DEFAULT_CHUNK, selective_scan_reference, selective_scan_time_major, selective_scan_torch,
+                          time_major_arguments)
 
 
 def _malloc_trim():
@@ -151,26 +152,22 @@ def _torch_chunk(chunk: int, **k):
     return selective_scan_torch(**k, delta_softplus=True, chunk=chunk)
 
 
-def time_major_inputs(x: dict) -> dict:
-    """The same scan as SS2D feeds it: u, delta (L, B, D), B, C (L, B, G, N), contiguous."""
-    perm = {"u": (2, 0, 1), "delta": (2, 0, 1), "B": (3, 0, 1, 2), "C": (3, 0, 1, 2)}
-    return {k: v.permute(*perm[k]).contiguous() if k in perm else v for k, v in x.items()}
-
-
 def bench_scans(quick: bool) -> list[tuple]:
     x = scan_inputs()
+    # the time-major entry gets the same scan as SS2D feeds it: contiguous (L, B, D) and (L, B, G, N)
+    x_time_major = {k: v.contiguous() for k, v in time_major_arguments(x).items()}
     candidates = [
-        (f"das2f torch (default chunk {DEFAULT_CHUNK})", lambda **k: selective_scan_torch(**k, delta_softplus=True)),
-        *[(f"das2f torch, chunk {c}", functools.partial(_torch_chunk, chunk=c)) for c in (2, 8, 16) if c != DEFAULT_CHUNK],
+        (f"das2f torch (default chunk {DEFAULT_CHUNK})", lambda **k: selective_scan_torch(**k, delta_softplus=True), x),
+        *[(f"das2f torch, chunk {c}", functools.partial(_torch_chunk, chunk=c), x)
+          for c in (2, 8, 16) if c != DEFAULT_CHUNK],
         ("das2f torch, time-major entry (as SS2D calls it)",
-         lambda **k: selective_scan_time_major(**k, delta_softplus=True, backend="torch")),
-        ("das2f reference (loop)", lambda **k: selective_scan_reference(**k, delta_softplus=True)),
-        ("mambapy 1.2 pscan", mambapy_scan()),
-        ("mamba-ssm selective_scan_ref", mamba_ref()),
+         lambda **k: selective_scan_time_major(**k, delta_softplus=True, backend="torch"), x_time_major),
+        ("das2f reference (loop)", lambda **k: selective_scan_reference(**k, delta_softplus=True), x),
+        ("mambapy 1.2 pscan", mambapy_scan(), x),
+        ("mamba-ssm selective_scan_ref", mamba_ref(), x),
     ]
     rows = []
-    for name, fn in candidates:
-        inputs = time_major_inputs(x) if "time-major" in name else x
+    for name, fn, inputs in candidates:
         if fn is None:
             rows.append((name, None, None, None, None))
             continue

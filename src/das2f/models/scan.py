@@ -333,6 +333,14 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Fa
     )
 
 
+_TIME_MAJOR_ORDER = {"u": (2, 0, 1), "delta": (2, 0, 1), "B": (3, 0, 1, 2), "C": (3, 0, 1, 2)}
+
+
+def time_major_arguments(x: dict) -> dict:
+    """Keyword arguments in mamba-ssm's layout -> those of ``selective_scan_time_major`` (views)."""
+    return {k: v.permute(*_TIME_MAJOR_ORDER[k]) if k in _TIME_MAJOR_ORDER else v for k, v in x.items()}
+
+
 def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
                               backend: str = "auto"):
     """The same scan on time-major sequences: u, delta (L, B, D), B, C (L, B, G, N) -> y (L, B, D).
