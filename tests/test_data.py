@@ -13,6 +13,7 @@ from das2f.data.patches import PatchCutter
 from das2f.data.prepare import prepare_dataset
 from das2f.data.readers import SceneError
 from das2f.data.split import stratified_split
+from das2f.errors import ConfigError
 
 from .conftest import SHARED, small_dataset_cfg
 
@@ -206,14 +207,17 @@ def test_pickled_dataset_drops_handle(prepared):
     assert pickle.loads(pickle.dumps(ds))._f is None
 
 
+def gid5_tiles(pattern: str = "*/*.tif") -> dict:
+    return {"root": str(SHARED / "gid5"), "kind": "wald_rgb", "image_dir": "image", "label_dir": "label",
+            "pattern": pattern}
+
+
 @pytest.mark.skipif(not (SHARED / "gid5").is_dir(), reason="../shared/data/gid5 not present")
 def test_gid5_prepares_from_shared_data(tmp_path):
-    from das2f.config import _gid5_tiles
-
     cfg = {"name": "gid5", "classes": ["built_up", "farmland", "forest", "meadow", "water"],
            "class_values": [0, 1, 2, 3, 4], "ignore_value": 5, "ms_channels": 3, "ratio": 4, "ms_patch": 16,
            "seed": 0, "split": {"train": 30, "val": 10, "test": 20}, "prepared_dir": str(tmp_path),
-           "scenes": _gid5_tiles(str(SHARED / "gid5"), ["builtup", "farmland", "forest", "meadow", "water"], 1)}
+           "tiles": gid5_tiles("*/1.tif")}
     paths = prepare_dataset(cfg)
     a = read_attrs(paths["train"])
     assert a["ms_shape"] == (3, 16, 16) and len(a["scenes"]) == 5
@@ -227,12 +231,12 @@ def test_gid5_prepares_from_shared_data(tmp_path):
 
 @pytest.mark.skipif(not (SHARED / "gid5").is_dir(), reason="../shared/data/gid5 not present")
 def test_gid5_tile_split_keeps_every_tile_in_one_split(tmp_path):
-    from das2f.config import _gid5_tiles
+    from das2f.data.tiles import tile_scenes
 
-    cats = ["builtup", "farmland", "forest", "meadow", "water"]
-    tiles = _gid5_tiles(str(SHARED / "gid5"), cats, 4, {"train": 2, "val": 1, "test": 1}, seed=3)
-    assert tiles == _gid5_tiles(str(SHARED / "gid5"), cats, 4, {"train": 2, "val": 1, "test": 1}, seed=3)
+    tiles = tile_scenes(gid5_tiles("*/[1-4].tif"), {"train": 2, "val": 1, "test": 1}, seed=3)
+    assert tiles == tile_scenes(gid5_tiles("*/[1-4].tif"), {"train": 2, "val": 1, "test": 1}, seed=3)
     assert [t["split"] for t in tiles].count("train") == 10 and len(tiles) == 20
+    assert all(sum(t["category"] == c and t["split"] == "test" for t in tiles) == 1 for c in {t["category"] for t in tiles})
     cfg = {"name": "gid5", "classes": ["built_up", "farmland", "forest", "meadow", "water"],
            "class_values": [0, 1, 2, 3, 4], "ignore_value": 5, "ms_channels": 3, "ratio": 4, "ms_patch": 16,
            "seed": 0, "split": {"train": 0.05, "val": 0.05, "test": 0.02}, "prepared_dir": str(tmp_path),
@@ -248,8 +252,8 @@ def test_gid5_tile_split_keeps_every_tile_in_one_split(tmp_path):
     # train is shuffled ACROSS tiles: the first batch already mixes most tiles and every class
     with h5py.File(paths["train"], "r") as f:
         assert len(np.unique(f["scene"][:64])) >= 8 and len(np.unique(f["label"][:64])) == 5
-    with pytest.raises(ValueError, match="takes 25 tiles per category, only 24"):
-        _gid5_tiles(str(SHARED / "gid5"), cats, 24, {"train": 20, "val": 3, "test": 2})
+    with pytest.raises(ConfigError, match=r"takes .* tiles of category 'builtup', which has only 24"):
+        tile_scenes(gid5_tiles(), {"train": 20, "val": 3, "test": 2})
 
 
 def test_scene_groups_fit_the_shuffle_budget():

@@ -11,7 +11,7 @@ from omegaconf import open_dict
 from das2f.config import CONF_DIR
 from das2f.data.scenes import load_scene, validate_scene
 from das2f.maps import write_map
-from das2f.predict import Predictor, predict
+from das2f.predictor import Predictor, predict
 from das2f.train import run
 
 from .conftest import SHARED

@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from das2f.config import CONF_DIR
+from das2f.errors import Interrupted
 from das2f.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def test_resume_and_eval_reproduce(tmp_path):
     import torch
 
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["epoch"] == 0
-    metrics = run(make_cfg(tmp_path, "ckpt_path=last", "trainer.max_epochs=2"))
+    metrics = run(make_cfg(tmp_path, f"ckpt_path={ckpts / 'last.ckpt'}", "trainer.max_epochs=2"))
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["epoch"] == 1  # continued, not restarted
     assert "epoch_001.ckpt" in {p.name for p in ckpts.iterdir()} or Path(metrics["best_checkpoint"]).is_file()
     again = run(make_cfg(tmp_path, f"ckpt_path={metrics['best_checkpoint']}", "train=false"))
@@ -95,11 +96,11 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
 
     cfg = make_cfg(tmp_path, "test=false", "trainer.max_epochs=2", "+callbacks.sigterm._target_=tests.helpers.SigtermAtStep",
                    "+callbacks.sigterm.step=2")
-    with pytest.raises(SystemExit):
+    with pytest.raises(Interrupted, match="resumable"):
         run(cfg)
     last = tmp_path / "out" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == 2  # saved at the step the signal came
-    metrics = run(make_cfg(tmp_path, "test=false", "trainer.max_epochs=2", "ckpt_path=last"))
+    metrics = run(make_cfg(tmp_path, "test=false", "trainer.max_epochs=2", f"ckpt_path={last}"))
     ckpt = torch.load(last, weights_only=False)
     assert (ckpt["epoch"], ckpt["global_step"]) == (1, 6) and "val/oa_best" in metrics
     # exactly where it stopped: the same weights as a run that was never interrupted
@@ -138,7 +139,8 @@ def test_wandb_offline_run_is_resumed_from_the_checkpoint(tmp_path, monkeypatch)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     run(make_cfg(tmp_path, "logger=wandb", "test=false"))
     run_id = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)["das2f"]["wandb_run_id"]
-    run(make_cfg(tmp_path, "logger=wandb", "ckpt_path=last", "trainer.max_epochs=2"))
+    last = tmp_path / "out" / "checkpoints" / "last.ckpt"
+    run(make_cfg(tmp_path, "logger=wandb", f"ckpt_path={last}", "trainer.max_epochs=2"))
     runs = sorted((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)  # one run, continued
 
@@ -160,12 +162,6 @@ def test_ddp_sim_metrics_match_single_process(tmp_path):
     ddp = run(make_cfg(tmp_path, "trainer=ddp_sim", f"ckpt_path={metrics['best_checkpoint']}", "train=false"))
     for k in ("test/oa", "test/aa", "test/kappa"):
         assert ddp[k] == pytest.approx(metrics[k], abs=1e-6), k
-
-
-def test_experiment_recipe_outside_the_project_root_is_refused(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "das2f.prepare", "+experiments=ablation"], cwd=tmp_path,
-                       capture_output=True, text=True)
-    assert r.returncode != 0 and "no experiments/ablation.yaml found" in r.stderr
 
 
 def test_fast_dev_run_trains_and_tests_one_batch(tmp_path):

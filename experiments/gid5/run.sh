@@ -2,7 +2,7 @@
 # The Gaofen-2 experiment end to end (make experiment-gid5): one multirun per group of variants and
 # seeds, one report over all of them into experiments/gid5/results/, and held-out tile maps from the
 # first DAS²F (1-stage) run.
-#   RUNS  space-separated groups VARIANTS:SEEDS, VARIANTS a comma list of experiments/gid5/variant/*.yaml
+#   RUNS  space-separated groups VARIANTS:SEEDS, VARIANTS a comma list of conf/variant/*.yaml
 #         default: every variant with seeds 1, 2, 3, the table of experiments/gid5/README.md
 #         (about 2 hours on 2 CPU cores, then a few minutes of maps)
 #   ALSO  earlier sweep dirs (space-separated) whose runs join the report, e.g. when adding seeds later
@@ -25,8 +25,7 @@ for group in $RUNS; do
   VARIANTS=${group%%:*}
   SEEDS=${group#*:}
   SWEEP=logs/train/multiruns/gid5_${STAMP}_$(echo "$VARIANTS" | tr ',' '+')
-  "$PY" -m das2f.train -m dataset=gid5 +experiments=gid5/train "+experiments/gid5/variant=$VARIANTS" "seed=$SEEDS" \
-    "hydra.sweep.dir=$SWEEP" trainer.enable_progress_bar=false "$@"
+  "$PY" -m das2f.train -m experiment=gid5 "variant=$VARIANTS" "seed=$SEEDS" "hydra.sweep.dir=$SWEEP" "$@"
   SWEEPS+=("$SWEEP")
 done
 "$PY" -m das2f.report "${ALSO_DIRS[@]}" "${SWEEPS[@]}" --out "$RESULTS"
@@ -43,14 +42,18 @@ PYEOF
 )
 MAPS=logs/train/multiruns/gid5_${STAMP}_predict
 if [ -n "$CKPT" ]; then
+  # the test tiles of the experiment's split, from the same config the runs used
   TILES=$("$PY" - <<'PYEOF'
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from das2f.config import _gid5_tiles
-cfg = OmegaConf.load("experiments/gid5/train.yaml")
-tiles = _gid5_tiles("../shared/data/gid5", ["builtup", "farmland", "forest", "meadow", "water"], 24,
-                    OmegaConf.to_container(cfg.dataset.tile_split), 0)
-test = [t["name"] for t in tiles if t["split"] == "test"]
-picked = [n for c in ("builtup", "farmland", "forest", "meadow", "water") for n in [t for t in test if t.startswith(c)][:2]]
+from das2f.config import CONF_DIR
+from das2f.data.tiles import scene_specs
+with initialize_config_dir(CONF_DIR, version_base="1.3"):
+    cfg = compose("train", overrides=["experiment=gid5", "paths.root_dir=.", "paths.output_dir=."])
+dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+test = [s for s in scene_specs(dataset) if s["split"] == "test"]
+cats = sorted({s["category"] for s in test})
+picked = [s["name"] for c in cats for s in [t for t in test if t["category"] == c][:2]]
 print("[" + ",".join(picked) + "]")
 PYEOF
 )

@@ -1,4 +1,5 @@
-"""Callbacks of our own: a plain-text epoch summary (progress bars vanish in batch jobs), a checkpoint on SIGTERM."""
+"""Callbacks of our own: plain-text progress (bars vanish in batch jobs), a 1-based progress bar for
+terminals, a checkpoint on SIGTERM."""
 from __future__ import annotations
 
 import logging
@@ -6,15 +7,21 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 
 log = logging.getLogger("das2f.progress")
 
 
 class EpochSummary(L.Callback):
-    """Logs one line per epoch: epoch, time, samples/s, train loss, validation OA / AA / kappa."""
+    """Logs one line per epoch (epoch, time, samples/s, train loss, validation OA / AA / kappa) and,
+    inside a long epoch, a progress line every ``every_s`` seconds. Epochs count from 1 everywhere."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s = every_s
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._t0, self._n, self._loss = time.perf_counter(), 0, 0.0
+        self._t0 = self._last = time.perf_counter()
+        self._n, self._loss = 0, 0.0
 
     on_train_start = on_train_epoch_start  # a run resumed mid-epoch starts without on_train_epoch_start
 
@@ -22,6 +29,13 @@ class EpochSummary(L.Callback):
         n = len(batch["label"])
         self._n += n
         self._loss += float(outputs["loss"]) * n
+        now = time.perf_counter()
+        if now - self._last >= self.every_s:
+            self._last = now
+            total = trainer.num_training_batches
+            log.info("epoch %d/%d: batch %d/%s, %.0f s, %.1f samples/s, train/loss %.4f",
+                     trainer.current_epoch + 1, trainer.max_epochs, batch_idx + 1, total, now - self._t0,
+                     self._n / (now - self._t0), self._loss / self._n)
 
     def on_train_epoch_end(self, trainer, pl_module):
         # runs after this epoch's validation loop, so the val metrics are this epoch's
@@ -33,11 +47,19 @@ class EpochSummary(L.Callback):
                  m.get("val/aa", float("nan")), m.get("val/kappa", float("nan")))
 
 
+class EpochBar(RichProgressBar):
+    """Lightning's rich bar, counting epochs from 1 like every log line ("Epoch 5/5", not "Epoch 4/4")."""
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning 2.x hook for the bar's label
+        return f"Epoch {current_epoch + 1}/{self.trainer.max_epochs}"
+
+
 class CheckpointOnSigterm(L.Callback):
     """On SIGTERM (a scheduler's pre-emption, `kill`), saves ``<dirpath>/last.ckpt`` before the process exits.
 
     Lightning's signal connector turns SIGTERM into a SIGTERMException at the next batch boundary;
-    this callback writes the checkpoint then, so `ckpt_path=last` resumes from that very step.
+    this callback writes the checkpoint then, so ``resume=<run dir>`` continues from that very step.
+    das2f.train then exits with status 143 (interrupted, resumable), never 0.
     """
 
     def __init__(self, dirpath: str, filename: str = "last.ckpt"):
@@ -48,5 +70,5 @@ class CheckpointOnSigterm(L.Callback):
 
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             trainer.save_checkpoint(self.path)
-            log.warning("SIGTERM: saved %s at epoch %d, step %d; resume with ckpt_path=last",
-                        self.path, trainer.current_epoch, trainer.global_step)
+            log.warning("SIGTERM: saved %s at epoch %d, step %d", self.path, trainer.current_epoch + 1,
+                        trainer.global_step)

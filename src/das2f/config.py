@@ -2,42 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-import numpy as np
 from omegaconf import OmegaConf
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
-
-def _gid5_tiles(source_dir: str, categories, per_category: int, tile_split=None, seed: int = 0) -> list[dict]:
-    """The Gaofen-2 tiles as scenes. ``tile_split`` ({train: n, val: n, test: n} tiles per category):
-    each tile goes whole into one split, drawn per category with ``seed`` (no tile in two splits)."""
-    per_category = int(per_category)
-    assign: dict[tuple[str, int], str] = {}
-    if tile_split:
-        counts = {k: int(v) for k, v in dict(tile_split).items()}
-        if sum(counts.values()) > per_category:
-            raise ValueError(f"gid5 tile_split {counts} takes {sum(counts.values())} tiles per category, "
-                             f"only {per_category} configured (tiles_per_category)")
-        for c, cat in enumerate(categories):
-            order = np.random.default_rng([int(seed), c]).permutation(np.arange(1, per_category + 1))
-            start = 0
-            for split in ("train", "val", "test"):
-                for i in order[start:start + counts.get(split, 0)]:
-                    assign[(cat, int(i))] = split
-                start += counts.get(split, 0)
-    tiles = []
-    for cat in categories:
-        for i in range(1, per_category + 1):
-            if tile_split and (cat, i) not in assign:
-                continue
-            tile = {"name": f"{cat}_{i}", "kind": "wald_rgb", "image": f"{source_dir}/image/{cat}/{i}.tif",
-                    "label": f"{source_dir}/label/{cat}/{i}.tif"}
-            if tile_split:
-                tile["split"] = assign[(cat, i)]
-            tiles.append(tile)
-    return tiles
+PROJECT_DIR = str(Path(__file__).resolve().parents[2])
+CONF_DIR = str(Path(PROJECT_DIR) / "conf")
 
 
 def wandb_offline() -> bool:
@@ -54,28 +26,33 @@ def _run_group(output_dir: str, default: str) -> str:
     return out.parent.name if out.parent.parent.name == "multiruns" else default
 
 
+def _run_dir(resume, default: str) -> str:
+    """hydra.run.dir: the given run directory when resuming (``resume=DIR``), else a new one."""
+    if resume in (None, "", "None", "null"):
+        return default
+    return str(Path(str(resume)).expanduser().resolve())
+
+
+def _isatty() -> bool:
+    """Live progress bars only on a terminal (a log file gets plain progress lines instead)."""
+    return sys.stderr.isatty()
+
+
+RESOLVERS = {
+    "len": lambda x: len(x),
+    "wandb_offline": wandb_offline,
+    "run_group": _run_group,
+    "das2f_cwd": os.getcwd,  # outputs go where the command runs (never needs Hydra's runtime, so sweeps resolve too)
+    "das2f_project": lambda: PROJECT_DIR,
+    "das2f_run_dir": _run_dir,
+    "isatty": _isatty,
+}
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("len"):
-        OmegaConf.register_new_resolver("len", lambda x: len(x))
-    if not OmegaConf.has_resolver("gid5_tiles"):
-        OmegaConf.register_new_resolver("gid5_tiles", _gid5_tiles)
-    if not OmegaConf.has_resolver("wandb_offline"):
-        OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
-    if not OmegaConf.has_resolver("run_group"):
-        OmegaConf.register_new_resolver("run_group", _run_group)
+    for name, fn in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 register_resolvers()
-
-
-def check_config(cfg) -> None:
-    """Config mistakes Hydra lets through, refused before any work.
-
-    ``+experiments=NAME`` composes experiments/NAME.yaml only when run from the project root
-    (hydra.searchpath file://.); elsewhere Hydra silently adds a string key ``experiments`` and the
-    recipe would not apply at all.
-    """
-    recipe = cfg.get("experiments") if hasattr(cfg, "get") else None
-    if isinstance(recipe, str):
-        raise ValueError(f"+experiments={recipe}: no experiments/{recipe}.yaml found from {os.getcwd()}; "
-                         "run from the project root (where experiments/ is), e.g. through make")

@@ -1,15 +1,19 @@
-"""`python -m das2f.eval ckpt_path=...` (make eval): test metrics of a checkpoint."""
+"""`python -m das2f.eval ckpt_path=...` (make eval): test metrics of a checkpoint.
+
+The network is rebuilt from the checkpoint (das2f.train.net_from_checkpoint); the dataset must be
+the one it was trained on (its classes are checked).
+"""
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig, open_dict
 
-from .config import CONF_DIR
-from .train import run
+from .cli import hydra_entry
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@hydra_entry("eval")
 def main(cfg: DictConfig) -> None:
+    from .train import run
+
     with open_dict(cfg):
         cfg.train, cfg.test = False, True
     run(cfg)

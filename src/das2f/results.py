@@ -14,11 +14,11 @@ def write_results(cfg, metrics: dict, model, started: float | None = None) -> Pa
     """``started``: time.perf_counter() at the start of the run (data preparation included)."""
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    choices = {k: cfg.get(k, {}).get("name") for k in ("backbone", "fusion")}
+    net = cfg.model.net  # the network that ran (for eval: the checkpoint's, see das2f.train.net_from_checkpoint)
     summary = {
-        "dataset": cfg.dataset.name, "seed": int(cfg.seed), "stages": int(cfg.model.net.stages),
-        "backbone": choices["backbone"], "fusion": choices["fusion"], "cmda": "swap" if cfg.cmda.swap else "none",
-        "dominant": bool(cfg.model.net.dominant), "class_names": list(model.class_names), "metrics": metrics,
+        "dataset": cfg.dataset.name, "seed": int(cfg.seed), "stages": int(net.stages),
+        "backbone": net.backbone, "fusion": net.fusion, "cmda": "swap" if net.swap else "none",
+        "dominant": bool(net.dominant), "class_names": list(model.class_names), "metrics": metrics,
         "wall_seconds": round(time.perf_counter() - started, 1) if started else None, "machine": machine(),
     }
     if getattr(model, "test_confusion", None) is not None:
@@ -64,9 +64,10 @@ def save_confusion_figure(conf, class_names, path: Path) -> None:
     plt.close(fig)
 
 
-def print_results(metrics: dict, class_names: list[str], out: Path, console: Console | None = None) -> None:
+def print_results(metrics: dict, class_names: list[str], out: Path, console: Console | None = None,
+                  title: str = "test metrics (best-on-validation checkpoint)") -> None:
     console = console or Console()
-    t = Table(title="test metrics (best-on-validation checkpoint)")
+    t = Table(title=title)
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k in ("test/oa", "test/aa", "test/kappa", "test/f1"):
@@ -76,4 +77,5 @@ def print_results(metrics: dict, class_names: list[str], out: Path, console: Con
         if f"test/acc_{name}" in metrics:
             t.add_row(f"acc {name}", f"{100 * metrics[f'test/acc_{name}']:.2f}")
     console.print(t)
-    console.print(f"outputs: {out} (metrics.json, config.yaml, checkpoints/, csv/, test_confusion.png)")
+    present = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(out).iterdir() if not p.name.startswith("."))
+    console.print(f"outputs: {out} ({', '.join(present)})")

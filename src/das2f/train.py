@@ -1,22 +1,27 @@
-"""`python -m das2f.train` (make train): prepare, fit, test the best-on-validation checkpoint."""
+"""`python -m das2f.train` (make train): prepare, fit, test the best-on-validation checkpoint.
+
+Start points: nothing (a new run), ``resume=<run dir>`` (continue that run in place, with the
+overrides it was started with), or ``ckpt_path=<file>`` (start a new run from a checkpoint's
+state). Evaluation (``das2f.eval``) goes through :func:`run` with ``train=false``; the network
+is then rebuilt from the checkpoint, never from the config.
+"""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
-import hydra
-import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import CONF_DIR, check_config
-from .results import print_results, write_results
+from .cli import hydra_entry
+from .errors import CheckpointError, ConfigError, Interrupted, MissingFileError
 
 log = logging.getLogger("das2f.train")
 
 
 def instantiate_list(cfg: DictConfig | None) -> list:
+    import hydra
+
     return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
 
 
@@ -30,23 +35,41 @@ def read_checkpoint(ckpt_path: str) -> dict:
 def check_checkpoint_classes(ckpt_path: str, ckpt: dict, class_names: list[str]) -> None:
     saved = ckpt.get("hyper_parameters", {}).get("class_names")
     if saved is not None and list(saved) != list(class_names):
-        raise ValueError(f"checkpoint {ckpt_path} was trained on classes {list(saved)}, "
-                         f"the dataset has {list(class_names)}: choose the matching dataset")
+        raise CheckpointError(f"checkpoint {ckpt_path} was trained on classes {list(saved)}, "
+                              f"the dataset has {list(class_names)}: choose the matching dataset")
+
+
+def task_overrides() -> list[str] | None:
+    """The command-line overrides of this job (None outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return list(HydraConfig.get().overrides.task)
 
 
 def build(cfg: DictConfig):
     """Data first (prepared and validated), then model, callbacks, loggers, trainer."""
-    L.seed_everything(cfg.seed, workers=True)
+    import hydra
+    import lightning as L
+
+    from .callbacks import EpochBar
+    from .cli import route_lightning_logs
+
+    route_lightning_logs()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     log.info("data: %s -> %s", cfg.dataset.name, cfg.dataset.prepared_dir)
     datamodule = hydra.utils.instantiate(cfg.data, dataset=OmegaConf.to_container(cfg.dataset, resolve=True))
     datamodule.prepare_data()
     datamodule.setup()
     if datamodule.class_names != list(cfg.dataset.classes):
-        raise ValueError(f"{datamodule.paths['train']}: prepared with classes {datamodule.class_names}, config has "
-                         f"{list(cfg.dataset.classes)}; run `make prepare DATASET={cfg.dataset.name} ARGS=force=true`")
+        raise ConfigError(f"{datamodule.paths['train']}: prepared with classes {datamodule.class_names}, config has "
+                          f"{list(cfg.dataset.classes)}; run `make prepare DATASET={cfg.dataset.name} ARGS=force=true`")
     model = hydra.utils.instantiate(cfg.model)
     model.run_info = run_info(cfg, datamodule)
     callbacks = instantiate_list(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(EpochBar())
     loggers = instantiate_list(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
@@ -55,7 +78,8 @@ def build(cfg: DictConfig):
 
 
 def run_info(cfg: DictConfig, datamodule) -> dict:
-    """Saved in every checkpoint: enough to rebuild the network and normalise a new scene (das2f.predict)."""
+    """Saved in every checkpoint: enough to rebuild the network, normalise a new scene (das2f.predict)
+    and resume the run with the overrides it was started with."""
     attrs = datamodule.sets["train"].attrs
     return {
         "net": OmegaConf.to_container(cfg.model.net, resolve=True), "dataset": cfg.dataset.name,
@@ -63,6 +87,7 @@ def run_info(cfg: DictConfig, datamodule) -> dict:
         "ms_patch": int(attrs["ms_patch"]), "ratio": int(attrs["ratio"]),
         "normalization": {"kind": datamodule.normalization, "shift": datamodule.shift.tolist(),
                           "scale": datamodule.scale.tolist()},
+        "overrides": [o for o in (task_overrides() or []) if not o.startswith(("resume=", "ckpt_path="))],
     }
 
 
@@ -84,43 +109,108 @@ def log_figures(trainer, out: Path) -> None:
             lg.log_image(key="test/confusion", images=[str(figure)])
 
 
+def latest_resumable(log_dir: str | Path, task: str = "train") -> Path | None:
+    """The newest run directory (single runs and multirun jobs) holding checkpoints/last.ckpt."""
+    root = Path(log_dir) / task
+    found = [*root.glob("runs/*/checkpoints/last.ckpt"), *root.glob("multiruns/*/*/checkpoints/last.ckpt")]
+    return max(found, key=lambda p: p.stat().st_mtime).parents[1] if found else None
+
+
 def resolve_ckpt(cfg: DictConfig) -> str | None:
-    ckpt = cfg.get("ckpt_path")
+    """The checkpoint a run starts from: ``resume=<run dir>`` -> its last.ckpt; ``ckpt_path=<file>``."""
+    resume, ckpt = cfg.get("resume"), cfg.get("ckpt_path")
+    if resume and ckpt:
+        raise ConfigError(f"resume={resume} and ckpt_path={ckpt}: give one (resume continues a run in place)")
+    if resume:
+        last = Path(str(resume)) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise MissingFileError(f"resume={resume}: no checkpoint at {last} (a run directory of das2f.train "
+                                   "holds checkpoints/last.ckpt once its first epoch ended or it was interrupted)")
+        return str(last)
     if ckpt == "last":
-        ckpt = str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
-    if ckpt and not Path(ckpt).is_file():
-        raise FileNotFoundError(f"ckpt_path: no checkpoint at {ckpt}")
-    return ckpt
+        latest = latest_resumable(cfg.paths.log_dir)
+        hint = (f"the newest resumable run is {latest}: python -m das2f.train resume={latest}" if latest
+                else f"no run under {cfg.paths.log_dir}/train has a checkpoints/last.ckpt")
+        raise ConfigError(f"ckpt_path=last: a new run has no last.ckpt of its own; continue a run with "
+                          f"resume=<its run dir>; {hint}")
+    if ckpt and not Path(str(ckpt)).is_file():
+        raise MissingFileError(f"ckpt_path: no checkpoint at {ckpt}")
+    return str(ckpt) if ckpt else None
+
+
+def resumed_config(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> DictConfig:
+    """The config of the run being resumed: the overrides it was started with (stored in its checkpoint),
+    then this command's (later win). Only possible under Hydra (the CLI)."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    saved = ckpt.get("das2f", {}).get("overrides")
+    if saved is None:
+        raise CheckpointError(f"{ckpt_path}: written by an older das2f without its run's overrides; continue it with "
+                              "ckpt_path=<that file> plus the overrides the run was started with")
+    if not HydraConfig.initialized():
+        return cfg
+    now = task_overrides() or []
+    log.info("resuming %s with its overrides %s%s", Path(ckpt_path).parents[1], saved,
+             f" then {now}" if now else "")
+    return compose(config_name=HydraConfig.get().job.config_name, overrides=[*saved, *now])
+
+
+def net_from_checkpoint(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> None:
+    """Evaluation rebuilds the network the checkpoint holds (stages, widths, backbone, fusion), not the config's."""
+    net = ckpt.get("das2f", {}).get("net")
+    if not net:
+        raise CheckpointError(f"{ckpt_path}: no network config in it ('das2f' run information); "
+                              "evaluate a checkpoint written by das2f.train")
+    with open_dict(cfg):
+        backend = cfg.model.net.get("scan_backend")
+        cfg.model.net = OmegaConf.create(net)
+        if backend is not None:
+            cfg.model.net.scan_backend = backend  # where it runs, not what it is: this machine's choice
 
 
 def run(cfg: DictConfig) -> dict:
-    check_config(cfg)
     started = time.perf_counter()
+    if not cfg.get("train") and not cfg.get("ckpt_path"):
+        raise ConfigError("evaluation needs a checkpoint: ckpt_path=<run dir>/checkpoints/epoch_NNN.ckpt "
+                          "(the best-on-validation checkpoint of a das2f.train run)")
     ckpt = resolve_ckpt(cfg)
     saved = read_checkpoint(ckpt) if ckpt else None
+    if cfg.get("resume"):
+        cfg = resumed_config(cfg, ckpt, saved)
     if ckpt:
+        if not cfg.get("train"):
+            net_from_checkpoint(cfg, ckpt, saved)
         resume_wandb_run(cfg, ckpt, saved)
     datamodule, model, trainer = build(cfg)
     if ckpt:
         check_checkpoint_classes(ckpt, saved, datamodule.class_names)
     del saved
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from .results import print_results, write_results
+
+    out = Path(cfg.paths.output_dir)
     try:
         if cfg.get("train"):
-            log.info("training: %s", cfg.paths.output_dir)
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)  # our own checkpoints
+            log.info("training: %s", out)
+            try:
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)  # our own checkpoints
+            except SIGTERMException as err:
+                raise Interrupted(f"interrupted by SIGTERM at epoch {trainer.current_epoch + 1}, step "
+                                  f"{trainer.global_step}: resumable, python -m das2f.train resume={out}") from err
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if cfg.get("test"):
-            if cfg.get("train"):
-                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            else:
-                best = ckpt  # eval: exactly the given checkpoint
+            best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") \
+                if cfg.get("train") else ckpt  # eval: exactly the given checkpoint
             log.info("testing the best-on-validation checkpoint: %s", best or "(current weights)")
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
             metrics["best_checkpoint"] = best
         out = write_results(cfg, metrics, model, started)
         log_figures(trainer, out)
-        print_results(metrics, model.class_names, out)
+        title = "test metrics (best-on-validation checkpoint)" if cfg.get("train") else f"test metrics of {Path(str(ckpt)).name}"
+        print_results(metrics, model.class_names, out, title=title)
     finally:
         import wandb
 
@@ -129,11 +219,10 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra_entry("train")
 def main(cfg: DictConfig) -> float | None:
     metrics = run(cfg)
-    value = metrics.get(cfg.get("optimized_metric"))
-    return value
+    return metrics.get(cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..errors import ConfigError
 from .hdf5 import read_attrs
 from .prepare import prepare_dataset, split_paths
 
@@ -120,7 +121,7 @@ class MsPanDataModule(L.LightningDataModule):
                  augment: bool = True, window: int = 512, seed: int = 0, prepare: bool = True):
         super().__init__()
         if normalization not in ("minmax", "zscore"):
-            raise ValueError(f"normalization must be 'minmax' or 'zscore', got {normalization!r}")
+            raise ConfigError(f"data.normalization must be 'minmax' or 'zscore', got {normalization!r}")
         self.cfg = dict(dataset)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.normalization, self.augment, self.window, self.seed = normalization, augment, window, seed

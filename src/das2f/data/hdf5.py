@@ -14,11 +14,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..errors import DataError, MissingFileError
+
 FORMAT_VERSION = 1
 REQUIRED = ("ms", "pan", "label", "coord", "scene")
 
 
-class PatchFileError(ValueError):
+class PatchFileError(DataError):
     """An HDF5 file that is not a complete das2f patch file."""
 
 
@@ -95,7 +97,7 @@ def read_attrs(path: str | Path) -> dict:
     """Validated attributes of a patch file; PatchFileError names the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"patch file not found: {path} (run `make prepare DATASET=...`)")
+        raise MissingFileError(f"patch file not found: {path} (run `make prepare DATASET=...`)")
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in REQUIRED if k not in f]

@@ -11,12 +11,14 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ..errors import ConfigError, MissingFileError
 from .hdf5 import FORMAT_VERSION, PatchFileError, PatchWriter, RunningStats, read_attrs
 from .patches import PatchCutter
 from .readers import SceneError
 from .scenes import file_fingerprint, load_scene, validate_scene
 from .split import SPLITS, map_coords, stratified_split
 from .synthetic import write_scene
+from .tiles import scene_specs
 
 log = logging.getLogger(__name__)
 BLOCK = 2048  # patches cut and written per block: bounds memory next to the scene
@@ -26,9 +28,9 @@ def _spec_files(spec: dict) -> list[str]:
     return [str(spec[k]) for k in ("ms", "pan", "image", "label", "train", "val", "test") if spec.get(k)]
 
 
-def _fingerprint(cfg: dict, files: list[str]) -> str:
-    rule = {k: cfg[k] for k in ("classes", "class_values", "ignore_value", "split", "seed", "ms_patch", "ratio")}
-    rule["scene_splits"] = [s.get("split") for s in cfg["scenes"]]  # a split by scene changes the files
+def _fingerprint(cfg: dict, specs: list[dict], files: list[str]) -> str:
+    rule = {k: cfg.get(k) for k in ("classes", "class_values", "ignore_value", "split", "seed", "ms_patch", "ratio")}
+    rule["scene_splits"] = [s.get("split") for s in specs]  # a split by scene changes the files
     rule["shuffle_memory_mb"] = cfg.get("shuffle_memory_mb", 2048)  # so does the shuffle grouping
     h = hashlib.sha256(json.dumps(rule, sort_keys=True, default=str).encode())
     for f in files:
@@ -97,26 +99,117 @@ def _cut_block(block: np.ndarray, cutters: dict, scenes: dict, split: str) -> tu
     return ms, pan, raw
 
 
+REQUIRED_KEYS = {
+    "name": "the dataset's name",
+    "classes": "the class names, in label order",
+    "ignore_value": "the label value meaning unlabelled (null when every pixel is labelled)",
+    "ratio": "PAN pixels per MS pixel along a side (4)",
+    "ms_patch": "the MS patch side (16)",
+    "split": "the per-class pixel split, e.g. {train: 0.6, val: 0.1, test: rest}",
+    "prepared_dir": "where train.h5 / val.h5 / test.h5 go",
+}
+
+
+def class_rule(cfg: dict) -> tuple[list[str], list[int], int | None]:
+    """Class names, their label values and the ignore value, checked against each other."""
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise ConfigError(f"dataset {cfg.get('name', '?')}: missing key(s) "
+                          + "; ".join(f"{k} ({REQUIRED_KEYS[k]})" for k in missing)
+                          + " (see conf/dataset/_template.yaml)")
+    classes = list(cfg["classes"] or [])
+    if not classes:
+        raise ConfigError(f"dataset {cfg['name']}: no classes configured")
+    values = [int(v) for v in (cfg.get("class_values") or range(1, len(classes) + 1))]
+    if len(values) != len(classes):
+        raise ConfigError(f"dataset {cfg['name']}: {len(classes)} class names but {len(values)} class_values")
+    if len(set(classes)) != len(classes) or len(set(values)) != len(values):
+        dup = sorted({c for c in classes if classes.count(c) > 1} | {str(v) for v in values if values.count(v) > 1})
+        raise ConfigError(f"dataset {cfg['name']}: class names and class_values must be unique, repeated: {dup}")
+    ignore = cfg["ignore_value"]
+    if ignore is not None and int(ignore) in values:
+        raise ConfigError(f"dataset {cfg['name']}: ignore_value {ignore} is also the value of class "
+                          f"{classes[values.index(int(ignore))]!r} (class_values {values}); the ignore value must "
+                          "be a label value that is no class")
+    return classes, values, None if ignore is None else int(ignore)
+
+
+def _counts_text(counts: dict[int, int]) -> str:
+    return ", ".join(f"{v}: {n}" for v, n in sorted(counts.items()))
+
+
+def check_label_values(cfg: dict, found: dict[str, dict[int, int]], values: list[int], ignore: int | None) -> None:
+    """Every value in the label files is a class value or the ignore value; else stop, naming the files,
+    the values found (with pixel counts) and the configured ones. Nothing is ever dropped silently."""
+    allowed = set(values) | ({ignore} if ignore is not None else set())
+    bad = {path: counts for path, counts in found.items() if set(counts) - allowed}
+    if not bad:
+        return
+    every: dict[int, int] = {}
+    for counts in found.values():
+        for v, n in counts.items():
+            every[v] = every.get(v, 0) + n
+    unknown = sorted(set(every) - allowed)
+    given = "class_values is null, i.e. 1..K = " if not cfg.get("class_values") else "class_values "
+    first = next(iter(bad))
+    raise SceneError(
+        f"dataset {cfg['name']}: label value(s) {unknown} are neither a class value nor the ignore value, in "
+        f"{len(bad)} of {len(found)} label files (first: {first}: {{{_counts_text(bad[first])}}}); "
+        f"all label files hold {{{_counts_text(every)}}} (value: pixels); configured: {given}{values}, "
+        f"ignore_value {ignore}. Set class_values (and classes) to the values that are classes and "
+        "ignore_value to the one meaning unlabelled; `make prepare ARGS=inspect=true` lists each file's values")
+
+
+def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
+    """Print, per scene, the MS / PAN size, dtype and bands and the label values with pixel counts, then
+    whether they fit the configured classes: facts to write a dataset config from. Writes nothing."""
+    console = console or Console()
+    cfg = dict(cfg)
+    if cfg.get("generate"):
+        write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
+    ratio = int(cfg.get("ratio", 4))
+    specs = scene_specs(cfg)
+    table = Table(title=f"{cfg.get('name')}: {len(specs)} scenes")
+    for col in ("scene", "split", "MS (C, H, W)", "PAN (1, H, W)", "dtype MS / PAN", "label values (value: pixels)"):
+        table.add_column(col)
+    every: dict[int, int] = {}
+    for spec in specs:
+        scene = load_scene(spec, ratio)
+        labels = []
+        for path, counts in scene.label_values.items():
+            labels.append(f"{Path(path).name}: {_counts_text(counts)}")
+            for v, n in counts.items():
+                every[v] = every.get(v, 0) + n
+        table.add_row(scene.name, str(spec.get("split", "")), str(scene.ms.data.shape), str(scene.pan.data.shape),
+                      f"{scene.ms.data.dtype} / {scene.pan.data.dtype}", "\n".join(labels) or "(no labels)")
+    console.print(table)
+    console.print(f"label values over all scenes (value: pixels): {_counts_text(every) or 'none'}")
+    try:
+        _, values, ignore = class_rule(cfg)
+        check_label_values(cfg, {"all scenes": every}, values, ignore)
+        console.print(f"configured class_values {values} and ignore_value {ignore} cover every value found")
+    except (ConfigError, SceneError) as err:
+        console.print(f"[bold red]does not fit the config yet:[/] {err}")
+    return every
+
+
 def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = None) -> dict[str, Path]:
     """Write the dataset's split files (see hdf5.py); skip when they exist with the same fingerprint."""
     console = console or Console()
     cfg = dict(cfg)
     if cfg.get("generate"):
         write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
-    classes = list(cfg["classes"])
-    values = list(cfg.get("class_values") or range(1, len(classes) + 1))
+    classes, values, ignore = class_rule(cfg)
     cfg["class_values"] = values
-    if len(values) != len(classes):
-        raise ValueError(f"dataset {cfg['name']}: {len(classes)} class names but {len(values)} class_values")
-    ratio, seed = int(cfg["ratio"]), int(cfg["seed"])
-    specs = list(cfg["scenes"])
+    ratio, seed = int(cfg["ratio"]), int(cfg.get("seed", 0))
+    specs = scene_specs(cfg)
     if not specs:
-        raise ValueError(f"dataset {cfg['name']}: no scenes configured")
+        raise ConfigError(f"dataset {cfg['name']}: no scenes configured (`scenes` or `tiles`)")
     files = [f for s in specs for f in _spec_files(s)]
     for f in files:  # every input exists before any work starts
         if not Path(f).is_file():
-            raise FileNotFoundError(f"dataset {cfg['name']}: input file not found: {f} ({cfg.get('layout', '')})")
-    fingerprint = _fingerprint(cfg, files)
+            raise MissingFileError(f"dataset {cfg['name']}: input file not found: {f} ({cfg.get('layout', '')})")
+    fingerprint = _fingerprint(cfg, specs, files)
     paths = split_paths(cfg)
     if not force and all(p.exists() for p in paths.values()):
         try:
@@ -125,13 +218,16 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
                 return paths
         except PatchFileError as err:
             log.warning("rebuilding: %s", err)
+    log.info("preparing %s: %d scenes -> %s", cfg["name"], len(specs), cfg["prepared_dir"])
 
     # pass 1: read and validate every scene, draw the split, count classes; nothing written yet
     coords, shapes, meta = [], None, []
     counts = {s: np.zeros(len(values), np.int64) for s in SPLITS}
+    found: dict[str, dict[int, int]] = {}
     for spec in specs:
         scene = load_scene(spec, ratio)
         validate_scene(scene, ratio)
+        found.update(scene.label_values)
         c = _coords_by_split(scene, values, cfg["split"], seed, spec.get("split"))
         coords.append(c)
         for s, xy in c.items():
@@ -145,6 +241,7 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
         meta.append({"name": scene.name, "files": _spec_files(spec), "ms_size": list(scene.ms.data.shape),
                      "bytes": int(scene.ms.data.nbytes + scene.pan.data.nbytes),
                      "georeferenced": scene.ms.georeferenced})
+    check_label_values(cfg, found, values, ignore)  # before anything is cut or written
     absent = [classes[k] for k in range(len(values)) if counts["train"][k] == 0]
     if absent:
         raise SceneError(f"dataset {cfg['name']}: classes {absent} have no training pixel; "

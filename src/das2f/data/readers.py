@@ -10,10 +10,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..errors import DataError, MissingFileError
+
 KNOWN_DTYPES = (np.uint8, np.uint16, np.int16, np.int32, np.uint32, np.float32, np.float64)
 
 
-class SceneError(ValueError):
+class SceneError(DataError):
     """A scene file that cannot be used; the message names the file, the value and what was expected."""
 
 
@@ -93,7 +95,7 @@ def read_raster(path: str | Path, *, key: str | None = None, band_axis: int | No
     also be colour-coded PNGs (see :func:`read_color_labels`)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"scene file not found: {path}")
+        raise MissingFileError(f"scene file not found: {path}")
     suffix = path.suffix.lower()
     profile: dict = {}
     if suffix in (".tif", ".tiff"):

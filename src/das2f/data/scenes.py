@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,8 @@ class Scene:
     ms: Raster  # (C, H, W)
     pan: Raster  # (1, rH, rW)
     maps: dict[str, np.ndarray]  # "label" (one map to split) or "train"/"test" ready-made maps, (H, W)
+    # per label file as read (before any resampling): {path: {value: pixel count}}, for the label checks
+    label_values: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -49,21 +51,29 @@ def block_mode(label: np.ndarray, ratio: int) -> np.ndarray:
 def load_scene(spec: dict, ratio: int) -> Scene:
     """Read one scene described by ``spec`` (a dict from the dataset config)."""
     kind = spec.get("kind", "files")
-    maps = {}
+    maps, found = {}, {}
     if kind == "wald_rgb":
         ms, pan = wald_from_rgb(Path(spec["image"]), ratio)
         lab = read_raster(spec["label"], label=True)
+        found[str(lab.path)] = value_counts(lab.data)
         maps["label"] = block_mode(lab.data, ratio)
     elif kind == "files":
         ms = read_raster(spec["ms"], key=spec.get("ms_key"), band_axis=spec.get("band_axis"), bands=spec.get("ms_bands"))
         pan = read_raster(spec["pan"], key=spec.get("pan_key"), band_axis=spec.get("band_axis"))
         for m in ("label", "train", "val", "test"):
             if spec.get(m):
-                maps[m] = read_raster(spec[m], key=spec.get(f"{m}_key"), label=True,
-                                      color_table=spec.get("color_table")).data
+                lab = read_raster(spec[m], key=spec.get(f"{m}_key"), label=True, color_table=spec.get("color_table"))
+                found[str(lab.path)] = value_counts(lab.data)
+                maps[m] = lab.data
     else:
         raise SceneError(f"scene {spec.get('name')}: unknown kind {kind!r}, expected 'files' or 'wald_rgb'")
-    return Scene(spec.get("name", Path(str(ms.path)).stem), ms, pan, maps)
+    return Scene(spec.get("name", Path(str(ms.path)).stem), ms, pan, maps, found)
+
+
+def value_counts(label: np.ndarray) -> dict[int, int]:
+    """{label value: pixel count} of a label map."""
+    values, counts = np.unique(label, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts)}
 
 
 def validate_scene(scene: Scene, ratio: int, require_labels: bool = True) -> None:

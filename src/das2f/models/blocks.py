@@ -7,6 +7,8 @@ Tokens are (B, H, W, D) throughout.
 from __future__ import annotations
 
 import torch
+
+from ..errors import ConfigError
 from torch import nn
 
 from .cmda import CMDACore
@@ -45,7 +47,7 @@ class CrossConvMixer(nn.Module):
 
 def _check_backbone(kind: str) -> None:
     if kind not in BACKBONES:
-        raise ValueError(f"backbone must be one of {BACKBONES}, got {kind!r}")
+        raise ConfigError(f"backbone must be one of {BACKBONES}, got {kind!r}")
 
 
 class MixerBlock(nn.Module):

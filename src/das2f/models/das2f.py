@@ -7,6 +7,8 @@ Defaults reproduce the authors' released model: 17,416,531 parameters at ``stage
 from __future__ import annotations
 
 import torch
+
+from ..errors import ConfigError
 import torch.nn.functional as F
 from torch import nn
 
@@ -66,11 +68,11 @@ class DAS2F(nn.Module):
     ):
         super().__init__()
         if stages < 1:
-            raise ValueError(f"stages must be >= 1, got {stages}")
+            raise ConfigError(f"model.net.stages must be >= 1, got {stages}")
         if d_model % 4:
-            raise ValueError(f"d_model must be divisible by 4 (2x2 sub-pixels), got {d_model}")
+            raise ConfigError(f"model.net.d_model must be divisible by 4 (2x2 sub-pixels), got {d_model}")
         if (ms_patch * ratio) % embed_patch:
-            raise ValueError(f"the PAN patch ({ms_patch * ratio}) must be a multiple of embed_patch ({embed_patch})")
+            raise ConfigError(f"the PAN patch ({ms_patch * ratio}) must be a multiple of embed_patch ({embed_patch})")
         self.ms_channels, self.num_classes = ms_channels, num_classes
         self.ms_patch, self.pan_patch, self.ratio = ms_patch, ms_patch * ratio, ratio
         self.dominant = dominant

@@ -6,6 +6,8 @@ are the simple alternatives for the ablation. Every block maps (ms_dom, pan_dom,
 from __future__ import annotations
 
 import torch
+
+from ..errors import ConfigError
 from torch import nn
 
 FUSIONS = ("aalf", "sum", "mean", "concat")
@@ -80,5 +82,5 @@ _FUSION_CLASSES = {"aalf": AALFBlock, "sum": SumFusion, "mean": MeanFusion, "con
 
 def make_fusion(kind: str, channels: int) -> nn.Module:
     if kind not in _FUSION_CLASSES:
-        raise ValueError(f"fusion must be one of {FUSIONS}, got {kind!r}")
+        raise ConfigError(f"fusion must be one of {FUSIONS}, got {kind!r}")
     return _FUSION_CLASSES[kind](channels)

@@ -34,6 +34,8 @@ import functools
 import logging
 
 import torch
+
+from ..errors import ConfigError
 import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
@@ -304,7 +306,7 @@ def _announce(backend: str, why: str) -> None:
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Name of the backend that ``backend`` ('auto' included) runs on ``device``."""
     if backend not in BACKENDS:
-        raise ValueError(f"scan_backend must be one of {BACKENDS}, got {backend!r}")
+        raise ConfigError(f"scan_backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
     if device.type != "cuda":

@@ -11,6 +11,8 @@ import functools
 import math
 
 import torch
+
+from ..errors import ConfigError
 import torch.nn.functional as F
 from torch import nn
 
@@ -143,7 +145,7 @@ class SpacePreservingConv(nn.Module):
     def __init__(self, d_model: int, patch: int = 4):
         super().__init__()
         if d_model % (patch * patch):
-            raise ValueError(f"space-preserving SS2D needs d_model divisible by {patch * patch}, got {d_model}")
+            raise ConfigError(f"space-preserving SS2D needs d_model divisible by {patch * patch}, got {d_model}")
         self.patch = patch
         c = d_model // (patch * patch)
         self.conv2d = nn.Conv2d(c, c, 3, padding=1, groups=c)

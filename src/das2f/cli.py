@@ -1,0 +1,129 @@
+"""What every `python -m das2f.<task>` entry point shares.
+
+- Hydra's main with the project's configs (``conf/``), found wherever the command runs.
+- One clean line per user mistake: a :class:`das2f.errors.UserError` (or an OmegaConf error: a
+  missing key, a bad interpolation) is logged as ONE line and the process exits with status 2;
+  a run directory that the failed start left holding nothing but Hydra's own files is removed.
+  Any other exception is a bug or an environment failure and keeps its traceback.
+- Honest exit codes: a run interrupted by SIGTERM after saving a resumable checkpoint exits with
+  143 (128 + SIGTERM), never 0.
+- Quiet consoles: known-harmless third-party messages silenced at their source (see ``quiet``).
+
+Heavy imports (torch, Lightning) happen inside the task, so ``--help`` and a config mistake
+answer in about a second.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, Interrupted, UserError
+
+from .config import CONF_DIR  # noqa: E402  (registers the resolvers too)
+log = logging.getLogger("das2f")
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+def quiet() -> None:
+    """Silence third-party messages that say nothing about this run, each at its source."""
+    # Lightning advertises its cloud logger on every Trainer construction.
+    logging.getLogger("lightning.pytorch.trainer.connectors.logger_connector.logger_connector").addFilter(
+        _DropMessages("litlogger"))
+    # ... and says it defaults `weights_only` when a checkpoint of our own is read (das2f passes it where it can)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        _DropMessages("litlogger", "`weights_only` was not set"))
+    # Lightning 2.6's pytree helper uses an API torch 2.13 deprecates; nothing for a user to do.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # tiny datasets (tests, quick checks) have fewer batches than the logging interval; harmless.
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+    # resume=<run dir> continues in place: its checkpoint directory is meant to hold checkpoints already
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
+    # a run resumed mid-epoch does continue exactly: ChunkBatchSampler skips the batches already trained
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
+    # W&B prints its own run summary (the metrics are printed once by das2f) and sync hints on every run;
+    # WANDB_QUIET keeps its warnings and errors. An explicit WANDB_QUIET=false brings it all back.
+    os.environ.setdefault("WANDB_QUIET", "true")
+
+
+def _hydra_output_dir() -> Path | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # not under Hydra (a test calling the task directly)
+        return None
+
+
+def remove_if_unused(out: Path | None) -> None:
+    """A run dir holding only Hydra's own files (.hydra/, the job log) after a failed start goes away."""
+    if out is None or not out.is_dir():
+        return
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
+        shutil.rmtree(out)
+
+
+def report_user_error(err: BaseException) -> None:
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(err, OmegaConfBaseException):  # its message spans lines (full_key, object_type, ...)
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        key = next((ln for ln in lines if ln.startswith("full_key:")), "")
+        text = f"config: {lines[0] if lines else type(err).__name__}" + (f" ({key})" if key else "")
+    else:
+        text = " ".join(str(err).split())
+    log.error("%s", text)
+
+
+def hydra_entry(config_name: str) -> Callable:
+    """Decorator: ``task(cfg)`` becomes a Hydra main with the project's error and exit-code rules."""
+
+    def decorate(task: Callable) -> Callable:
+        import hydra
+        from omegaconf.errors import OmegaConfBaseException
+
+        @functools.wraps(task)
+        def guarded(cfg):
+            quiet()
+            try:
+                return task(cfg)
+            except (UserError, OmegaConfBaseException) as err:
+                report_user_error(err)
+                remove_if_unused(_hydra_output_dir())
+                sys.exit(EXIT_USER_ERROR)
+            except Interrupted as err:
+                log.warning("%s", err)
+                sys.exit(EXIT_INTERRUPTED)
+
+        return hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(guarded)
+
+    return decorate
+
+
+def route_lightning_logs() -> None:
+    """Lightning's messages through the root handlers only (Hydra's console and job log file).
+
+    ``import lightning`` adds its own console handler to the "lightning" logger whatever the root
+    has, so under Hydra every Lightning message was printed twice; call after importing lightning.
+    """
+    import lightning  # noqa: F401  (its import installs the handler removed here)
+
+    if logging.getLogger().hasHandlers():
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            lg = logging.getLogger(name)
+            for h in [h for h in lg.handlers if type(h) is logging.StreamHandler]:
+                lg.removeHandler(h)
+            lg.propagate = True

@@ -1,0 +1,35 @@
+"""The project's own errors: a user's mistake in a config, a data file or a checkpoint.
+
+Entry points (das2f.cli) print them as ONE line naming the file, the value found and the value
+expected, and exit with status 2, without a traceback; any other exception is a bug or an
+environment failure and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake the user can fix from the message alone."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work (a bad name, a missing key, an inconsistent setting)."""
+
+
+class DataError(UserError, ValueError):
+    """An input data file that cannot be used as configured."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file the config names that does not exist."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that does not fit the requested job."""
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGTERM after saving a resumable checkpoint (exit status EXIT_INTERRUPTED)."""
+
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM: what a shell reports for a job killed by SIGTERM; schedulers read it as not done
