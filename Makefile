@@ -1,6 +1,9 @@
 # das2f: every entry point is a make target. `make help` lists them.
 SHELL := /bin/bash
-VENV ?= .venv
+# the checkout this Makefile is in: `make -f path/to/das2f/Makefile ...` works from any directory
+# (outputs, data/ and logs/, go under the directory make runs in, like `python -m das2f.*`)
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+VENV ?= $(ROOT)/.venv
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 DATASET ?= synthetic
@@ -15,25 +18,26 @@ help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) EXP=$(EXP) ARGS='hydra overrides'"
 
-install: $(STAMP) ## virtual environment: torch $(TORCH_VERSION) first (CPU build; a CUDA machine keeps its torch), then das2f
+install: $(STAMP) ## virtual environment: torch first (the CPU build; a CUDA machine keeps its torch), then das2f
 
-$(STAMP): pyproject.toml
+$(STAMP): $(ROOT)/pyproject.toml
 	@if command -v nvidia-smi >/dev/null 2>&1 && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then \
 		echo "CUDA torch found: the venv uses it"; python3 -m venv --system-site-packages $(VENV); \
 	else \
 		python3 -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q torch==$(TORCH_VERSION); \
 	fi
-	$(PY) -m pip install -q -e ".[dev,sweep,tensorboard]"
+	$(PY) -m pip install -q -e "$(ROOT)[dev,sweep,tensorboard]"
 	@touch $(STAMP)
 
-test: $(STAMP) ## the test suite (CI runs exactly this); slow and GPU tests left out
-	$(PY) -m pytest -q
+test: $(STAMP) ## the linter, then the test suite (CI runs exactly this); slow and GPU tests left out
+	cd $(ROOT) && $(PY) -m ruff check src tests
+	cd $(ROOT) && $(PY) -m pytest -q
 
 test-slow: $(STAMP) ## the slow tests too (DDP simulation, longer trainings)
-	$(PY) -m pytest -q -m "slow or not slow"
+	cd $(ROOT) && $(PY) -m pytest -q -m "slow or not slow"
 
 train: $(STAMP) ## train + test (default: the main job on the generated synthetic scene)
-	$(PY) -m das2f.train dataset=$(DATASET) $(if $(filter synthetic,$(DATASET)),experiment=main) $(ARGS)
+	$(PY) -m das2f.train dataset=$(DATASET) $(ARGS)
 
 eval: $(STAMP) ## test metrics of a checkpoint: ARGS="ckpt_path=..."
 	$(PY) -m das2f.eval dataset=$(DATASET) $(ARGS)
@@ -41,11 +45,11 @@ eval: $(STAMP) ## test metrics of a checkpoint: ARGS="ckpt_path=..."
 predict: $(STAMP) ## full-scene classification maps of a dataset's scenes: ARGS="ckpt_path=... [scenes=[a,b]] [stats=scene]"
 	$(PY) -m das2f.predict dataset=$(DATASET) $(ARGS)
 
-prepare: $(STAMP) ## cut a dataset's scenes into HDF5 patch pairs
+prepare: $(STAMP) ## cut a dataset's scenes into HDF5 patch pairs (ARGS=inspect=true: list each scene's sizes and label values)
 	$(PY) -m das2f.prepare dataset=$(DATASET) $(ARGS)
 
-sweep: $(STAMP) ## a ready sweep from experiments/ (EXP=ablation|seeds|compare), ends with its report
-	$(PY) -m das2f.train -m +experiments=$(EXP) dataset=$(DATASET) $(ARGS)
+sweep: $(STAMP) ## a ready sweep from conf/experiment/ (EXP=ablation|seeds|compare), ends with its report
+	$(PY) -m das2f.train -m experiment=$(EXP) dataset=$(DATASET) $(ARGS)
 	$(PY) -m das2f.report --latest
 
 report: $(STAMP) ## Markdown + CSV table of multirun outputs: ARGS="path/to/multirun/dir ..."
@@ -59,10 +63,10 @@ bench: $(STAMP) ## scan backends, whole network, data loader: table with ratios 
 	$(PY) -m das2f.bench $(ARGS)
 
 experiment-gid5: $(STAMP) ## real Gaofen-2 tiles split by tile: DAS²F, CNN, ablations -> experiments/gid5/results/ (RUNS="variants:seeds ...", ALSO="earlier sweep dirs")
-	PY=$(PY) bash experiments/gid5/run.sh $(ARGS)
+	PY=$(PY) bash $(ROOT)/experiments/gid5/run.sh $(ARGS)
 
 experiment-wv2: $(STAMP) ## real WorldView-2 scene, full map with the main job's model -> experiments/wv2/results/
-	PY=$(PY) bash experiments/wv2/run.sh $(ARGS)
+	PY=$(PY) bash $(ROOT)/experiments/wv2/run.sh $(ARGS)
 
 clean: ## remove generated data, outputs and caches (not the venv)
 	rm -rf data logs outputs multirun wandb bench/results .pytest_cache

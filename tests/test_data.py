@@ -1,5 +1,4 @@
 """Preparation and streaming: geometry, split, statistics, safe writes, errors, workers."""
-import json
 import os
 
 import h5py

@@ -31,8 +31,13 @@ from omegaconf import OmegaConf
 
 from .config import CONF_DIR
 from .models import DAS2F
-from .models.scan import (DEFAULT_CHUNK, selective_scan_reference, selective_scan_time_major, selective_scan_torch,
-                          time_major_arguments)
+from .models.scan import (
+    DEFAULT_CHUNK,
+    selective_scan_reference,
+    selective_scan_time_major,
+    selective_scan_torch,
+    time_major_arguments,
+)
 
 
 def _malloc_trim():
@@ -112,8 +117,8 @@ def mamba_ref():
 def mambapy_scan():
     if importlib.util.find_spec("mambapy") is None:
         return None
-    from mambapy.pscan import pscan
     import torch.nn.functional as F
+    from mambapy.pscan import pscan
 
     def run(u, delta, A, B, C, D, delta_bias):
         b, d, length = u.shape
@@ -251,13 +256,14 @@ def main(argv=None):
              "| implementation | fwd s | fwd+bwd s | peak MB (fwd+bwd) | fwd+bwd vs das2f torch |", "|---|---|---|---|---|"]
     rows = bench_scans(args.quick)
     ours = rows[0][3]
-    for name, f, fm, fb, fbm in rows:
+    for name, f, _fm, fb, fbm in rows:
         if f is None:
             lines.append(f"| {name} | not installed | | | |" if "skipped" not in name else f"| {name} | | | | |")
         else:
             ratio = "1.0x" if fb == ours else (f"{fb / ours:.1f}x slower" if fb > ours else f"{ours / fb:.2f}x faster")
             lines.append(f"| {name} | {f:.3f} | {fb:.3f} | {fbm:.0f} | {ratio} |")
-    lines += ["", "## Whole network (DAS²F, 11 classes, 4 bands), batch 64", "", "| model | train samples/s | inference samples/s |", "|---|---|---|"]
+    lines += ["", "## Whole network (DAS²F, 11 classes, 4 bands), batch 64", "",
+              "| model | train samples/s | inference samples/s |", "|---|---|---|"]
     for stages in (2, 1):
         tr, inf = bench_network(stages=stages)
         print(f"stages={stages}: train {tr:.1f} samples/s, inference {inf:.1f} samples/s", flush=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 
+from .metrics import METRICS
+
 log = logging.getLogger("das2f.progress")
 
 
@@ -41,10 +43,9 @@ class EpochSummary(L.Callback):
         # runs after this epoch's validation loop, so the val metrics are this epoch's
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         dt = time.perf_counter() - self._t0
-        log.info("epoch %d/%d: %.0f s, %.1f samples/s, train/loss %.4f, val/oa %.4f, val/aa %.4f, val/kappa %.4f",
-                 trainer.current_epoch + 1, trainer.max_epochs, dt, self._n / max(dt, 1e-9),
-                 self._loss / max(self._n, 1), m.get("val/oa", float("nan")),
-                 m.get("val/aa", float("nan")), m.get("val/kappa", float("nan")))
+        val = ", ".join(f"val/{k} {m[f'val/{k}']:.4f}" for k in METRICS if f"val/{k}" in m)
+        log.info("epoch %d/%d: %.0f s, %.1f samples/s, train/loss %.4f%s", trainer.current_epoch + 1, trainer.max_epochs,
+                 dt, self._n / max(dt, 1e-9), self._loss / max(self._n, 1), f", {val}" if val else "")
 
 
 class EpochBar(RichProgressBar):

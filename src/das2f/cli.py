@@ -20,12 +20,12 @@ import os
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
-from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, Interrupted, UserError
 
 from .config import CONF_DIR  # noqa: E402  (registers the resolvers too)
+from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, Interrupted, UserError
+
 log = logging.getLogger("das2f")
 
 

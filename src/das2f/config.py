@@ -7,7 +7,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])
 CONF_DIR = str(Path(PROJECT_DIR) / "conf")
 

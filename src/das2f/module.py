@@ -1,24 +1,14 @@
 """Das2fClassifier: the LightningModule around an injected network (DAS²F or a baseline)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import ConfusionMatrix, MaxMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa, MulticlassF1Score
+from torchmetrics import ConfusionMatrix, MaxMetric
 
-
-def stage_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """OA (micro accuracy), AA (macro accuracy), kappa, macro F1, per-class accuracy."""
-    return MetricCollection({
-        "oa": MulticlassAccuracy(num_classes, average="micro"),
-        "aa": MulticlassAccuracy(num_classes, average="macro"),
-        "kappa": MulticlassCohenKappa(num_classes),
-        "f1": MulticlassF1Score(num_classes, average="macro"),
-        "class_acc": MulticlassAccuracy(num_classes, average="none"),
-    }, prefix=prefix)
+from .metrics import metric_collection
 
 
 class Das2fClassifier(L.LightningModule):
@@ -32,7 +22,7 @@ class Das2fClassifier(L.LightningModule):
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         # one metric object per stage (nn.ModuleDict keys may not shadow Module.train, hence the suffix)
-        self.metrics = nn.ModuleDict({f"{s}_": stage_metrics(num_classes, f"{s}/") for s in ("train", "val", "test")})
+        self.metrics = nn.ModuleDict({f"{s}_": metric_collection(num_classes, f"{s}/") for s in ("train", "val", "test")})
         self.confusion = nn.ModuleDict({f"{s}_": ConfusionMatrix("multiclass", num_classes=num_classes)
                                         for s in ("val", "test")})
         self.val_oa_best = MaxMetric()

@@ -21,12 +21,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .errors import CheckpointError, ConfigError, MissingFileError
 from .data.datamodule import normalize_pair, shift_scale
 from .data.hdf5 import RunningStats
 from .data.patches import PatchCutter
 from .data.scenes import Scene, load_scene, validate_scene
 from .data.tiles import scene_specs
+from .errors import CheckpointError, ConfigError, MissingFileError
 from .maps import class_colors, rgb_composite, save_map_figure, save_maps_grid, write_map
 
 log = logging.getLogger("das2f.predict")
@@ -199,16 +199,14 @@ def log_to_wandb(info: dict, out_dir: Path, summary: dict, dataset: str) -> None
 
 
 def scene_metrics(pred: np.ndarray, truth: np.ndarray, class_names: list[str], figure: Path) -> dict:
-    """OA, AA, kappa over the labelled pixels of a scene (torchmetrics), and its confusion figure."""
-    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_cohen_kappa, multiclass_confusion_matrix
+    """The metrics of das2f.metrics over the labelled pixels of a scene, and its confusion figure."""
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+    from .metrics import compute_metrics
     from .results import save_confusion_figure
 
     sel = truth >= 0
-    p, t, k = torch.from_numpy(pred[sel].astype(np.int64)), torch.from_numpy(truth[sel]), len(class_names)
-    conf = multiclass_confusion_matrix(p, t, k)
+    p, t = torch.from_numpy(pred[sel].astype(np.int64)), torch.from_numpy(truth[sel])
+    conf = multiclass_confusion_matrix(p, t, len(class_names))
     save_confusion_figure(conf, class_names, figure)
-    return {"labelled_pixels": int(sel.sum()),
-            "oa": float(multiclass_accuracy(p, t, k, average="micro")),
-            "aa": float(multiclass_accuracy(p, t, k, average="macro")),
-            "kappa": float(multiclass_cohen_kappa(p, t, k)), "confusion": conf.tolist()}
+    return {"labelled_pixels": int(sel.sum()), **compute_metrics(p, t, class_names), "confusion": conf.tolist()}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import METRICS, format_metric, metric_scale
+
 KEYS = ("dataset", "backbone", "fusion", "cmda", "stages", "dominant")
 
 
@@ -31,15 +33,14 @@ def table(runs: list[dict]) -> tuple[list[str], list[list]]:
     for r in runs:
         groups[tuple(r[k] for k in KEYS)].append(r)
     class_names = runs[0]["class_names"]
-    metrics = ["test/oa", "test/aa", "test/kappa"] + [f"test/acc_{c}" for c in class_names]
+    metrics = [f"test/{m}" for m in METRICS] + [f"test/acc_{c}" for c in class_names]
     header = [*KEYS, "seeds", *(m.split("/")[1] for m in metrics)]
     rows = []
     for key, rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         row = [*key, len(rs)]
         for m in metrics:
             vals = np.array([r["metrics"][m] for r in rs if m in r["metrics"]], dtype=float)
-            scale = 1 if m == "test/kappa" else 100
-            row.append((scale * vals.mean(), scale * vals.std(ddof=1) if len(vals) > 1 else float("nan")))
+            row.append((vals.mean(), vals.std(ddof=1) if len(vals) > 1 else float("nan")) if len(vals) else None)
         rows.append(row)
     return header, rows
 
@@ -72,14 +73,14 @@ def provenance(dirs: list[Path], runs: list[dict]) -> list[str]:
 
 def write(header, rows, out: Path, notes: list[str] | None = None) -> tuple[Path, Path]:
     n_keys = len(KEYS) + 1
-    best = [max(r[i][0] for r in rows) for i in range(n_keys, len(header))]
-    fmt = lambda v, i: f"{v[0]:.4f} ± {v[1]:.4f}" if header[i] == "kappa" else f"{v[0]:.2f} ± {v[1]:.2f}"  # noqa
+    best = [max((r[i][0] for r in rows if r[i] is not None), default=None) for i in range(n_keys, len(header))]
+    fmt = lambda v, i: "" if v is None else format_metric(header[i], v[0], v[1])  # noqa: E731
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [str(c) for c in r[:n_keys]]
         for i in range(n_keys, len(header)):
             s = fmt(r[i], i)
-            cells.append(f"**{s}**" if r[i][0] == best[i - n_keys] and len(rows) > 1 else s)
+            cells.append(f"**{s}**" if r[i] is not None and r[i][0] == best[i - n_keys] and len(rows) > 1 else s)
         md.append("| " + " | ".join(cells) + " |")
     md_path, csv_path = out / "report.md", out / "report.csv"
     text = "\n".join(md) + "\n\nmean ± std over seeds (std: sample, n-1; nan with one seed); bold: best mean per column.\n"
@@ -90,7 +91,9 @@ def write(header, rows, out: Path, notes: list[str] | None = None) -> tuple[Path
         w = csv.writer(f)
         w.writerow(list(header[:n_keys]) + [f"{h}_{s}" for h in header[n_keys:] for s in ("mean", "std")])
         for r in rows:
-            w.writerow(list(r[:n_keys]) + [x for v in r[n_keys:] for x in v])
+            cells = zip(header[n_keys:], r[n_keys:])
+            w.writerow(list(r[:n_keys]) + [x * metric_scale(h) if v is not None else ""
+                                           for h, v in cells for x in (v if v is not None else (0, 0))])
     return md_path, csv_path
 
 

@@ -9,6 +9,8 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from .metrics import METRICS, format_metric
+
 
 def write_results(cfg, metrics: dict, model, started: float | None = None) -> Path:
     """``started``: time.perf_counter() at the start of the run (data preparation included)."""
@@ -70,12 +72,12 @@ def print_results(metrics: dict, class_names: list[str], out: Path, console: Con
     t = Table(title=title)
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for k in ("test/oa", "test/aa", "test/kappa", "test/f1"):
-        if k in metrics:
-            t.add_row(k.split("/")[1].upper(), f"{100 * metrics[k]:.2f}" if k != "test/kappa" else f"{metrics[k]:.4f}")
+    for name, (label, _) in METRICS.items():
+        if f"test/{name}" in metrics:
+            t.add_row(label, format_metric(name, metrics[f"test/{name}"]))
     for name in class_names:
         if f"test/acc_{name}" in metrics:
-            t.add_row(f"acc {name}", f"{100 * metrics[f'test/acc_{name}']:.2f}")
+            t.add_row(f"acc {name}", format_metric("acc", metrics[f"test/acc_{name}"]))
     console.print(t)
     present = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(out).iterdir() if not p.name.startswith("."))
     console.print(f"outputs: {out} ({', '.join(present)})")

@@ -7,10 +7,9 @@ Tokens are (B, H, W, D) throughout.
 from __future__ import annotations
 
 import torch
-
-from ..errors import ConfigError
 from torch import nn
 
+from ..errors import ConfigError
 from .cmda import CMDACore
 from .ss2d import SS2D
 

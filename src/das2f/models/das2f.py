@@ -7,11 +7,10 @@ Defaults reproduce the authors' released model: 17,416,531 parameters at ``stage
 from __future__ import annotations
 
 import torch
-
-from ..errors import ConfigError
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .blocks import CrossBlock, MixerBlock
 from .fusion import make_fusion, tokens_to_subpixels
 

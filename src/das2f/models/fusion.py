@@ -6,9 +6,9 @@ are the simple alternatives for the ablation. Every block maps (ms_dom, pan_dom,
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError
-from torch import nn
 
 FUSIONS = ("aalf", "sum", "mean", "concat")
 

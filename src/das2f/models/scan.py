@@ -34,9 +34,9 @@ import functools
 import logging
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError
-import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,10 @@ import functools
 import math
 
 import torch
-
-from ..errors import ConfigError
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .scan import selective_scan_time_major
 
 K_DIRECTIONS = 4

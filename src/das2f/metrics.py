@@ -1,0 +1,74 @@
+"""One home for the classification metrics: what each is, its name, how it is printed.
+
+Used by the LightningModule (train / val / test), the epoch log line, the results table, the
+sweep report and scene prediction. A new metric is one entry in ``METRICS`` and one in
+``metric_collection``.
+
+Definitions (over labelled pixels):
+- OA: overall accuracy, correct / all.
+- AA: average accuracy, the mean of the per-class accuracies of the classes PRESENT in the
+  truth. A class that is only predicted (absent from the truth) has no accuracy to average;
+  torchmetrics' macro accuracy counts it as 0, which put a tile with 3 labelled classes of 10
+  at a third of its real AA.
+- kappa: Cohen's kappa. F1: macro F1 (the field's usual, classes in truth or prediction).
+- acc_<class>: each class's accuracy (recall); 0 where the class is absent from the truth.
+"""
+from __future__ import annotations
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa, MulticlassF1Score
+
+
+class PresentClassAccuracy(MulticlassAccuracy):
+    """Mean per-class accuracy over the classes present in the target (AA as remote sensing defines it)."""
+
+    def __init__(self, num_classes: int, **kwargs):
+        super().__init__(num_classes, average="none", **kwargs)
+
+    def compute(self) -> torch.Tensor:
+        tp, _, _, fn = self._final_state()
+        support = tp + fn
+        present = support > 0
+        if not present.any():
+            return torch.tensor(float("nan"), device=tp.device)
+        return (tp[present].double() / support[present]).mean().float()
+
+
+# name -> (label in tables, percent?) ; the order is the order of every table and log line
+METRICS = {"oa": ("OA", True), "aa": ("AA", True), "kappa": ("kappa", False), "f1": ("F1", True)}
+
+
+def metric_collection(num_classes: int, prefix: str = "") -> MetricCollection:
+    """OA, AA, kappa, macro F1 and per-class accuracy ("class_acc", a vector) for one stage."""
+    return MetricCollection({
+        "oa": MulticlassAccuracy(num_classes, average="micro"),
+        "aa": PresentClassAccuracy(num_classes),
+        "kappa": MulticlassCohenKappa(num_classes),
+        "f1": MulticlassF1Score(num_classes, average="macro"),
+        "class_acc": MulticlassAccuracy(num_classes, average="none"),
+    }, prefix=prefix)
+
+
+def metric_scale(name: str) -> int:
+    """100 for the metrics shown as percentages (OA, AA, F1, per-class accuracy), 1 for kappa."""
+    return 100 if METRICS.get(name, ("", True))[1] else 1
+
+
+def format_metric(name: str, value: float, std: float | None = None) -> str:
+    """A value as printed everywhere: percentages with 2 decimals, kappa with 4."""
+    scale = metric_scale(name)
+    digits = 2 if scale == 100 else 4
+    text = f"{scale * value:.{digits}f}"
+    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+
+def compute_metrics(pred: torch.Tensor, truth: torch.Tensor, class_names: list[str]) -> dict[str, float]:
+    """The metrics of a set of predictions (class indices) against the truth, as plain floats:
+    oa, aa, kappa, f1 and acc_<class>."""
+    collection = metric_collection(len(class_names))
+    values = collection(pred, truth)
+    per_class = values.pop("class_acc")
+    out = {k: float(v) for k, v in values.items()}
+    out.update({f"acc_{n}": float(v) for n, v in zip(class_names, per_class)})
+    return out
