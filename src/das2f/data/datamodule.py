@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError
 from .hdf5 import read_attrs
-from .prepare import prepare_dataset, split_paths
+from .prepare import plain, prepare_dataset, split_paths
 
 
 class H5PatchDataset(Dataset):
@@ -122,7 +122,7 @@ class MsPanDataModule(L.LightningDataModule):
         super().__init__()
         if normalization not in ("minmax", "zscore"):
             raise ConfigError(f"data.normalization must be 'minmax' or 'zscore', got {normalization!r}")
-        self.cfg = dict(dataset)
+        self.cfg = plain(dataset)  # plain containers: the same fingerprint as `make prepare`
         self.batch_size, self.num_workers = batch_size, num_workers
         self.normalization, self.augment, self.window, self.seed = normalization, augment, window, seed
         self.do_prepare = prepare

@@ -164,7 +164,7 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
     """Print, per scene, the MS / PAN size, dtype and bands and the label values with pixel counts, then
     whether they fit the configured classes: facts to write a dataset config from. Writes nothing."""
     console = console or Console()
-    cfg = dict(cfg)
+    cfg = plain(cfg)
     if cfg.get("generate"):
         write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
     ratio = int(cfg.get("ratio", 4))
@@ -193,10 +193,19 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
     return every
 
 
+def plain(cfg) -> dict:
+    """A dataset config as plain Python containers. OmegaConf nodes (what Hydra's instantiate hands a
+    DataModule) print differently from lists and dicts, and the fingerprint of the same config made by
+    `make prepare` and by `make train` differed: every train re-prepared."""
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
 def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = None) -> dict[str, Path]:
     """Write the dataset's split files (see hdf5.py); skip when they exist with the same fingerprint."""
     console = console or Console()
-    cfg = dict(cfg)
+    cfg = plain(cfg)
     if cfg.get("generate"):
         write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
     classes, values, ignore = class_rule(cfg)
@@ -211,14 +220,17 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
             raise MissingFileError(f"dataset {cfg['name']}: input file not found: {f} ({cfg.get('layout', '')})")
     fingerprint = _fingerprint(cfg, specs, files)
     paths = split_paths(cfg)
+    reason = "force=true" if force else "no prepared files yet"
     if not force and all(p.exists() for p in paths.values()):
         try:
-            if all(read_attrs(p).get("fingerprint") == fingerprint for p in paths.values()):
+            stale = {p.name: read_attrs(p).get("fingerprint") for p in paths.values()}
+            if all(v == fingerprint for v in stale.values()):
                 log.info("prepared files up to date, skipping (force=true rebuilds): %s", cfg["prepared_dir"])
                 return paths
+            reason = f"inputs or rules changed (fingerprint {fingerprint}, the files have {sorted(set(stale.values()))})"
         except PatchFileError as err:
-            log.warning("rebuilding: %s", err)
-    log.info("preparing %s: %d scenes -> %s", cfg["name"], len(specs), cfg["prepared_dir"])
+            reason = str(err)
+    log.info("preparing %s (%s): %d scenes -> %s", cfg["name"], reason, len(specs), cfg["prepared_dir"])
 
     # pass 1: read and validate every scene, draw the split, count classes; nothing written yet
     coords, shapes, meta = [], None, []

@@ -12,6 +12,7 @@ Sensor model: a reflectance cube at PAN resolution times the texture; PAN = weig
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -103,12 +104,14 @@ def write_scene(out_dir: str | Path, size: int = 192, seed: int = 0) -> dict[str
     """Generate the scene once and write ms.npy, pan.npy, label.npy under ``out_dir``."""
     out_dir = Path(out_dir)
     paths = {k: out_dir / f"{k}.npy" for k in ("ms", "pan", "label")}
-    if all(p.exists() for p in paths.values()):
-        return paths
+    stamp, made_by = out_dir / "generate.json", json.dumps({"size": int(size), "seed": int(seed)})
+    if all(p.exists() for p in paths.values()) and stamp.is_file() and stamp.read_text() == made_by:
+        return paths  # generated before with the same size and seed (another size or seed regenerates)
     out_dir.mkdir(parents=True, exist_ok=True)
     scene = generate_scene(size, seed)
     for k, p in paths.items():
         tmp = p.with_suffix(".tmp.npy")
         np.save(tmp, scene[k])
         tmp.rename(p)
+    stamp.write_text(made_by)
     return paths
