@@ -76,6 +76,16 @@ def remove_if_unused(out: Path | None) -> None:
         shutil.rmtree(out)
 
 
+def user_mistake(err: BaseException, *kinds: type) -> BaseException | None:
+    """The user's mistake behind an exception: itself, or the cause Hydra's instantiate wrapped it in."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, (UserError, *kinds)):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
 def report_user_error(err: BaseException) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
@@ -100,13 +110,16 @@ def hydra_entry(config_name: str) -> Callable:
             quiet()
             try:
                 return task(cfg)
-            except (UserError, OmegaConfBaseException) as err:
-                report_user_error(err)
-                remove_if_unused(_hydra_output_dir())
-                sys.exit(EXIT_USER_ERROR)
             except Interrupted as err:
                 log.warning("%s", err)
                 sys.exit(EXIT_INTERRUPTED)
+            except Exception as err:
+                mistake = user_mistake(err, OmegaConfBaseException)
+                if mistake is None:
+                    raise
+                report_user_error(mistake)
+                remove_if_unused(_hydra_output_dir())
+                sys.exit(EXIT_USER_ERROR)
 
         return hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(guarded)
 

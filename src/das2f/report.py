@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from .errors import EXIT_USER_ERROR, MissingFileError, UserError
 from .metrics import METRICS, format_metric, metric_scale
 
 KEYS = ("dataset", "backbone", "fusion", "cmda", "stages", "dominant")
@@ -24,7 +26,7 @@ def collect(dirs: list[Path]) -> list[dict]:
     for d in dirs:
         runs += [json.loads(p.read_text()) for p in sorted(Path(d).rglob("metrics.json"))]
     if not runs:
-        raise FileNotFoundError(f"no metrics.json under {[str(d) for d in dirs]}: did the runs finish their test?")
+        raise MissingFileError(f"no metrics.json under {[str(d) for d in dirs]}: did the runs finish their test?")
     return runs
 
 
@@ -100,7 +102,7 @@ def write(header, rows, out: Path, notes: list[str] | None = None) -> tuple[Path
 def latest_multirun(root: Path = Path("logs")) -> Path:
     dirs = sorted(root.glob("*/multiruns/*"), key=lambda p: p.stat().st_mtime)
     if not dirs:
-        raise FileNotFoundError(f"no multirun directory under {root}/*/multiruns/")
+        raise MissingFileError(f"no multirun directory under {root}/*/multiruns/")
     return dirs[-1]
 
 
@@ -110,10 +112,14 @@ def main(argv=None) -> None:
     ap.add_argument("--latest", action="store_true", help="the newest logs/*/multiruns/* directory")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    dirs = args.dirs or ([latest_multirun()] if args.latest else [])
-    if not dirs:
-        ap.error("give multirun directories or --latest")
-    runs = collect(dirs)
+    try:
+        dirs = args.dirs or ([latest_multirun()] if args.latest else [])
+        if not dirs:
+            ap.error("give multirun directories or --latest")
+        runs = collect(dirs)
+    except UserError as err:
+        print(f"das2f.report: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     header, rows = table(runs)
     out = args.out or dirs[0]
     out.mkdir(parents=True, exist_ok=True)

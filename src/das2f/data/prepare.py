@@ -138,7 +138,8 @@ def _counts_text(counts: dict[int, int]) -> str:
     return ", ".join(f"{v}: {n}" for v, n in sorted(counts.items()))
 
 
-def check_label_values(cfg: dict, found: dict[str, dict[int, int]], values: list[int], ignore: int | None) -> None:
+def check_label_values(cfg: dict, found: dict[str, dict[int, int]], values: list[int], ignore: int | None,
+                       values_given: bool = True) -> None:
     """Every value in the label files is a class value or the ignore value; else stop, naming the files,
     the values found (with pixel counts) and the configured ones. Nothing is ever dropped silently."""
     allowed = set(values) | ({ignore} if ignore is not None else set())
@@ -150,7 +151,7 @@ def check_label_values(cfg: dict, found: dict[str, dict[int, int]], values: list
         for v, n in counts.items():
             every[v] = every.get(v, 0) + n
     unknown = sorted(set(every) - allowed)
-    given = "class_values is null, i.e. 1..K = " if not cfg.get("class_values") else "class_values "
+    given = "class_values " if values_given else "class_values null, i.e. 1..K = "
     first = next(iter(bad))
     raise SceneError(
         f"dataset {cfg['name']}: label value(s) {unknown} are neither a class value nor the ignore value, in "
@@ -186,7 +187,7 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
     console.print(f"label values over all scenes (value: pixels): {_counts_text(every) or 'none'}")
     try:
         _, values, ignore = class_rule(cfg)
-        check_label_values(cfg, {"all scenes": every}, values, ignore)
+        check_label_values(cfg, {"all scenes": every}, values, ignore, bool(cfg.get("class_values")))
         console.print(f"configured class_values {values} and ignore_value {ignore} cover every value found")
     except (ConfigError, SceneError) as err:
         console.print(f"[bold red]does not fit the config yet:[/] {err}")
@@ -209,6 +210,7 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
     if cfg.get("generate"):
         write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
     classes, values, ignore = class_rule(cfg)
+    values_given = bool(cfg.get("class_values"))
     cfg["class_values"] = values
     ratio, seed = int(cfg["ratio"]), int(cfg.get("seed", 0))
     specs = scene_specs(cfg)
@@ -253,7 +255,7 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
         meta.append({"name": scene.name, "files": _spec_files(spec), "ms_size": list(scene.ms.data.shape),
                      "bytes": int(scene.ms.data.nbytes + scene.pan.data.nbytes),
                      "georeferenced": scene.ms.georeferenced})
-    check_label_values(cfg, found, values, ignore)  # before anything is cut or written
+    check_label_values(cfg, found, values, ignore, values_given)  # before anything is cut or written
     absent = [classes[k] for k in range(len(values)) if counts["train"][k] == 0]
     if absent:
         raise SceneError(f"dataset {cfg['name']}: classes {absent} have no training pixel; "

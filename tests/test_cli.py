@@ -1,0 +1,122 @@
+"""The entry points as a user meets them: run through the real CLI in a temporary working directory,
+with size limits only (never path overrides): exit codes, one-line errors, resume, quiet consoles."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# size limits only: a 48x48 scene, a few samples per class, a narrow network, one epoch
+SIZE = ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4",
+        "model.net.d_state=4", "model.net.dt_rank=4", "model.net.hidden=32", "data.num_workers=0",
+        "data.batch_size=16", "trainer.max_epochs=1"]
+
+
+def das2f(cwd: Path, task: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", f"das2f.{task}", *args], cwd=cwd, capture_output=True, text=True,
+                          env=e, timeout=600)
+
+
+def runs(cwd: Path, task: str = "train") -> list[Path]:
+    return sorted((cwd / "logs" / task / "runs").glob("*")) if (cwd / "logs" / task / "runs").is_dir() else []
+
+
+def test_user_mistakes_are_one_line_exit_2_and_leave_no_run_dir(tmp_path):
+    cases = [
+        (("eval", *SIZE), "evaluation needs a checkpoint: ckpt_path="),
+        (("train", *SIZE, "ckpt_path=nowhere.ckpt"), "ckpt_path: no checkpoint at nowhere.ckpt"),
+        (("train", *SIZE, "data.normalization=max"), "data.normalization must be 'minmax' or 'zscore', got 'max'"),
+        (("prepare", "dataset=xian"), "input file not found: "),
+        (("predict",), "predict needs a checkpoint"),
+    ]
+    for args, expected in cases:
+        r = das2f(tmp_path, *args)
+        assert r.returncode == 2, (args, r.stderr[-2000:])
+        errors = [ln for ln in (r.stdout + r.stderr).splitlines() if "[ERROR]" in ln]
+        assert len(errors) == 1 and expected in errors[0], (args, r.stdout[-1000:], r.stderr[-1000:])
+        assert "Traceback" not in r.stderr and "HYDRA_FULL_ERROR" not in r.stderr, args
+    assert not any((tmp_path / "logs").rglob("*.log")), list((tmp_path / "logs").rglob("*"))  # no empty run dirs
+
+
+def test_eval_rebuilds_the_network_from_the_checkpoint(tmp_path):
+    r = das2f(tmp_path, "train", *SIZE, "model.net.stages=2", "fusion=sum")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = runs(tmp_path)
+    (best,) = (run / "checkpoints").glob("epoch_*.ckpt")
+    r = das2f(tmp_path, "eval", *SIZE, f"ckpt_path={best}")  # the config's defaults: 1 stage, aalf
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+
+    (ev,) = runs(tmp_path, "eval")
+    trained, evaluated = (json.loads((d / "metrics.json").read_text()) for d in (run, ev))
+    assert (evaluated["stages"], evaluated["fusion"]) == (2, "sum")
+    for k in ("test/oa", "test/aa", "test/kappa"):
+        assert evaluated["metrics"][k] == pytest.approx(trained["metrics"][k], abs=1e-6)
+    # each metric printed once (our table), not again by Lightning's; no progress bar outside a terminal
+    assert "Test metric" not in r.stdout and r.stdout.count("test metrics of") == 1
+    assert "it/s" not in r.stdout + r.stderr and "Testing" not in r.stdout
+    assert "checkpoints/" not in r.stdout.split("outputs:")[1]  # eval writes none, so it lists none
+    # the best checkpoint holds the weights only; last.ckpt the full state for resume
+    import torch
+
+    assert "optimizer_states" not in torch.load(best, weights_only=False)
+    assert "optimizer_states" in torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+
+
+def csv_rows(path: Path) -> set:
+    import csv
+
+    with open(path, newline="") as f:
+        return {tuple(sorted((k, v) for k, v in row.items() if v)) for row in csv.DictReader(f)}
+
+
+def test_sigterm_exits_143_and_resume_continues_the_run_in_place(tmp_path):
+    env = {"PYTHONPATH": str(ROOT)}  # the test callback that sends SIGTERM lives in tests/
+    r = das2f(tmp_path, "train", *SIZE, "trainer.max_epochs=2", "fusion=sum",
+              "+callbacks.sigterm._target_=tests.helpers.SigtermAtStep", "+callbacks.sigterm.step=4", env=env)
+    assert r.returncode == 143, r.stderr[-3000:]
+    (run,) = runs(tmp_path)
+    assert f"resumable, python -m das2f.train resume={run}" in r.stdout + r.stderr
+    rows_before = csv_rows(run / "csv" / "metrics.csv")
+    r = das2f(tmp_path, "train", *SIZE, "ckpt_path=last")
+    assert r.returncode == 2 and f"resume={run}" in r.stdout + r.stderr  # refused, with the command to type
+    r = das2f(tmp_path, "train", f"resume={run}", env=env)  # no other override: the run's own are reused
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert runs(tmp_path) == [run]  # continued in place
+    import json
+
+    done = json.loads((run / "metrics.json").read_text())
+    assert done["fusion"] == "sum" and "test/oa" in done["metrics"]
+    rows_after = csv_rows(run / "csv" / "metrics.csv")
+    assert len(rows_after) > len(rows_before) and rows_before <= rows_after  # the epochs before SIGTERM kept
+    assert "epoch 2/2" in r.stdout + r.stderr
+
+
+def test_progress_lines_without_a_terminal_and_one_based_epochs(tmp_path):
+    r = das2f(tmp_path, "train", *SIZE, "trainer.max_epochs=2", "callbacks.epoch_summary.every_s=0", "test=false")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "epoch 1/2: batch 1/3" in out and "epoch 2/2:" in out and "Epoch 1/1" not in out
+    noise = ("litlogger", "LeafSpec", "anonymous setting", "weights_only` was not set", "smaller than the logging")
+    assert not [n for n in noise if n in out]
+    assert out.count("`Trainer.fit` stopped") <= 1  # Lightning's messages once, not once per handler
+
+
+def test_help_answers_without_importing_torch():
+    code = "import sys, das2f.train, das2f.eval, das2f.predict, das2f.prepare; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stderr
+
+
+def test_make_help_prints_no_make_variables():
+    r = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "make train" in r.stdout and "$(" not in r.stdout
+
+
+def test_report_latest_without_runs_is_one_line(tmp_path):
+    r = das2f(tmp_path, "report", "--latest")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "no multirun directory under logs" in r.stderr

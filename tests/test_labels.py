@@ -1,0 +1,150 @@
+"""A user's own dataset: label values checked against the files, tile folders of any naming, the
+AA definition, one fingerprint for prepare and train. The silent-wrong-label cases come first."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from das2f.data.prepare import inspect_dataset, prepare_dataset
+from das2f.data.readers import SceneError
+from das2f.data.tiles import tile_scenes
+from das2f.errors import ConfigError
+from das2f.metrics import compute_metrics
+
+
+def scene_with_labels(tmp_path, label: np.ndarray, name: str = "s") -> dict:
+    """A scene (npy files) of the label map's size with random 3-band MS and PAN."""
+    h, w = label.shape
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / f"{name}_ms.npy", rng.integers(0, 1000, (h, w, 3), dtype=np.uint16))
+    np.save(tmp_path / f"{name}_pan.npy", rng.integers(0, 1000, (4 * h, 4 * w), dtype=np.uint16))
+    np.save(tmp_path / f"{name}_label.npy", label)
+    return {"name": name, "ms": str(tmp_path / f"{name}_ms.npy"), "pan": str(tmp_path / f"{name}_pan.npy"),
+            "label": str(tmp_path / f"{name}_label.npy")}
+
+
+def dataset(tmp_path, scenes, **kw) -> dict:
+    cfg = {"name": "mine", "classes": ["a", "b", "c", "d"], "class_values": None, "ignore_value": 15,
+           "ms_channels": 3, "ratio": 4, "ms_patch": 16, "seed": 0, "split": {"train": 2, "val": 1, "test": "rest"},
+           "prepared_dir": str(tmp_path / "prepared"), "scenes": scenes}
+    cfg.update(kw)
+    return cfg
+
+
+def labels_0_to_3_and_15() -> np.ndarray:
+    label = np.full((12, 12), 15, np.uint8)  # 15 = undefined
+    for v in range(4):
+        label[3 * v:3 * v + 3, :10] = v  # classes 0..3, 30 pixels each
+    return label
+
+
+def test_class_values_null_with_labels_not_1_to_k_is_refused(tmp_path):
+    # labels 0..3 plus 15 = undefined; class_values null means 1..4: 0 would be dropped and every class shifted
+    cfg = dataset(tmp_path, [scene_with_labels(tmp_path, labels_0_to_3_and_15())])
+    with pytest.raises(SceneError, match=r"label value\(s\) \[0\] are neither a class value nor the ignore value") as err:
+        prepare_dataset(cfg)
+    msg = str(err.value)
+    assert "s_label.npy" in msg and "0: 30, 1: 30, 2: 30, 3: 30, 15: 24" in msg
+    assert "class_values null, i.e. 1..K = [1, 2, 3, 4]" in msg
+    assert not (tmp_path / "prepared").exists()  # refused before anything was cut or written
+    paths = prepare_dataset(dict(cfg, class_values=[0, 1, 2, 3]))  # the right config prepares
+    assert all(p.is_file() for p in paths.values())
+
+
+def test_a_class_left_out_of_the_list_is_refused(tmp_path):
+    cfg = dataset(tmp_path, [scene_with_labels(tmp_path, labels_0_to_3_and_15())],
+                  classes=["a", "b", "c"], class_values=[0, 1, 2])
+    with pytest.raises(SceneError, match=r"label value\(s\) \[3\]"):
+        prepare_dataset(cfg)
+
+
+def test_ignore_value_that_is_a_class_and_missing_keys_are_config_errors(tmp_path):
+    scenes = [scene_with_labels(tmp_path, labels_0_to_3_and_15())]
+    with pytest.raises(ConfigError, match=r"ignore_value 0 is also the value of class 'a'"):
+        prepare_dataset(dataset(tmp_path, scenes, class_values=[0, 1, 2, 3], ignore_value=0))
+    cfg = dataset(tmp_path, scenes, class_values=[0, 1, 2, 3])
+    del cfg["ignore_value"]
+    with pytest.raises(ConfigError, match=r"missing key\(s\) ignore_value \(the label value meaning unlabelled"):
+        prepare_dataset(cfg)
+    # null: every pixel must be a class, so 15 is then an unknown value
+    with pytest.raises(SceneError, match=r"label value\(s\) \[15\]"):
+        prepare_dataset(dataset(tmp_path, scenes, class_values=[0, 1, 2, 3], ignore_value=None))
+
+
+def test_inspect_lists_every_scene_and_label_value(tmp_path, capsys):
+    from rich.console import Console
+
+    cfg = dataset(tmp_path, [scene_with_labels(tmp_path, labels_0_to_3_and_15())])
+    found = inspect_dataset(cfg, console=Console(width=200))
+    out = capsys.readouterr().out
+    assert found == {0: 30, 1: 30, 2: 30, 3: 30, 15: 24}
+    assert "(3, 12, 12)" in out and "(1, 48, 48)" in out and "uint16" in out and "does not fit the config yet" in out
+    assert not (tmp_path / "prepared").exists()
+
+
+def write_tiles(root, names: dict[str, list[int]], size: int = 32) -> None:
+    """RGB image tiles and label tiles image/<category>/<n>.tif, label/<category>/<n>.png: category c has value c."""
+    for c, (cat, numbers) in enumerate(names.items()):
+        for n in numbers:
+            for sub in ("image", "label"):
+                (root / sub / cat).mkdir(parents=True, exist_ok=True)
+            rgb = np.random.default_rng(n).integers(0, 255, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(rgb).save(root / "image" / cat / f"{n}.tif")
+            label = np.full((size, size), c, np.uint8)
+            label[:4] = 9  # undefined
+            np.save(root / "label" / cat / f"{n}.npy", label)
+
+
+def test_tile_folder_of_any_naming_with_a_stratified_tile_split(tmp_path):
+    write_tiles(tmp_path, {"farmland": [64, 65, 68, 70, 101], "water": [3, 12, 7, 200, 9]})
+    tiles = {"root": str(tmp_path), "kind": "wald_rgb", "image_dir": "image", "label_dir": "label",
+             "pattern": "*/*.tif", "label_suffix": ".npy"}
+    scenes = tile_scenes(tiles, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=1)
+    assert [s["name"] for s in scenes][:5] == ["farmland_64", "farmland_65", "farmland_68", "farmland_70", "farmland_101"]
+    for cat in ("farmland", "water"):  # stratified: 3 / 1 / 1 tiles of each category
+        splits = [s["split"] for s in scenes if s["category"] == cat]
+        assert sorted(splits) == ["test", "train", "train", "train", "val"]
+    assert scenes == tile_scenes(tiles, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=1)  # seeded
+    assert scenes != tile_scenes(tiles, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=2)
+    cfg = dataset(tmp_path, None, classes=["farmland", "water"], class_values=[0, 1], ignore_value=9,
+                  split={"train": 0.2, "val": 0.2, "test": 0.2}, tiles=tiles, tile_split={"train": 3, "val": 1, "test": 1})
+    del cfg["scenes"]
+    paths = prepare_dataset(cfg)
+    from das2f.data.hdf5 import read_attrs
+
+    assert len(read_attrs(paths["train"])["scenes"]) == 10
+    with pytest.raises(ConfigError, match="tiles.image_dir"):
+        tile_scenes({"root": str(tmp_path), "kind": "wald_rgb", "label_dir": "label"})
+
+
+def test_aa_averages_over_the_classes_present_in_the_truth():
+    truth = torch.tensor([0, 0, 1, 1, 2, 2])  # 3 of 5 classes labelled
+    pred = torch.tensor([0, 3, 1, 4, 2, 2])  # errors go to classes absent from the truth
+    m = compute_metrics(pred, truth, ["a", "b", "c", "d", "e"])
+    assert m["aa"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)  # torchmetrics' macro accuracy gives 2/5
+    assert m["oa"] == pytest.approx(4 / 6) and m["acc_d"] == 0.0
+
+
+def test_prepare_then_train_prepares_once(tmp_path):
+    import hydra
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from das2f.config import CONF_DIR
+
+    over = ["dataset.generate.size=48", f"paths.data_dir={tmp_path}", "paths.output_dir=."]
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        prep = compose("prepare", overrides=over)
+        train = compose("train", overrides=over)
+    paths = prepare_dataset(OmegaConf.to_container(prep.dataset, resolve=True))  # as `make prepare`
+    stamp = {p: p.stat().st_mtime_ns for p in paths.values()}
+    dm = hydra.utils.instantiate(train.data, dataset=OmegaConf.to_container(train.dataset, resolve=True))
+    dm.prepare_data()  # as `make train`: the same fingerprint, nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in paths.values()} == stamp
+
+
+def test_generated_scene_follows_its_size(tmp_path):
+    from das2f.data.synthetic import write_scene
+
+    assert np.load(write_scene(tmp_path, size=48)["label"]).shape == (48, 48)
+    assert np.load(write_scene(tmp_path, size=32)["label"]).shape == (32, 32)
