@@ -18,7 +18,7 @@ runs = sorted(Path("logs/train/runs").glob("synthetic_*/metrics.json"), key=lamb
 for m in reversed(runs):
     r = json.loads(m.read_text())
     ckpt = r["metrics"].get("best_checkpoint")
-    if "main" in str(Path(m.parent / "config.yaml").read_text()) and ckpt and Path(ckpt).is_file():
+    if r["stages"] == 1 and r["backbone"] == "spvm" and r["fusion"] == "aalf" and ckpt and Path(ckpt).is_file():
         import torch
         if "das2f" in torch.load(ckpt, map_location="cpu", weights_only=False):
             print(ckpt); break
@@ -27,7 +27,7 @@ PYEOF
 CKPT=${CKPT:-$(latest_main)}
 if [ -z "$CKPT" ]; then
   echo "no main-job checkpoint yet: training it (make train)"
-  "$PY" -m das2f.train dataset=synthetic experiment=main trainer.enable_progress_bar=false
+  "$PY" -m das2f.train dataset=synthetic
   CKPT=$(latest_main)
 fi
 OUT=logs/predict/wv2_$(date +%Y-%m-%d_%H-%M-%S)

@@ -1,0 +1,171 @@
+"""Every command the README shows, run as a user types it (from a temporary working directory, with
+size limits appended and nothing else: no path override). A README command this file cannot run or
+does not know fails the test, so the README and the code cannot drift apart.
+
+Placeholders in the README are capitals: NAME (a dataset: the generated `synthetic`), CKPT (a
+checkpoint), RUN_DIR (a run directory), DIR (a multirun directory); they are filled in from the runs
+that came before in the same directory.
+"""
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import SHARED
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+SIZE = {  # size limits only, per entry point
+    "train": ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4",
+              "model.net.d_state=4", "model.net.dt_rank=4", "model.net.hidden=32", "data.num_workers=0",
+              "data.batch_size=16", "trainer.max_epochs=1"],
+    "eval": ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4",
+             "data.num_workers=0"],
+    "predict": ["dataset.generate.size=48", "progress=false"],
+    "prepare": ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4"],
+    "report": [],
+}
+GID5_SIZE = ["dataset.tiles.pattern=*/1.tif", "model.net.d_state=4", "model.net.dt_rank=4", "model.net.hidden=32",
+             "data.num_workers=0", "data.batch_size=16", "trainer.max_epochs=1", "trainer.limit_train_batches=5",
+             "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
+TARGET_TASK = {"train": "train", "eval": "eval", "predict": "predict", "prepare": "prepare", "sweep": "train",
+               "report": "report"}
+
+NOT_RUN = {  # README commands the test suite does not run, and why
+    "make install": "CI runs it before the tests (.ci/run)",
+    "make test": "this is the test run",
+    "make test-slow": "runs this suite again",
+    "make bench-deps": "installs comparison baselines from the package index",
+    "make bench": "a timing run of minutes, measured alone, never in a test",
+    "make experiment-gid5": "hours of training on the real tiles (the README states its results)",
+    "make experiment-wv2": "a full-scene map of minutes (the README states its results)",
+    "make clean": "deletes outputs",
+    "hydra/launcher=slurm": "needs a SLURM cluster (the config composes: test_train.test_sweep_configs_compose)",
+    "python -m das2f.*": "a pattern, not a command",
+    "make sweep EXP=ablation": "48 jobs: slow, see test_ablation_sweep_as_typed",
+    "make sweep": "EXP=ablation by default, 48 jobs: slow, see test_ablation_sweep_as_typed",
+}
+
+
+def readme_commands() -> list[str]:
+    """`make ...` and `python -m das2f...` commands in the README's code blocks and inline code."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        found += [ln.split("#")[0].strip() for ln in block.splitlines()]
+    found += re.findall(r"`((?:make|python -m das2f)[^`]*)`", README)
+    out = []
+    for c in found:
+        c = " ".join(c.replace("\\|", "|").split())
+        if c.startswith(("make", "python -m das2f")) and c not in out:
+            out.append(c)
+    return out
+
+
+def expand(command: str) -> list[str]:
+    """EXP=a|b|c -> one command per alternative; `make -f path/to/das2f/Makefile` -> this checkout's."""
+    command = command.replace("path/to/das2f/Makefile", str(ROOT / "Makefile"))
+    m = re.search(r"(\S+=)(\w+(?:\|\w+)+)", command)
+    if not m:
+        return [command]
+    return [command.replace(m.group(0), m.group(1) + alt) for alt in m.group(2).split("|")]
+
+
+def skip_reason(command: str) -> str | None:
+    for key, why in NOT_RUN.items():
+        if command == key or (key.startswith(("hydra", "make sweep")) and key in command) or \
+                (key == "make install" and command.startswith("make install")):
+            return why
+    return None
+
+
+COMMANDS = [c for raw in readme_commands() for c in expand(raw)]
+
+
+def priority(command: str) -> int:
+    """Runs that make what later ones need come first: a train (CKPT, RUN_DIR), then sweeps (DIR)."""
+    if command in ("make train", "make install train"):
+        return 0
+    if " -m " in command or command.startswith("make sweep"):
+        return 1
+    return 2
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return {"cwd": tmp_path_factory.mktemp("readme"), "done": []}
+
+
+def artifacts(cwd: Path) -> dict:
+    runs = sorted((cwd / "logs" / "train" / "runs").glob("synthetic_*/checkpoints/epoch_*.ckpt"), key=lambda p: p.stat().st_mtime)
+    multiruns = sorted((cwd / "logs" / "train" / "multiruns").glob("*"), key=lambda p: p.stat().st_mtime)
+    return {"CKPT": str(runs[-1]) if runs else None, "RUN_DIR": str(runs[-1].parents[1]) if runs else None,
+            "DIR": str(multiruns[-1]) if multiruns else None}
+
+
+def as_run(command: str, cwd: Path) -> list[str]:
+    """The argv of a README command with its placeholders filled and the size limits appended."""
+    found = artifacts(cwd)
+    for key, value in found.items():
+        if re.search(rf"\b{key}\b", command):
+            if value is None:
+                pytest.fail(f"README command {command!r} needs a {key}, but no earlier README command made one")
+            command = re.sub(rf"\b{key}\b", value, command)
+    command = re.sub(r"\bNAME\b", "synthetic", command)
+    argv = shlex.split(command)
+    gid5 = any(a in ("DATASET=gid5", "dataset=gid5") for a in argv)
+    if gid5 and not (SHARED / "gid5").is_dir():
+        pytest.skip("../shared/data/gid5 not present")
+    if argv[0] == "make":
+        target = next(a for a in argv[1:] if not a.startswith("-") and "=" not in a and not a.endswith("Makefile"))
+        task = TARGET_TASK.get(target)
+        size = (GID5_SIZE if gid5 else SIZE[task]) if task else []
+        args = [a for a in argv if a.startswith("ARGS=")]
+        rest = [a for a in argv if not a.startswith("ARGS=")]
+        merged = " ".join([a[len("ARGS="):] for a in args] + size)
+        if "-f" not in rest:
+            rest[1:1] = ["-f", str(ROOT / "Makefile")]
+        return [*rest, f"VENV={sys.prefix}", f"ARGS={merged}"] if merged else [*rest, f"VENV={sys.prefix}"]
+    task = argv[2].split(".", 1)[1]
+    size = GID5_SIZE if gid5 else SIZE[task]
+    if "hparams_search=optuna" in argv:
+        size = [*size, "hydra.sweeper.n_trials=2"]
+    return [sys.executable, *argv[1:], *size]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS, key=priority))
+def test_readme_command_runs_as_typed(command, workdir):
+    why = skip_reason(command)
+    if why:
+        pytest.skip(f"not run by the tests: {why}")
+    argv = as_run(command, workdir["cwd"])
+    if argv[0] == "make":
+        stamp = Path(sys.prefix) / ".installed"
+        if not stamp.is_file() or stamp.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime:
+            pytest.skip(f"{stamp} missing or older than pyproject.toml: make would reinstall (run `make install`)")
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    r = subprocess.run(argv, cwd=workdir["cwd"], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, f"README command {command!r} ran as {argv} and failed:\n{(r.stdout + r.stderr)[-4000:]}"
+    workdir["done"].append(command)
+
+
+def test_every_readme_make_target_exists():
+    targets = set(re.findall(r"^([a-z0-9-]+):.*## ", (ROOT / "Makefile").read_text(), re.M))
+    used = {shlex.split(c)[1] for c in COMMANDS if c.startswith("make ") and not c.startswith("make -f")}
+    used |= {"install", "train"}
+    assert used <= targets, used - targets
+    assert targets <= {shlex.split(c)[1] for c in COMMANDS if c.startswith("make ") and " -f " not in c} | {"train"}, \
+        "a make target the README does not show"
+
+
+@pytest.mark.slow
+def test_ablation_sweep_as_typed(tmp_path):
+    r = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "sweep", "EXP=ablation", f"VENV={sys.prefix}",
+                        "ARGS=" + " ".join(SIZE["train"])], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    (multirun,) = (tmp_path / "logs" / "train" / "multiruns").glob("*")
+    assert len(list(multirun.glob("*/metrics.json"))) == 48 and (multirun / "report.md").is_file()
