@@ -169,6 +169,23 @@ def net_from_checkpoint(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> None:
             cfg.model.net.scan_backend = backend  # where it runs, not what it is: this machine's choice
 
 
+def slim_checkpoint(path: str) -> None:
+    """Drop the optimizer and scheduler state from a finished run's best checkpoint (test, eval and predict
+    read only the weights; resume reads last.ckpt). Written to a temporary file, then renamed."""
+    import torch
+
+    if not path or Path(path).name == "last.ckpt":
+        return
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint
+    if "optimizer_states" not in ckpt:
+        return
+    for key in ("optimizer_states", "lr_schedulers"):
+        ckpt.pop(key, None)
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
+
+
 def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     if not cfg.get("train") and not cfg.get("ckpt_path"):
@@ -199,6 +216,8 @@ def run(cfg: DictConfig) -> dict:
             except SIGTERMException as err:
                 raise Interrupted(f"interrupted by SIGTERM at epoch {trainer.current_epoch + 1}, step "
                                   f"{trainer.global_step}: resumable, python -m das2f.train resume={out}") from err
+            if trainer.checkpoint_callback and trainer.is_global_zero:
+                slim_checkpoint(trainer.checkpoint_callback.best_model_path)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if cfg.get("test"):
             best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") \
