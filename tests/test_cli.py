@@ -63,8 +63,8 @@ def test_eval_rebuilds_the_network_from_the_checkpoint(tmp_path):
     # the best checkpoint holds the weights only; last.ckpt the full state for resume
     import torch
 
-    assert "optimizer_states" not in torch.load(best, weights_only=False)
-    assert "optimizer_states" in torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert "optimizer_states" not in torch.load(best, weights_only=True)
+    assert "optimizer_states" in torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
 
 
 def csv_rows(path: Path) -> set:

@@ -63,7 +63,7 @@ def test_predict_refuses_other_classes_and_unknown_scenes(tmp_path):
     cfg = predict_cfg(tmp_path, ckpt, "dataset.classes=[a,b]")
     with pytest.raises(ValueError, match="trained on classes"):
         predict(cfg)
-    with pytest.raises(ValueError, match="no 'das2f' run information"):
+    with pytest.raises(ValueError, match="not a das2f checkpoint"):
         import torch
 
         bare = tmp_path / "bare.ckpt"
@@ -109,3 +109,49 @@ def test_wv2_scene_loads_as_four_band_prediction_scene():
     assert scene.ms.data.dtype == np.uint16 and scene.ms.data.max() < 2048  # 11-bit DN, not rescaled
     full = load_scene(dict(spec, ms_bands=None), 4)
     assert (scene.ms.data == full.ms.data[[1, 2, 4, 6]]).all()
+
+
+def test_checkpoints_describe_themselves_and_load_safely(tmp_path):
+    import functools
+
+    import torch
+
+    from das2f.checkpoint import DATAMODULE_KEY, convert, load_checkpoint
+    from das2f.errors import CheckpointError
+    from das2f.module import Das2fClassifier
+
+    metrics = run(make_cfg(tmp_path))
+    best, last = Path(metrics["best_checkpoint"]), tmp_path / "out" / "checkpoints" / "last.ckpt"
+    for path in (best, last):  # tensors and plain containers only: torch's safe loader reads them
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        assert ckpt[DATAMODULE_KEY]["class_names"] == ["water", "grass", "crop", "forest", "shrub", "urban",
+                                                       "bare_soil", "road"]
+        assert ckpt["hyper_parameters"]["net"]["_target_"] == "das2f.models.DAS2F"
+    model = Das2fClassifier.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
+    predictor = Predictor(best)
+    ms, pan = torch.rand(3, 4, 16, 16), torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(ms, pan), predictor.net(ms, pan))  # the checkpoint alone rebuilds the model
+    # a checkpoint of the earlier layout (the optimizer as a Python object) is refused, with the conversion
+    old = torch.load(best, map_location="cpu", weights_only=True)
+    hp = old["hyper_parameters"]
+    old["das2f"] = {"net": hp["net"], "class_names": hp["class_names"], "class_values": list(range(1, 9)),
+                    "ms_patch": 16, "ratio": 4, "dataset": "synthetic",
+                    "normalization": {"kind": old[DATAMODULE_KEY]["normalization"], "shift": old[DATAMODULE_KEY]["shift"],
+                                      "scale": old[DATAMODULE_KEY]["scale"]}}
+    hp["optimizer"] = functools.partial(torch.optim.Adam, lr=0.001)
+    del old[DATAMODULE_KEY]
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(CheckpointError, match=r"python -m das2f.checkpoint .*old.ckpt NEW.ckpt"):
+        load_checkpoint(tmp_path / "old.ckpt")
+    convert(tmp_path / "old.ckpt", tmp_path / "new.ckpt")
+    with torch.no_grad():
+        assert torch.equal(Predictor(tmp_path / "new.ckpt").net(ms, pan), predictor.net(ms, pan))
+    assert load_checkpoint(tmp_path / "new.ckpt")["hyper_parameters"]["optimizer"]["_target_"] == "torch.optim.adam.Adam"
+
+
+def test_the_project_never_unpickles_a_checkpoint():
+    root = Path(__file__).resolve().parents[1]
+    offenders = [str(p) for d in ("src", "tests", "experiments") for p in (root / d).rglob("*") if p.suffix in (".py", ".sh")
+                 if "weights_only=" + "False" in p.read_text()]
+    assert not offenders

@@ -47,9 +47,9 @@ def test_resume_and_eval_reproduce(tmp_path):
     assert {p.name for p in ckpts.iterdir()} == {"epoch_000.ckpt", "last.ckpt"}
     import torch
 
-    assert torch.load(ckpts / "last.ckpt", weights_only=False)["epoch"] == 0
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 0
     metrics = run(make_cfg(tmp_path, f"ckpt_path={ckpts / 'last.ckpt'}", "trainer.max_epochs=2"))
-    assert torch.load(ckpts / "last.ckpt", weights_only=False)["epoch"] == 1  # continued, not restarted
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 1  # continued, not restarted
     assert "epoch_001.ckpt" in {p.name for p in ckpts.iterdir()} or Path(metrics["best_checkpoint"]).is_file()
     again = run(make_cfg(tmp_path, f"ckpt_path={metrics['best_checkpoint']}", "train=false"))
     for k in ("test/oa", "test/aa", "test/kappa"):
@@ -99,16 +99,16 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     with pytest.raises(Interrupted, match="resumable"):
         run(cfg)
     last = tmp_path / "out" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == 2  # saved at the step the signal came
+    assert torch.load(last, weights_only=True)["global_step"] == 2  # saved at the step the signal came
     metrics = run(make_cfg(tmp_path, "test=false", "trainer.max_epochs=2", f"ckpt_path={last}"))
-    ckpt = torch.load(last, weights_only=False)
+    ckpt = torch.load(last, weights_only=True)
     assert (ckpt["epoch"], ckpt["global_step"]) == (1, 6) and "val/oa_best" in metrics
     # exactly where it stopped: the same weights as a run that was never interrupted
     cfg = make_cfg(tmp_path / "whole", "test=false", "trainer.max_epochs=2")
     with open_dict(cfg):
         cfg.paths.data_dir = str(tmp_path / "data")
     run(cfg)
-    whole = torch.load(tmp_path / "whole" / "out" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    whole = torch.load(tmp_path / "whole" / "out" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(whole[k], ckpt["state_dict"][k]) for k in whole)
 
 
@@ -121,14 +121,14 @@ def test_same_seed_reproduces_metrics_and_weights(tmp_path):
         with open_dict(cfg):
             cfg.paths.data_dir = str(tmp_path / "data")  # the same prepared files
         metrics = run(cfg)
-        state = torch.load(metrics["best_checkpoint"], weights_only=False)["state_dict"]
+        state = torch.load(metrics["best_checkpoint"], weights_only=True)["state_dict"]
         results.append((metrics, state))
     (m1, s1), (m2, s2) = results
     for k in ("val/oa", "test/oa", "test/kappa", "train/loss_epoch"):
         assert m1[k] == m2[k], k
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     other = run(make_cfg(tmp_path / "c", "seed=8"))
-    s3 = torch.load(other["best_checkpoint"], weights_only=False)["state_dict"]
+    s3 = torch.load(other["best_checkpoint"], weights_only=True)["state_dict"]
     assert not all(torch.equal(s1[k], s3[k]) for k in s1)  # the seed matters
 
 
@@ -138,7 +138,7 @@ def test_wandb_offline_run_is_resumed_from_the_checkpoint(tmp_path, monkeypatch)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     run(make_cfg(tmp_path, "logger=wandb", "test=false"))
-    run_id = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)["das2f"]["wandb_run_id"]
+    run_id = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=True)["das2f"]["wandb_run_id"]
     last = tmp_path / "out" / "checkpoints" / "last.ckpt"
     run(make_cfg(tmp_path, "logger=wandb", f"ckpt_path={last}", "trainer.max_epochs=2"))
     runs = sorted((tmp_path / "out" / "wandb").glob("offline-run-*"))

@@ -19,9 +19,13 @@ for m in reversed(runs):
     r = json.loads(m.read_text())
     ckpt = r["metrics"].get("best_checkpoint")
     if r["stages"] == 1 and r["backbone"] == "spvm" and r["fusion"] == "aalf" and ckpt and Path(ckpt).is_file():
-        import torch
-        if "das2f" in torch.load(ckpt, map_location="cpu", weights_only=False):
-            print(ckpt); break
+        from das2f.checkpoint import load_checkpoint
+        from das2f.errors import UserError
+        try:
+            load_checkpoint(ckpt)
+        except UserError:
+            continue
+        print(ckpt); break
 PYEOF
 }
 CKPT=${CKPT:-$(latest_main)}

@@ -7,6 +7,8 @@
 2. The whole network: training step and inference, samples/s at batch 64.
 3. The data loader: samples/s from the prepared synthetic train file with 2 workers; bytes per
    sample on disk against raw float32.
+4. Threads on a shared machine (das2f.bench_threads): each thread setting alone and beside a copy
+   of itself, in fresh processes.
 Writes bench/results/bench-<date>.md.
 """
 from __future__ import annotations
@@ -247,6 +249,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="skip mamba-ssm's selective_scan_ref (about 2 minutes)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--no-threads", action="store_true", help="skip the shared-machine section (about 12 minutes)")
     args = ap.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     today = dt.date.today().isoformat()
@@ -273,6 +276,11 @@ def main(argv=None):
               f"({rate / max(tr, 1e-9):,.0f}x the 1-stage training rate above)",
               f"- preparation (cut + lzf write): {prep:,.0f} samples/s",
               f"- on disk: {disk:,.0f} bytes/sample vs {raw32:,} raw float32 ({raw32 / disk:.1f}x smaller)"]
+    if not args.no_threads:
+        from .bench_threads import CASES, bench_threads
+
+        lines += ["", "## Threads on a shared machine (fresh processes; alone, and beside a copy of itself)", "",
+                  *bench_threads(cases=CASES[:2] if args.quick else CASES)]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{today}.md"
     path.write_text("\n".join(lines) + "\n")

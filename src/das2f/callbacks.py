@@ -73,3 +73,30 @@ class CheckpointOnSigterm(L.Callback):
             trainer.save_checkpoint(self.path)
             log.warning("SIGTERM: saved %s at epoch %d, step %d", self.path, trainer.current_epoch + 1,
                         trainer.global_step)
+
+
+class AdaptThreads(L.Callback):
+    """Between batches, lets das2f.threads re-choose torch's thread count from the other processes' load
+    (threads=auto; a no-op with a fixed threads=N or outside the das2f entry points)."""
+
+    def _step(self, *args, **kwargs):
+        from .threads import step
+
+        step()
+
+    on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _step
+
+
+class RunRecord(L.Callback):
+    """Writes the run's own facts into every checkpoint (key "das2f"): the Hydra overrides it was started
+    with (``resume=<run dir>`` composes them again) and its W&B run id (a resumed run continues it)."""
+
+    def __init__(self, overrides: list[str] | None = None):
+        self.overrides = list(overrides or [])
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        info = {"overrides": self.overrides}
+        for lg in trainer.loggers:
+            if type(lg).__name__ == "WandbLogger":
+                info["wandb_run_id"] = lg.experiment.id
+        checkpoint["das2f"] = info

@@ -109,6 +109,9 @@ def hydra_entry(config_name: str) -> Callable:
         def guarded(cfg):
             quiet()
             try:
+                from .threads import configure
+
+                configure(cfg.get("threads", "auto"))  # before any torch work; logged once
                 return task(cfg)
             except Interrupted as err:
                 log.warning("%s", err)

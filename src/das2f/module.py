@@ -1,23 +1,40 @@
-"""Das2fClassifier: the LightningModule around an injected network (DAS²F or a baseline)."""
+"""Das2fClassifier: the LightningModule around the network, described by plain configs (see the class)."""
 from __future__ import annotations
 
-from collections.abc import Callable
-
+import hydra
 import lightning as L
 import torch
 from torch import nn
 from torchmetrics import ConfusionMatrix, MaxMetric
 
+from .errors import ConfigError
 from .metrics import metric_collection
 
 
+def plain(cfg):
+    """A config as plain Python containers (what a checkpoint holds: torch's safe loader reads it)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+
+
 class Das2fClassifier(L.LightningModule):
-    def __init__(self, net: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
+    """The classifier around a network built from its config (DAS²F or a baseline).
+
+    Every argument is a plain config, saved as the module's hyper-parameters: the network's
+    (``_target_`` and its arguments), the optimizer's and the scheduler's (``_partial_`` configs,
+    instantiated in ``configure_optimizers``). So ``Das2fClassifier.load_from_checkpoint(path)``
+    alone rebuilds the model, and the checkpoint holds tensors and plain containers only.
+    """
+
+    def __init__(self, net: dict, optimizer: dict | None = None, scheduler: dict | None = None,
                  num_classes: int = 11, class_names: list[str] | None = None, class_weights: list[float] | None = None,
                  label_smoothing: float = 0.0, scheduler_interval: str = "step"):
         super().__init__()
-        self.save_hyperparameters(ignore=["net"], logger=False)
-        self.net = net
+        net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
+        class_names, class_weights = plain(class_names), plain(class_weights)
+        self.save_hyperparameters(logger=False)
+        self.net = hydra.utils.instantiate(net)
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
@@ -27,15 +44,6 @@ class Das2fClassifier(L.LightningModule):
                                         for s in ("val", "test")})
         self.val_oa_best = MaxMetric()
         self.test_confusion: torch.Tensor | None = None
-        # what `das2f.predict` and a resumed W&B run need, saved in every checkpoint (set by das2f.train)
-        self.run_info: dict = {}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        info = dict(self.run_info)
-        for lg in self.loggers:
-            if type(lg).__name__ == "WandbLogger":
-                info["wandb_run_id"] = lg.experiment.id  # resuming this checkpoint resumes this W&B run
-        checkpoint["das2f"] = info
 
     def forward(self, ms, pan):
         return self.net(ms, pan)
@@ -84,8 +92,10 @@ class Das2fClassifier(L.LightningModule):
         self.confusion["test_"].reset()
 
     def configure_optimizers(self):
-        opt = self.hparams.optimizer(params=self.parameters())
+        if self.hparams.optimizer is None:
+            raise ConfigError("model.optimizer is not set: training needs an optimizer config")
+        opt = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
         if self.hparams.scheduler is None:
             return opt
-        sched = self.hparams.scheduler(optimizer=opt)
+        sched = hydra.utils.instantiate(self.hparams.scheduler)(optimizer=opt)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": self.hparams.scheduler_interval}}

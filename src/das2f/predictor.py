@@ -21,12 +21,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .data.datamodule import normalize_pair, shift_scale
-from .data.hdf5 import RunningStats
+from . import threads
 from .data.patches import PatchCutter
 from .data.scenes import Scene, load_scene, validate_scene
 from .data.tiles import scene_specs
-from .errors import CheckpointError, ConfigError, MissingFileError
+from .data.transforms import RunningStats, normalize_pair, shift_scale
+from .errors import CheckpointError, ConfigError
 from .maps import class_colors, rgb_composite, save_map_figure, save_maps_grid, write_map
 
 log = logging.getLogger("das2f.predict")
@@ -36,16 +36,12 @@ class Predictor:
     """A trained network and everything needed to apply it to a scene, read from one checkpoint."""
 
     def __init__(self, ckpt_path: str | Path, device: str = "cpu", scan_backend: str | None = None):
-        ckpt_path = Path(ckpt_path)
-        if not ckpt_path.is_file():
-            raise MissingFileError(f"ckpt_path: no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own checkpoints
-        info = ckpt.get("das2f")
-        if not info or "net" not in info:
-            raise CheckpointError(f"{ckpt_path}: no 'das2f' run information (net config, normalisation); "
-                             "predict needs a checkpoint written by `das2f.train`")
-        self.info = info
-        net_cfg = dict(info["net"])
+        from .checkpoint import data_state, load_checkpoint
+
+        ckpt = load_checkpoint(ckpt_path)
+        data = data_state(ckpt, ckpt_path)
+        self.info = {**data, **ckpt.get("das2f", {})}
+        net_cfg = dict(ckpt["hyper_parameters"]["net"])
         if scan_backend:
             net_cfg["scan_backend"] = scan_backend
         self.net = hydra.utils.instantiate(net_cfg)
@@ -53,14 +49,12 @@ class Predictor:
         self.net.load_state_dict(state)
         self.net.eval().to(device)
         self.device = device
-        self.class_names: list[str] = list(info["class_names"])
-        values = info.get("class_values")
-        self.class_values = np.asarray(values if values is not None else range(1, len(self.class_names) + 1))
+        self.class_names: list[str] = list(data["class_names"])
+        self.class_values = np.asarray(data["class_values"])
         self.ms_channels = int(net_cfg["ms_channels"])
-        self.ms_patch, self.ratio = int(info["ms_patch"]), int(info["ratio"])
-        norm = info["normalization"]
-        self.normalization = norm["kind"]
-        self.train_shift, self.train_scale = np.asarray(norm["shift"]), np.asarray(norm["scale"])
+        self.ms_patch, self.ratio = int(data["ms_patch"]), int(data["ratio"])
+        self.normalization = data["normalization"]
+        self.train_shift, self.train_scale = np.asarray(data["shift"]), np.asarray(data["scale"])
 
     def scene_stats(self, scene: Scene) -> tuple[np.ndarray, np.ndarray]:
         """Shift and scale (MS bands then PAN) of the scene itself, with the checkpoint's normalisation."""
@@ -101,6 +95,7 @@ class Predictor:
                 rate = s / (last - t0)
                 log.info("scene %s: %d/%d px, %.0f px/s, about %.0f min left", scene.name, s, h * w, rate,
                          (h * w - s) / rate / 60)
+            threads.step()  # threads=auto: follow the free cores
             ms, pan = cutter.cut(coords[s:s + batch_size])
             ms, pan = normalize_pair(torch.from_numpy(ms).to(self.device), torch.from_numpy(pan).to(self.device),
                                      shift_t, scale_t)

@@ -26,10 +26,10 @@ def instantiate_list(cfg: DictConfig | None) -> list:
 
 
 def read_checkpoint(ckpt_path: str) -> dict:
-    """A checkpoint's contents, read once (memory-mapped) for the checks before training."""
-    import torch
+    """A checkpoint's contents, read once (memory-mapped, torch's safe loader) for the checks before training."""
+    from .checkpoint import load_checkpoint
 
-    return torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)  # our own checkpoints
+    return load_checkpoint(ckpt_path, mmap=True)
 
 
 def check_checkpoint_classes(ckpt_path: str, ckpt: dict, class_names: list[str]) -> None:
@@ -53,7 +53,7 @@ def build(cfg: DictConfig):
     import hydra
     import lightning as L
 
-    from .callbacks import EpochBar
+    from .callbacks import EpochBar, RunRecord
     from .cli import route_lightning_logs
 
     route_lightning_logs()
@@ -66,8 +66,8 @@ def build(cfg: DictConfig):
         raise ConfigError(f"{datamodule.paths['train']}: prepared with classes {datamodule.class_names}, config has "
                           f"{list(cfg.dataset.classes)}; run `make prepare DATASET={cfg.dataset.name} ARGS=force=true`")
     model = hydra.utils.instantiate(cfg.model)
-    model.run_info = run_info(cfg, datamodule)
-    callbacks = instantiate_list(cfg.get("callbacks"))
+    overrides = [o for o in (task_overrides() or []) if not o.startswith(("resume=", "ckpt_path="))]
+    callbacks = [*instantiate_list(cfg.get("callbacks")), RunRecord(overrides)]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(EpochBar())
     loggers = instantiate_list(cfg.get("logger"))
@@ -75,20 +75,6 @@ def build(cfg: DictConfig):
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return datamodule, model, trainer
-
-
-def run_info(cfg: DictConfig, datamodule) -> dict:
-    """Saved in every checkpoint: enough to rebuild the network, normalise a new scene (das2f.predict)
-    and resume the run with the overrides it was started with."""
-    attrs = datamodule.sets["train"].attrs
-    return {
-        "net": OmegaConf.to_container(cfg.model.net, resolve=True), "dataset": cfg.dataset.name,
-        "class_names": list(datamodule.class_names), "class_values": [int(v) for v in attrs["class_values"]],
-        "ms_patch": int(attrs["ms_patch"]), "ratio": int(attrs["ratio"]),
-        "normalization": {"kind": datamodule.normalization, "shift": datamodule.shift.tolist(),
-                          "scale": datamodule.scale.tolist()},
-        "overrides": [o for o in (task_overrides() or []) if not o.startswith(("resume=", "ckpt_path="))],
-    }
 
 
 def resume_wandb_run(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> None:
@@ -158,10 +144,7 @@ def resumed_config(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> DictConfig:
 
 def net_from_checkpoint(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> None:
     """Evaluation rebuilds the network the checkpoint holds (stages, widths, backbone, fusion), not the config's."""
-    net = ckpt.get("das2f", {}).get("net")
-    if not net:
-        raise CheckpointError(f"{ckpt_path}: no network config in it ('das2f' run information); "
-                              "evaluate a checkpoint written by das2f.train")
+    net = ckpt["hyper_parameters"]["net"]  # load_checkpoint made sure it is there
     with open_dict(cfg):
         backend = cfg.model.net.get("scan_backend")
         cfg.model.net = OmegaConf.create(net)
@@ -176,7 +159,7 @@ def slim_checkpoint(path: str) -> None:
 
     if not path or Path(path).name == "last.ckpt":
         return
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if "optimizer_states" not in ckpt:
         return
     for key in ("optimizer_states", "lr_schedulers"):
@@ -212,7 +195,7 @@ def run(cfg: DictConfig) -> dict:
         if cfg.get("train"):
             log.info("training: %s", out)
             try:
-                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)  # our own checkpoints
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
             except SIGTERMException as err:
                 raise Interrupted(f"interrupted by SIGTERM at epoch {trainer.current_epoch + 1}, step "
                                   f"{trainer.global_step}: resumable, python -m das2f.train resume={out}") from err
@@ -223,7 +206,7 @@ def run(cfg: DictConfig) -> dict:
             best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") \
                 if cfg.get("train") else ckpt  # eval: exactly the given checkpoint
             log.info("testing the best-on-validation checkpoint: %s", best or "(current weights)")
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
             metrics["best_checkpoint"] = best
         out = write_results(cfg, metrics, model, started)

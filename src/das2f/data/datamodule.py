@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import ConfigError
 from .hdf5 import read_attrs
 from .prepare import plain, prepare_dataset, split_paths
+from .transforms import joint_flip_rotate, normalize_pair, shift_scale
 
 
 class H5PatchDataset(Dataset):
@@ -118,7 +119,7 @@ class MsPanDataModule(L.LightningDataModule):
     """Prepared splits of one dataset. Batches: dicts with ms, pan (normalised), label, coord."""
 
     def __init__(self, dataset: dict, batch_size: int = 64, num_workers: int = 2, normalization: str = "minmax",
-                 augment: bool = True, window: int = 512, seed: int = 0, prepare: bool = True):
+                 augment: bool = False, window: int = 512, seed: int = 0, prepare: bool = True):
         super().__init__()
         if normalization not in ("minmax", "zscore"):
             raise ConfigError(f"data.normalization must be 'minmax' or 'zscore', got {normalization!r}")
@@ -140,6 +141,23 @@ class MsPanDataModule(L.LightningDataModule):
         shift, scale = shift_scale(self.normalization, self.sets["train"].attrs)
         self.shift = torch.tensor(shift, dtype=torch.float32)
         self.scale = torch.tensor(scale, dtype=torch.float32)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to prepare new data as in training (Lightning saves it in every
+        checkpoint): dataset, classes and their label values, patch geometry, normalisation."""
+        attrs = self.sets["train"].attrs
+        return {"dataset": self.cfg.get("name"), "class_names": list(attrs["class_names"]),
+                "class_values": [int(v) for v in attrs["class_values"]], "ms_patch": int(attrs["ms_patch"]),
+                "ratio": int(attrs["ratio"]), "normalization": self.normalization,
+                "shift": [float(v) for v in self.shift], "scale": [float(v) for v in self.scale]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A resumed run checks that it trains on the data the checkpoint was trained on."""
+        if self.sets and list(state.get("class_names", [])) != self.class_names:
+            from ..errors import CheckpointError
+
+            raise CheckpointError(f"the checkpoint was trained on classes {state.get('class_names')}, "
+                                  f"the prepared data has {self.class_names}")
 
     @property
     def class_names(self) -> list[str]:
@@ -179,42 +197,3 @@ class MsPanDataModule(L.LightningDataModule):
         if self.augment and self.trainer is not None and self.trainer.training:
             batch = joint_flip_rotate(batch)
         return batch
-
-
-def shift_scale(kind: str, stats: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band shift and scale (MS bands, then PAN) from patch-file-style statistics
-    (``ms_min``, ``pan_max``, ``ms_mean``, ``pan_std``, ...): min-max or z-score; a constant band keeps scale 1."""
-    if kind == "minmax":
-        shift = np.concatenate([stats["ms_min"], stats["pan_min"]])
-        scale = np.concatenate([stats["ms_max"], stats["pan_max"]]) - shift
-    else:
-        shift = np.concatenate([stats["ms_mean"], stats["pan_mean"]])
-        scale = np.concatenate([stats["ms_std"], stats["pan_std"]])
-    return shift, np.where(scale > 0, scale, 1.0)
-
-
-def normalize_pair(ms: torch.Tensor, pan: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
-    """(x - shift) / scale per band, as float32, for an MS batch (n, C, h, w) and its PAN batch (n, 1, H, W)."""
-    c = ms.shape[1]
-    shift, scale = shift.to(ms.device), scale.to(ms.device)
-    return ((ms.float() - shift[:c, None, None]) / scale[:c, None, None],
-            (pan.float() - shift[c:, None, None]) / scale[c:, None, None])
-
-
-def joint_flip_rotate(batch: dict, generator: torch.Generator | None = None) -> dict:
-    """The same random horizontal flip and k*90° rotation for MS and PAN of each sample."""
-    ms, pan = batch["ms"], batch["pan"]
-    n = ms.shape[0]
-    k = torch.randint(0, 4, (n,), generator=generator)
-    flip = torch.randint(0, 2, (n,), generator=generator).bool()
-    ms_out, pan_out = ms.clone(), pan.clone()
-    for kk in range(4):
-        for ff in (False, True):
-            sel = ((k == kk) & (flip == ff)).nonzero().flatten().to(ms.device)
-            if len(sel):
-                m, p = ms[sel], pan[sel]
-                if ff:
-                    m, p = m.flip(-1), p.flip(-1)
-                ms_out[sel], pan_out[sel] = torch.rot90(m, kk, (-2, -1)), torch.rot90(p, kk, (-2, -1))
-    batch["ms"], batch["pan"] = ms_out, pan_out
-    return batch

@@ -24,30 +24,6 @@ class PatchFileError(DataError):
     """An HDF5 file that is not a complete das2f patch file."""
 
 
-class RunningStats:
-    """Per-band min, max, mean, std accumulated over blocks of patches (n, C, h, w)."""
-
-    def __init__(self, bands: int):
-        self.n = 0
-        self.sum = np.zeros(bands)
-        self.sumsq = np.zeros(bands)
-        self.min = np.full(bands, np.inf)
-        self.max = np.full(bands, -np.inf)
-
-    def update(self, x: np.ndarray) -> None:
-        x = x.astype(np.float64)
-        self.n += x.shape[0] * x.shape[2] * x.shape[3]
-        self.sum += x.sum((0, 2, 3))
-        self.sumsq += (x * x).sum((0, 2, 3))
-        self.min = np.minimum(self.min, x.min((0, 2, 3)))
-        self.max = np.maximum(self.max, x.max((0, 2, 3)))
-
-    def as_attrs(self, prefix: str) -> dict:
-        mean = self.sum / max(self.n, 1)
-        std = np.sqrt(np.maximum(self.sumsq / max(self.n, 1) - mean**2, 0))
-        return {f"{prefix}_min": self.min, f"{prefix}_max": self.max, f"{prefix}_mean": mean, f"{prefix}_std": std}
-
-
 class PatchWriter:
     """Appends blocks of patch pairs to ``<path>.tmp``; ``close()`` renames it to ``path``.
 

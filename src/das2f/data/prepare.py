@@ -12,13 +12,14 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..errors import ConfigError, MissingFileError
-from .hdf5 import FORMAT_VERSION, PatchFileError, PatchWriter, RunningStats, read_attrs
+from .hdf5 import FORMAT_VERSION, PatchFileError, PatchWriter, read_attrs
 from .patches import PatchCutter
 from .readers import SceneError
 from .scenes import file_fingerprint, load_scene, validate_scene
 from .split import SPLITS, map_coords, stratified_split
 from .synthetic import write_scene
 from .tiles import scene_specs
+from .transforms import RunningStats
 
 log = logging.getLogger(__name__)
 BLOCK = 2048  # patches cut and written per block: bounds memory next to the scene

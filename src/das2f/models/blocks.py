@@ -6,14 +6,15 @@ Tokens are (B, H, W, D) throughout.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 from .cmda import CMDACore
 from .ss2d import SS2D
-
-BACKBONES = ("spvm", "vmamba", "cnn")
 
 
 def mlp(d_model: int, ratio: int = 4) -> nn.Sequential:
@@ -44,9 +45,30 @@ class CrossConvMixer(nn.Module):
         return self.to_ms(both).permute(0, 2, 3, 1), self.to_pan(both).permute(0, 2, 3, 1)
 
 
-def _check_backbone(kind: str) -> None:
+@dataclass(frozen=True)
+class Backbone:
+    """A backbone kind: its one-modality token mixer and its cross-modal mixer, built from
+    (d_model, d_state, dt_rank, swap, scan_backend)."""
+
+    mixer: Callable[..., nn.Module]
+    cross: Callable[..., nn.Module]
+
+
+# The registry of backbones: config name -> mixers (a new backbone: its mixers, a line here, and
+# conf/backbone/<name>.yaml). spvm and vmamba differ only in SS2D's input path (space-preserving or not).
+BACKBONES: dict[str, Backbone] = {
+    "spvm": Backbone(lambda d, n, r, swap, be: SS2D(d, n, r, True, be),
+                     lambda d, n, r, swap, be: CMDACore(d, n, r, True, swap, be)),
+    "vmamba": Backbone(lambda d, n, r, swap, be: SS2D(d, n, r, False, be),
+                       lambda d, n, r, swap, be: CMDACore(d, n, r, False, swap, be)),
+    "cnn": Backbone(lambda d, n, r, swap, be: ConvMixer(d), lambda d, n, r, swap, be: CrossConvMixer(d)),
+}
+
+
+def backbone_kind(kind: str) -> Backbone:
     if kind not in BACKBONES:
-        raise ConfigError(f"backbone must be one of {BACKBONES}, got {kind!r}")
+        raise ConfigError(f"backbone must be one of {sorted(BACKBONES)}, got {kind!r}")
+    return BACKBONES[kind]
 
 
 class MixerBlock(nn.Module):
@@ -54,12 +76,8 @@ class MixerBlock(nn.Module):
 
     def __init__(self, backbone="spvm", d_model=64, d_state=24, dt_rank=24, mlp_ratio=4, scan_backend="auto"):
         super().__init__()
-        _check_backbone(backbone)
         self.norm = nn.LayerNorm(d_model)
-        if backbone == "cnn":
-            self.mixer = ConvMixer(d_model)
-        else:
-            self.mixer = SS2D(d_model, d_state, dt_rank, backbone == "spvm", scan_backend)
+        self.mixer = backbone_kind(backbone).mixer(d_model, d_state, dt_rank, True, scan_backend)
         self.mlp = mlp(d_model, mlp_ratio)
 
     def forward(self, x):
@@ -73,12 +91,8 @@ class CrossBlock(nn.Module):
     def __init__(self, backbone="spvm", d_model=64, d_state=24, dt_rank=24, mlp_ratio=4, swap=True,
                  scan_backend="auto"):
         super().__init__()
-        _check_backbone(backbone)
         self.norm = nn.LayerNorm(d_model)
-        if backbone == "cnn":
-            self.mixer = CrossConvMixer(d_model)
-        else:
-            self.mixer = CMDACore(d_model, d_state, dt_rank, backbone == "spvm", swap, scan_backend)
+        self.mixer = backbone_kind(backbone).cross(d_model, d_state, dt_rank, swap, scan_backend)
         self.mlp_ms = mlp(d_model, mlp_ratio)
         self.mlp_pan = mlp(d_model, mlp_ratio)
 

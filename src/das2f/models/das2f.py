@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .blocks import CrossBlock, MixerBlock
-from .fusion import make_fusion, tokens_to_subpixels
+from .blocks import CrossBlock, MixerBlock, backbone_kind
+from .fusion import check_fusion, make_fusion, tokens_to_subpixels
+from .scan import check_backend
 
 
 class PatchEmbed(nn.Module):
@@ -66,6 +67,7 @@ class DAS2F(nn.Module):
         scan_backend: str = "auto",
     ):
         super().__init__()
+        backbone_kind(backbone), check_fusion(fusion), check_backend(scan_backend)  # every choice, before any work
         if stages < 1:
             raise ConfigError(f"model.net.stages must be >= 1, got {stages}")
         if d_model % 4:
@@ -101,14 +103,14 @@ class DAS2F(nn.Module):
         self.check_inputs(ms, pan)
         ms = F.interpolate(ms, scale_factor=self.ratio, mode="bilinear", align_corners=False)
         ms, pan = self.embed_ms(ms), self.embed_pan(self.pan_expand(pan))
-        dominant = []
+        per_stage = []  # the features each stage hands its fusion: dominant (full - common) or full
         for stage in self.stages:
             ms_full, pan_full, ms, pan = stage(ms, pan)
             if self.dominant:
                 ms_full, pan_full = ms_full - ms, pan_full - pan
-            dominant.append((tokens_to_subpixels(ms_full), tokens_to_subpixels(pan_full)))
+            per_stage.append((tokens_to_subpixels(ms_full), tokens_to_subpixels(pan_full)))
         f = tokens_to_subpixels((ms + pan) / 2)
-        for fusion, (ms_dom, pan_dom) in zip(reversed(self.fusions), reversed(dominant)):
+        for fusion, (ms_dom, pan_dom) in zip(reversed(self.fusions), reversed(per_stage)):
             f = fusion(ms_dom, pan_dom, f)
         return f
 

@@ -10,8 +10,6 @@ from torch import nn
 
 from ..errors import ConfigError
 
-FUSIONS = ("aalf", "sum", "mean", "concat")
-
 
 def tokens_to_subpixels(x: torch.Tensor) -> torch.Tensor:
     """(B, H, W, D) -> (B, 4*H*W, D/4): each token becomes D/4 channels at 2x2 sub-pixels."""
@@ -77,10 +75,16 @@ class ConcatFusion(nn.Module):
         return self.proj(torch.cat((self.norm(ms_dom), self.norm(pan_dom), self.norm(f)), dim=-1))
 
 
-_FUSION_CLASSES = {"aalf": AALFBlock, "sum": SumFusion, "mean": MeanFusion, "concat": ConcatFusion}
+# The registry of fusions: config name -> module class (a new fusion: a class above, a line here,
+# and conf/fusion/<name>.yaml).
+FUSIONS: dict[str, type[nn.Module]] = {"aalf": AALFBlock, "sum": SumFusion, "mean": MeanFusion, "concat": ConcatFusion}
+
+
+def check_fusion(kind: str) -> None:
+    if kind not in FUSIONS:
+        raise ConfigError(f"fusion must be one of {sorted(FUSIONS)}, got {kind!r}")
 
 
 def make_fusion(kind: str, channels: int) -> nn.Module:
-    if kind not in _FUSION_CLASSES:
-        raise ConfigError(f"fusion must be one of {FUSIONS}, got {kind!r}")
-    return _FUSION_CLASSES[kind](channels)
+    check_fusion(kind)
+    return FUSIONS[kind](channels)

@@ -40,10 +40,9 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "reference", "mamba_ssm")
 _LOG2E = 1.4426950408889634  # log2(e)
-# make bench 2026-11-24: chunk 4 fwd+bwd 1.2-1.6x faster than 8 or 16; chunk 2 was faster in one run,
-# slower in the next, and its chunk-start states push the peak near 0.5 GB (README, Benchmark)
+# steps per chunk of the recurrence: the fastest with peak memory under 0.5 GB in `make bench`
+# (figures and their date in the README's Benchmark section)
 DEFAULT_CHUNK = 4
 
 
@@ -117,8 +116,8 @@ def _chunks(length: int, chunk: int) -> list[tuple[int, int]]:
 def _chunk_states(h0, delta, du, A2, Bt, dA, hs):
     """Fill dA with exp(delta A) = 2^(delta A log2 e) and hs with the states h_t of one chunk.
 
-    ``A2`` is A * log2(e): torch's exp2 runs about 3x faster than its exp on this CPU
-    (5.5 vs 1.6 G/s, AVX-512) and the exponentials are the recurrence's largest cost.
+    ``A2`` is A * log2(e): torch's exp2 kernel is faster than its exp on the CPU (README, Benchmark)
+    and the exponentials are the recurrence's largest cost.
     """
     torch.mul(delta[:, :, :, None, :], A2, out=dA)
     dA.exp2_()
@@ -194,7 +193,7 @@ class _SelectiveScanTorch(torch.autograd.Function):
 
     Takes and returns either mamba-ssm's layout or the time-major one (``time_major``: u, delta
     and y (L, B, D), B and C (L, B, G, N)). In mamba-ssm's layout each (B, D, L) operand is
-    transposed to time-major once by a copy (about 5 ms per 16 MB on this CPU) and every
+    transposed to time-major once by a copy (a transposing copy costs several times a plain one) and every
     elementwise step, forward and backward, runs between tensors of the same layout. (Left to
     autograd, the gradients came back as permuted views and the elementwise backward ops between
     them and contiguous tensors ran about 10x slower than with matching strides.)
@@ -303,10 +302,15 @@ def _announce(backend: str, why: str) -> None:
         log.info("selective scan backend: %s (%s)", backend, why)
 
 
+def check_backend(backend: str) -> None:
+    """A scan_backend setting is 'auto' or a key of BACKENDS (checked when the model is built)."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise ConfigError(f"scan_backend must be one of {['auto', *BACKENDS]}, got {backend!r}")
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Name of the backend that ``backend`` ('auto' included) runs on ``device``."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"scan_backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if backend != "auto":
         return backend
     if device.type != "cuda":
@@ -320,7 +324,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "mamba_ssm"
 
 
-_IMPLS = {
+# The registry of scan implementations (mamba-ssm's layout); "auto" picks one per device (resolve_backend).
+BACKENDS = {
     "torch": selective_scan_torch,
     "reference": selective_scan_reference,
     "mamba_ssm": selective_scan_mamba_ssm,
@@ -328,9 +333,9 @@ _IMPLS = {
 
 
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, backend: str = "auto"):
-    """Selective scan with mamba-ssm's conventions (module docstring); ``backend`` in BACKENDS."""
+    """Selective scan with mamba-ssm's conventions (module docstring); ``backend``: auto or a key of BACKENDS."""
     _check_shapes(u, delta, A, B, C, D, delta_bias)
-    return _IMPLS[resolve_backend(backend, u.device)](
+    return BACKENDS[resolve_backend(backend, u.device)](
         u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus
     )
 
@@ -354,6 +359,6 @@ def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_
     name = resolve_backend(backend, u.device)
     if name == "torch":
         return _SelectiveScanTorch.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, DEFAULT_CHUNK, True)
-    y = _IMPLS[name](u.permute(1, 2, 0), delta.permute(1, 2, 0), A, B.permute(1, 2, 3, 0), C.permute(1, 2, 3, 0),
+    y = BACKENDS[name](u.permute(1, 2, 0), delta.permute(1, 2, 0), A, B.permute(1, 2, 3, 0), C.permute(1, 2, 3, 0),
                      D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
     return y.permute(2, 0, 1)

@@ -22,8 +22,8 @@ K_DIRECTIONS = 4
 
 # --------------------------------------------------------------------------- cross scan / merge
 # Sequences are time-major, xs (L, B, 4, D): what the torch scan runs on, so that no operand of
-# the scan is transposed element by element (a 16 MB transposing copy took 5 ms here, ten per
-# scan). Both maps move whole D-vectors with one gather, and each is the other's adjoint, hence
+# the scan is transposed element by element (ten transposing copies per scan otherwise; README,
+# Benchmark). Both maps move whole D-vectors with one gather, and each is the other's adjoint, hence
 # its backward.
 @functools.lru_cache(maxsize=16)
 def _orders(h: int, w: int) -> torch.Tensor:

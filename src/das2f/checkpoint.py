@@ -1,0 +1,105 @@
+"""Reading checkpoints, the one way: torch's safe loader (``weights_only=True``), never unpickling.
+
+A das2f checkpoint describes itself with tensors and plain containers only:
+- ``hyper_parameters``: the LightningModule's arguments (the network's config with ``_target_``,
+  the optimizer's and scheduler's configs, the class names), so
+  ``Das2fClassifier.load_from_checkpoint(path)`` alone rebuilds the model;
+- ``MsPanDataModule``: the data module's state (dataset name, class names and values, patch
+  geometry, normalisation kind and training statistics), so a scene is prepared as in training;
+- ``das2f``: the run's Hydra overrides (for ``resume=``) and its W&B run id.
+
+Checkpoints written before (they held Python objects: the optimizer as a functools.partial) are
+refused with the command that converts them: ``python -m das2f.checkpoint OLD.ckpt NEW.ckpt``,
+which reads them with an allow-list of exactly those objects, still without unpickling code.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import pickle
+import sys
+from pathlib import Path
+
+from .errors import EXIT_USER_ERROR, CheckpointError, MissingFileError, UserError
+
+DATAMODULE_KEY = "MsPanDataModule"  # Lightning stores a datamodule's state_dict under its class name
+
+
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """A checkpoint's contents through torch's safe loader; old or foreign checkpoints are refused."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"ckpt_path: no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: holds Python objects that das2f does not unpickle (a checkpoint written by an older das2f, or "
+            f"not by das2f: {str(err).splitlines()[0][:160]}); convert an older das2f checkpoint with "
+            f"`python -m das2f.checkpoint {path} NEW.ckpt`") from err
+    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt or "net" not in ckpt["hyper_parameters"]:
+        raise CheckpointError(f"{path}: not a das2f checkpoint (no network config in its hyper_parameters)")
+    return ckpt
+
+
+def data_state(ckpt: dict, path: str | Path = "checkpoint") -> dict:
+    """The data module's state saved in a checkpoint (classes, patch geometry, normalisation)."""
+    state = ckpt.get(DATAMODULE_KEY)
+    if not state:
+        raise CheckpointError(f"{path}: no data state ({DATAMODULE_KEY}: classes, patch geometry, normalisation); "
+                              "it was not written by das2f.train")
+    return state
+
+
+def convert(old: Path, new: Path) -> None:
+    """An older das2f checkpoint -> the self-describing, safely loadable form."""
+    import torch
+    from torch.optim import SGD, Adam, AdamW
+    from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, StepLR
+
+    allowed = [functools.partial, Adam, AdamW, SGD, ExponentialLR, CosineAnnealingLR, StepLR]
+    with torch.serialization.safe_globals(allowed):
+        ckpt = torch.load(old, map_location="cpu", weights_only=True)
+    info = ckpt.get("das2f") or {}
+    if "net" not in info or "normalization" not in info:
+        raise CheckpointError(f"{old}: no das2f run information to convert (not a das2f checkpoint)")
+    hp = dict(ckpt.get("hyper_parameters") or {})
+
+    def as_config(p):
+        if not isinstance(p, functools.partial):
+            return p
+        return {"_target_": f"{p.func.__module__}.{p.func.__qualname__}", "_partial_": True, **p.keywords}
+
+    hp.update(net=info["net"], optimizer=as_config(hp.get("optimizer")), scheduler=as_config(hp.get("scheduler")))
+    norm = info["normalization"]
+    ckpt["hyper_parameters"] = hp
+    ckpt[DATAMODULE_KEY] = {"dataset": info.get("dataset"), "class_names": list(info["class_names"]),
+                            "class_values": list(info.get("class_values") or range(1, len(info["class_names"]) + 1)),
+                            "ms_patch": int(info["ms_patch"]), "ratio": int(info["ratio"]),
+                            "normalization": norm["kind"], "shift": list(norm["shift"]), "scale": list(norm["scale"])}
+    ckpt["das2f"] = {k: info[k] for k in ("overrides", "wandb_run_id") if k in info}
+    for key in ("optimizer_states", "lr_schedulers"):  # optimizer state of the old layout: resume from scratch
+        ckpt.pop(key, None)
+    torch.save(ckpt, new)
+    load_checkpoint(new)  # the result loads safely
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Convert an older das2f checkpoint to the self-describing form.")
+    ap.add_argument("old", type=Path)
+    ap.add_argument("new", type=Path)
+    args = ap.parse_args(argv)
+    try:
+        if args.new.exists():
+            raise CheckpointError(f"{args.new} exists; choose a new file name (nothing is overwritten)")
+        convert(args.old, args.new)
+    except UserError as err:
+        print(f"das2f.checkpoint: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    print(f"written: {args.new} (weights and settings; the optimizer state is not kept)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Thread settings are applied where torch runs (entry point, DataLoader workers) and adapt to the
+load of other processes; behaviour only, never timings (those are in `make bench`)."""
+import os
+import subprocess
+import sys
+
+import torch
+
+from das2f import threads
+
+from .test_cli import SIZE
+
+
+def test_free_cores_rule():
+    assert threads.threads_for(2, 0.0) == 2
+    assert threads.threads_for(2, 2.0) == 1  # a copy of the same job beside us: one core each
+    assert threads.threads_for(2, 0.1) == 2  # a light neighbour leaves both cores
+    assert threads.threads_for(8, 3.0) == 5 and threads.threads_for(8, 9.0) == 1
+
+
+def test_budget_follows_affinity_slurm_and_omp(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert threads.core_budget() == (len(os.sched_getaffinity(0)), "CPU affinity")
+    if len(os.sched_getaffinity(0)) > 1:
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+        assert threads.core_budget() == (1, "SLURM_CPUS_PER_TASK")
+
+
+def test_adapts_to_other_processes_and_back(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "core_budget", lambda: (4, "test"))
+    clock = {"t": 0.0, "busy": 0, "own": 0}
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads, "_busy_jiffies", lambda cpus: clock["busy"])
+    monkeypatch.setattr(threads, "_own_jiffies", lambda: clock["own"])
+    try:
+        b = threads.ThreadBudget("auto", interval=2.0)
+        assert b.adaptive and b.start() == 4 and torch.get_num_threads() == 4
+
+        def advance(seconds, own_cores, other_cores):
+            clock["t"] += seconds
+            clock["own"] += int(own_cores * seconds * threads._CLK)
+            clock["busy"] += int((own_cores + other_cores) * seconds * threads._CLK)
+            return b.step()
+
+        assert advance(2.0, 4, 0) == 4  # alone
+        assert advance(2.0, 2, 2) == 2 and torch.get_num_threads() == 2  # a neighbour takes 2 cores
+        assert advance(1.0, 2, 0) == 2  # not re-chosen before the interval
+        assert advance(2.0, 2, 0) == 4 and torch.get_num_threads() == 4  # the neighbour ended
+        fixed = threads.ThreadBudget("3")
+        assert not fixed.adaptive and fixed.start() == 3
+        clock["t"] += 5.0
+        assert fixed.step() == 3 and torch.get_num_threads() == 3  # threads=N never adapts
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_entry_point_and_dataloader_workers_apply_the_setting(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "das2f.train", *SIZE, "threads=1", "test=false"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "torch threads: 1 of" in r.stdout + r.stderr and "fixed (threads=)" in r.stdout + r.stderr
+    code = ("import os, das2f, torch\n"
+            "from torch.utils.data import DataLoader\n"
+            "class D(torch.utils.data.Dataset):\n"
+            "    def __len__(self): return 1\n"
+            "    def __getitem__(self, i): return torch.get_num_threads()\n"
+            "print(os.environ['OMP_NUM_THREADS'], torch.get_num_threads(), "
+            "next(iter(DataLoader(D(), num_workers=1))).item())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    omp, main_threads, worker_threads = r.stdout.split()
+    cores = len(os.sched_getaffinity(0))
+    # das2f imported before torch: OpenMP gets the budget; a DataLoader worker runs one torch thread
+    assert (int(omp), int(main_threads), int(worker_threads)) == (cores, cores, 1), r.stderr
