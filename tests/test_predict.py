@@ -20,7 +20,7 @@ from .test_train import make_cfg
 
 def predict_cfg(tmp_path: Path, ckpt: str, *overrides: str):
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = compose("predict", overrides=[f"ckpt_path={ckpt}", "dataset.generate.size=48", "progress=false",
+        cfg = compose("predict", overrides=[f"ckpt_path={ckpt}", "dataset.generate.size=48", "num_workers=0",
                                             *overrides], return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.root_dir = str(tmp_path)
@@ -34,7 +34,7 @@ def test_predict_maps_every_pixel_like_the_test_pass(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     metrics = run(make_cfg(tmp_path, "logger=wandb"))
-    summary = predict(predict_cfg(tmp_path, metrics["best_checkpoint"], "batch_size=100", "wandb=true"))
+    summary = predict(predict_cfg(tmp_path, metrics["best_checkpoint"], "window=10", "wandb=true"))
     entry = summary["scenes"]["synthetic"]
     values = np.load(entry["map"])
     assert values.shape == (48, 48) and set(np.unique(values)) <= set(range(1, 9))  # label values 1..8
@@ -155,3 +155,64 @@ def test_the_project_never_unpickles_a_checkpoint():
     offenders = [str(p) for d in ("src", "tests", "experiments") for p in (root / d).rglob("*") if p.suffix in (".py", ".sh")
                  if "weights_only=" + "False" in p.read_text()]
     assert not offenders
+
+
+def test_windows_cut_exactly_the_whole_scene_patches_and_read_only_their_region(tmp_path, monkeypatch):
+    from das2f.data.patches import PatchCutter
+    from das2f.data.windows import LazyImage, SceneWindows, window_patches
+
+    rng = np.random.default_rng(0)
+    ms = rng.integers(0, 1000, (23, 29, 3), dtype=np.uint16)  # H x W x C, as users store .npy scenes
+    pan = rng.integers(0, 1000, (92, 116), dtype=np.uint16)
+    np.save(tmp_path / "ms.npy", ms)
+    np.save(tmp_path / "pan.npy", pan)
+    whole = PatchCutter(ms.transpose(2, 0, 1), pan[None], 16, 4)
+    lazy_ms, lazy_pan = LazyImage(tmp_path / "ms.npy"), LazyImage(tmp_path / "pan.npy")
+    for r0, r1, c0, c1 in ((0, 5, 0, 7), (9, 17, 11, 29), (18, 23, 0, 29)):  # borders and interior
+        m, p, coords = window_patches(lazy_ms, lazy_pan, r0, r1, c0, c1, 16, 4)
+        wm, wp = whole.cut(coords)
+        assert np.array_equal(m, wm) and np.array_equal(p, wp)
+    # a window reads only its region plus the patch margins, never the scene
+    reads = []
+    original = LazyImage.read
+    monkeypatch.setattr(LazyImage, "read", lambda self, r0, r1, c0, c1: reads.append((r1 - r0) * (c1 - c0))
+                        or original(self, r0, r1, c0, c1))
+    ds = SceneWindows({"name": "s", "ms": str(tmp_path / "ms.npy"), "pan": str(tmp_path / "pan.npy")}, 4, 16, size=4)
+    item = ds[9]  # rows 4..7, cols 4..7
+    assert len(item["coord"]) == 16 and max(reads) <= (4 * (4 + 15)) ** 2
+
+
+def test_map_resumes_preview_fills_and_bad_requests_are_refused(tmp_path):
+    from das2f.errors import ConfigError
+
+    metrics = run(make_cfg(tmp_path, "test=false"))
+    ckpt = metrics.get("best_checkpoint") or str(tmp_path / "out" / "checkpoints" / "last.ckpt")
+    ckpt = str(next((tmp_path / "out" / "checkpoints").glob("epoch_*.ckpt")))
+    out = tmp_path / "maps"
+    full = predict(predict_cfg(tmp_path, ckpt, f"out={out}", "region=[8,40,4,36]", "window=8"))
+    map_path = out / "synthetic_map.npy"
+    done = np.load(map_path)
+    assert full["scenes"]["synthetic"]["shape"] == [32, 32] and (done[8:40, 4:36] >= 1).all()
+    with pytest.raises(ConfigError, match="already holds a finished map of this job; overwrite=true"):
+        predict(predict_cfg(tmp_path, ckpt, f"out={out}", "region=[8,40,4,36]", "window=8"))
+    # an interrupted map: half of its windows never written -> the next run writes exactly those
+    progress = np.load(out / "synthetic_map.progress.npy")
+    progress[::2] = 0
+    np.save(out / "synthetic_map.progress.npy", progress)
+    values = np.load(map_path, mmap_mode="r+")
+    for i in range(0, 16, 2):  # the 4 x 4 windows of 8 x 8 pixels marked undone lose their pixels
+        gi, gj = divmod(i, 4)
+        values[8 + 8 * gi:16 + 8 * gi, 4 + 8 * gj:12 + 8 * gj] = -1
+    values.flush()
+    predict(predict_cfg(tmp_path, ckpt, f"out={out}", "region=[8,40,4,36]", "window=8"))
+    assert np.array_equal(np.load(map_path), done)  # identical to the uninterrupted map
+    # a stride-2 preview agrees with the full map where it classified, and fills every other pixel
+    preview = predict(predict_cfg(tmp_path, ckpt, f"out={tmp_path / 'preview'}", "region=[8,40,4,36]", "window=8",
+                                  "stride=2"))
+    fast = np.load(tmp_path / "preview" / "synthetic_map.npy")
+    assert np.array_equal(fast[8:40:2, 4:36:2], done[8:40:2, 4:36:2]) and (fast[8:40, 4:36] >= 1).all()
+    assert preview["scenes"]["synthetic"]["classified_pixels"] == 16 * 16
+    with pytest.raises(ConfigError, match=r"region=\[0, 99, 0, 10\] .* is not inside scene synthetic of 48 x 48"):
+        predict(predict_cfg(tmp_path, ckpt, "region=[0,99,0,10]"))
+    with pytest.raises(ConfigError, match="3 MS bands, the checkpoint's network expects 4"):
+        predict(predict_cfg(tmp_path, ckpt, "+dataset.scenes.0.ms_bands=[0,1,2]"))

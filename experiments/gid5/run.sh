@@ -58,7 +58,7 @@ print("[" + ",".join(picked) + "]")
 PYEOF
 )
   "$PY" -m das2f.predict dataset=gid5 "ckpt_path=$CKPT" "scenes=$TILES" grid_max_scenes=10 \
-    "hydra.run.dir=$MAPS" progress=false
+    "hydra.run.dir=$MAPS"
   cp "$MAPS/maps.png" "$RESULTS/test_tiles_map.png"
   cp "$MAPS/predict.json" "$RESULTS/test_tiles_predict.json"
 fi

@@ -57,15 +57,16 @@ def worker(mode: str, stages: int, threads: str, start_at: float, seconds: float
     step()  # first call: allocations, kernel choices
     while time.time() < start_at:
         time.sleep(0.01)
-    t_measure, n = start_at + warmup, 0
+    t_measure, ends = start_at + warmup, []
     while time.time() < start_at + seconds:
         budget.step()
         step()
         if time.time() > t_measure:
-            n += 64
+            ends.append(time.time())
             used.append(budget.current)
-    t_done = time.time()
-    return {"rate": n / max(t_done - t_measure, 1e-9), "threads": sorted(set(used))}
+    # the steps that ended in the window, over the time between the first and the last of them
+    rate = 64 * (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 else 0.0
+    return {"rate": rate, "steps": len(ends), "threads": sorted(set(used))}
 
 
 def run(mode: str, stages: int, settings: list[str], seconds: float, warmup: float) -> list[dict]:
@@ -89,6 +90,7 @@ def run(mode: str, stages: int, settings: list[str], seconds: float, warmup: flo
 
 ALL, FEW = list(SETTINGS), ["default", "auto"]
 CASES = [(1, "infer", ALL), (1, "train", ALL), (2, "infer", FEW), (2, "train", FEW)]
+WINDOW = {(2, "train"): (45, 10)}  # (seconds, warm-up) where one step takes seconds: enough steps to time
 
 
 def bench_threads(seconds: float = 15, warmup: float = 4, cases=None) -> list[str]:
@@ -96,9 +98,10 @@ def bench_threads(seconds: float = 15, warmup: float = 4, cases=None) -> list[st
     lines = ["| model, work | setting | idle samples/s | beside one copy of itself | shared / idle | threads used |",
              "|---|---|---|---|---|---|"]
     for stages, mode, names in cases:
+        secs, warm = WINDOW.get((stages, mode), (seconds, warmup))
         for name in names:
-            idle = run(mode, stages, [name], seconds, warmup)[0]
-            pair = run(mode, stages, [name, name], seconds, warmup)
+            idle = run(mode, stages, [name], secs, warm)[0]
+            pair = run(mode, stages, [name, name], secs, warm)
             shared = sum(r["rate"] for r in pair) / 2
             used = sorted({t for r in pair for t in r["threads"]})
             row = (f"| {stages}-stage, {mode} | {name} | {idle['rate']:.1f} | {shared:.1f} "
@@ -106,7 +109,7 @@ def bench_threads(seconds: float = 15, warmup: float = 4, cases=None) -> list[st
                    f"{idle['threads']} alone, {used} shared |")
             print(row, flush=True)
             lines.append(row)
-        ours, foreign = run(mode, stages, ["auto", "default"], seconds, warmup)
+        ours, foreign = run(mode, stages, ["auto", "default"], secs, warm)
         row = (f"| {stages}-stage, {mode} | auto beside a default neighbour | | {ours['rate']:.1f} (neighbour "
                f"{foreign['rate']:.1f}) | | {ours['threads']} |")
         print(row, flush=True)

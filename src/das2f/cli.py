@@ -45,7 +45,7 @@ def quiet() -> None:
         _DropMessages("litlogger"))
     # ... and says it defaults `weights_only` when a checkpoint of our own is read (das2f passes it where it can)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        _DropMessages("litlogger", "`weights_only` was not set"))
+        _DropMessages("litlogger", "litmodels", "`weights_only` was not set"))
     # Lightning 2.6's pytree helper uses an API torch 2.13 deprecates; nothing for a user to do.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # tiny datasets (tests, quick checks) have fewer batches than the logging interval; harmless.
@@ -54,6 +54,8 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
     # a run resumed mid-epoch does continue exactly: ChunkBatchSampler skips the batches already trained
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
+    # prediction batches are windows from a plain sampler; the map writer reads its coordinates from the batch
+    warnings.filterwarnings("ignore", message=r".*Couldn't infer the batch indices fetched from your dataloader")
     # W&B prints its own run summary (the metrics are printed once by das2f) and sync hints on every run;
     # WANDB_QUIET keeps its warnings and errors. An explicit WANDB_QUIET=false brings it all back.
     os.environ.setdefault("WANDB_QUIET", "true")

@@ -68,6 +68,11 @@ class Das2fClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
 
+    def predict_step(self, batch, batch_idx):
+        """A window of a scene (das2f.data.windows) -> its pixels' classes (n,) with their coordinates."""
+        return {"window": batch["window"], "coord": batch["coord"],
+                "classes": self(batch["ms"], batch["pan"]).argmax(1)}
+
     def _log_epoch(self, stage: str):
         values = self.metrics[f"{stage}_"].compute()
         per_class = values.pop(f"{stage}/class_acc")

@@ -18,14 +18,15 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import threads
-from .data.patches import PatchCutter
-from .data.scenes import Scene, load_scene, validate_scene
+from .data.readers import read_raster
+from .data.scenes import load_scene
 from .data.tiles import scene_specs
-from .data.transforms import RunningStats, normalize_pair, shift_scale
+from .data.transforms import RunningStats, shift_scale
+from .data.windows import LazyImage, SceneWindows, open_scene, scene_datamodule
 from .errors import CheckpointError, ConfigError
 from .maps import class_colors, rgb_composite, save_map_figure, save_maps_grid, write_map
 
@@ -35,7 +36,7 @@ log = logging.getLogger("das2f.predict")
 class Predictor:
     """A trained network and everything needed to apply it to a scene, read from one checkpoint."""
 
-    def __init__(self, ckpt_path: str | Path, device: str = "cpu", scan_backend: str | None = None):
+    def __init__(self, ckpt_path: str | Path, scan_backend: str | None = None):
         from .checkpoint import data_state, load_checkpoint
 
         ckpt = load_checkpoint(ckpt_path)
@@ -44,11 +45,11 @@ class Predictor:
         net_cfg = dict(ckpt["hyper_parameters"]["net"])
         if scan_backend:
             net_cfg["scan_backend"] = scan_backend
+        self.net_config = net_cfg
         self.net = hydra.utils.instantiate(net_cfg)
         state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         self.net.load_state_dict(state)
-        self.net.eval().to(device)
-        self.device = device
+        self.net.eval()
         self.class_names: list[str] = list(data["class_names"])
         self.class_values = np.asarray(data["class_values"])
         self.ms_channels = int(net_cfg["ms_channels"])
@@ -56,58 +57,64 @@ class Predictor:
         self.normalization = data["normalization"]
         self.train_shift, self.train_scale = np.asarray(data["shift"]), np.asarray(data["scale"])
 
-    def scene_stats(self, scene: Scene) -> tuple[np.ndarray, np.ndarray]:
-        """Shift and scale (MS bands then PAN) of the scene itself, with the checkpoint's normalisation."""
-        ms, pan = RunningStats(scene.ms.data.shape[0]), RunningStats(1)
-        ms.update(scene.ms.data[None])
-        pan.update(scene.pan.data[None])
-        return shift_scale(self.normalization, {**ms.as_attrs("ms"), **pan.as_attrs("pan")})
-
-    def check_scene(self, scene: Scene) -> None:
-        c = scene.ms.data.shape[0]
-        if c != self.ms_channels:
-            raise ConfigError(f"{scene.ms.path}: {c} MS bands, the checkpoint's network expects {self.ms_channels} "
-                             "(select bands with `ms_bands` in the dataset's scene list)")
-
-    @torch.inference_mode()
-    def classify(self, scene: Scene, stats: str = "train", batch_size: int = 256, progress: Progress | None = None
-                 ) -> np.ndarray:
-        """Class indices 0..K-1 for every MS pixel of the scene, (H, W) uint8."""
-        self.check_scene(scene)
-        if stats == "train":
-            shift, scale = self.train_shift, self.train_scale
-        elif stats == "scene":
-            shift, scale = self.scene_stats(scene)
-        else:
-            raise ConfigError(f"stats must be 'train' or 'scene', got {stats!r}")
-        h, w = scene.ms.data.shape[1:]
-        shift_t = torch.tensor(shift, dtype=torch.float32, device=self.device)
-        scale_t = torch.tensor(scale, dtype=torch.float32, device=self.device)
-        cutter = PatchCutter(scene.ms.data, scene.pan.data, self.ms_patch, self.ratio)
-        rows, cols = np.divmod(np.arange(h * w), w)
-        coords = np.stack([rows, cols], 1)
-        out = np.empty(h * w, np.uint8)
-        task = progress.add_task(scene.name, total=h * w) if progress else None
-        t0 = last = time.perf_counter()
-        for s in range(0, h * w, batch_size):
-            if time.perf_counter() - last > 60:  # a plain log line too: progress bars vanish in batch jobs
-                last = time.perf_counter()
-                rate = s / (last - t0)
-                log.info("scene %s: %d/%d px, %.0f px/s, about %.0f min left", scene.name, s, h * w, rate,
-                         (h * w - s) / rate / 60)
-            threads.step()  # threads=auto: follow the free cores
-            ms, pan = cutter.cut(coords[s:s + batch_size])
-            ms, pan = normalize_pair(torch.from_numpy(ms).to(self.device), torch.from_numpy(pan).to(self.device),
-                                     shift_t, scale_t)
-            out[s:s + batch_size] = self.net(ms, pan).argmax(1).cpu().numpy()
-            if progress:
-                progress.advance(task, len(ms))
-        return out.reshape(h, w)
+    def scene_stats(self, ms: LazyImage, pan: LazyImage, rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Shift and scale (MS bands then PAN) of a scene itself, with the checkpoint's normalisation,
+        accumulated band of rows by band of rows (memory: one band)."""
+        stats_ms, stats_pan = RunningStats(ms.shape[0]), RunningStats(1)
+        h, w = ms.shape[1:]
+        for r in range(0, h, rows):
+            r1 = min(r + rows, h)
+            stats_ms.update(ms.read(r, r1, 0, w)[None])
+            stats_pan.update(pan.read(self.ratio * r, self.ratio * r1, 0, self.ratio * w)[None])
+        return shift_scale(self.normalization, {**stats_ms.as_attrs("ms"), **stats_pan.as_attrs("pan")})
 
 
-def labelled_truth(scene: Scene, class_values: np.ndarray) -> np.ndarray | None:
-    """Ground truth as class indices (-1 where unlabelled or not a class of the model), or None."""
-    maps = [scene.maps[k] for k in ("label", "test", "train", "val") if k in scene.maps]
+class MapWriter(BasePredictionWriter):
+    """Writes each predicted window into the scene's map on disk as it comes (a ``.npy`` memory map of
+    label values, -1 where nothing is written yet) and marks the window done in ``<map>.progress.npy``:
+    memory is bounded by a window, and an interrupted map continues from the windows already written.
+    Every rank of a DDP run writes its own windows into the same files."""
+
+    def __init__(self, map_path: Path, progress_path: Path, class_values: np.ndarray, flush_every: int = 32):
+        super().__init__(write_interval="batch")
+        self.map_path, self.progress_path = map_path, progress_path
+        self.class_values = torch.as_tensor(np.asarray(class_values), dtype=torch.int32)
+        self.flush_every, self._map, self._done, self._n = flush_every, None, None, 0
+
+    def __getstate__(self):  # spawned DDP workers open the files themselves
+        return {**self.__dict__, "_map": None, "_done": None}
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        if self._map is None:
+            self._map = np.load(self.map_path, mmap_mode="r+")
+            self._done = np.load(self.progress_path, mmap_mode="r+")
+        coords = prediction["coord"].cpu().numpy()
+        self._map[coords[:, 0], coords[:, 1]] = self.class_values[prediction["classes"].cpu()].numpy()
+        self._done[int(prediction["window"])] = 1
+        self._n += 1
+        if self._n % self.flush_every == 0:
+            self.flush()
+        threads.step()
+
+    def flush(self):
+        if self._map is not None:
+            self._map.flush()
+            self._done.flush()
+
+    def on_predict_end(self, trainer, pl_module):
+        self.flush()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.flush()  # SIGTERM or an error: what is written stays written and marked
+
+
+def labelled_truth(spec: dict, ratio: int, class_values: np.ndarray) -> np.ndarray | None:
+    """Ground truth of a scene as class indices (-1 where unlabelled or not a class of the model), or None."""
+    if spec.get("kind") == "wald_rgb":
+        maps = [load_scene(spec, ratio).maps["label"]]
+    else:
+        maps = [read_raster(spec[k], key=spec.get(f"{k}_key"), label=True, color_table=spec.get("color_table")).data
+                for k in ("label", "test", "train", "val") if spec.get(k)]
     if not maps:
         return None
     truth = np.full(maps[0].shape, -1, np.int64)
@@ -117,15 +124,61 @@ def labelled_truth(scene: Scene, class_values: np.ndarray) -> np.ndarray | None:
     return truth
 
 
+def _map_files(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
+    base = out_dir / f"{name}_map"
+    return base.with_suffix(".npy"), base.with_name(base.name + ".progress.npy"), base.with_suffix(".json")
+
+
+def start_map(out_dir: Path, name: str, shape: tuple[int, int], n_windows: int, meta: dict, overwrite: bool
+              ) -> tuple[Path, Path, np.ndarray]:
+    """The map files of a scene: new ones, or those of an interrupted run of the same job (continued), or
+    an error when they hold another or a finished map (unless overwrite)."""
+    map_path, progress_path, meta_path = _map_files(out_dir, name)
+    if map_path.exists() and not overwrite:
+        same = meta_path.is_file() and json.loads(meta_path.read_text()) == meta and progress_path.is_file()
+        done = np.load(progress_path) if same else None
+        if same and not done.all():
+            todo = np.flatnonzero(done == 0)
+            log.info("scene %s: continuing an interrupted map, %d of %d windows done", name, n_windows - len(todo),
+                     n_windows)
+            return map_path, progress_path, todo
+        what = "a finished map of this job" if same else "a map of another checkpoint, scene or setting"
+        raise ConfigError(f"{map_path}: already holds {what}; overwrite=true replaces it (or choose another out=)")
+    np.lib.format.open_memmap(map_path, mode="w+", dtype=np.int32, shape=shape)[:] = -1
+    np.save(progress_path, np.zeros(n_windows, np.uint8))
+    meta_path.write_text(json.dumps(meta))
+    return map_path, progress_path, np.arange(n_windows)
+
+
+def fill_from_stride(values: np.ndarray, region: tuple[int, int, int, int], k: int) -> None:
+    """Pixels not classified by a stride-k preview take the class of the nearest classified pixel."""
+    r0, r1, c0, c1 = region
+    rows, cols = np.arange(r0, r1), np.arange(c0, c1)
+    last_r, last_c = r0 + (r1 - 1 - r0) // k * k, c0 + (c1 - 1 - c0) // k * k
+    near_r = np.minimum(r0 + np.round((rows - r0) / k).astype(int) * k, last_r)
+    near_c = np.minimum(c0 + np.round((cols - c0) / k).astype(int) * k, last_c)
+    values[r0:r1, c0:c1] = values[np.ix_(near_r, near_c)]
+
+
 def predict(cfg: DictConfig) -> dict:
+    """Maps of the dataset's scenes through ``trainer.predict`` (any trainer: cpu, gpu, ddp; precision)."""
+
+    from .callbacks import AdaptThreads
+    from .module import Das2fClassifier
+
     if not cfg.get("ckpt_path"):
-        raise ConfigError("predict needs a checkpoint: ckpt_path=<run dir>/checkpoints/epoch_NNN.ckpt (written by das2f.train)")
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    predictor = Predictor(cfg.ckpt_path, device=device, scan_backend=cfg.get("scan_backend"))
+        raise ConfigError("predict needs a checkpoint: ckpt_path=<run dir>/checkpoints/epoch_NNN.ckpt "
+                          "(written by das2f.train)")
+    if cfg.stats not in ("train", "scene"):
+        raise ConfigError(f"stats must be 'train' or 'scene', got {cfg.stats!r}")
+    stride, window = int(cfg.get("stride", 1)), int(cfg.get("window", 16))
+    if stride < 1 or window < 1:
+        raise ConfigError(f"stride={stride}, window={window}: expected whole numbers >= 1")
+    predictor = Predictor(cfg.ckpt_path, scan_backend=cfg.get("scan_backend"))
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     if dataset.get("classes") and list(dataset["classes"]) != predictor.class_names:
         raise CheckpointError(f"{cfg.ckpt_path}: trained on classes {predictor.class_names}, dataset "
-                         f"{dataset['name']} has {list(dataset['classes'])}; choose the matching checkpoint")
+                              f"{dataset['name']} has {list(dataset['classes'])}; choose the matching checkpoint")
     specs = scene_specs(dataset)
     if cfg.get("scenes"):
         wanted = list(cfg.scenes)
@@ -134,36 +187,75 @@ def predict(cfg: DictConfig) -> dict:
         if unknown:
             raise ConfigError(f"scenes: {unknown} not in dataset {dataset['name']} (it has {names})")
         specs = [s for s in specs if s.get("name") in wanted]
-    out_dir = Path(cfg.paths.output_dir)
+    ratio = int(dataset["ratio"])
+    opened = []
+    for spec in specs:  # every scene checked before any work
+        ms, pan = open_scene(spec, ratio)
+        name = spec.get("name", Path(str(ms.path)).stem)
+        if ms.shape[0] != predictor.ms_channels:
+            raise ConfigError(f"{ms.path}: {ms.shape[0]} MS bands, the checkpoint's network expects "
+                              f"{predictor.ms_channels} (select bands with `ms_bands` in the dataset's scene list)")
+        if pan.shape != (1, ratio * ms.shape[1], ratio * ms.shape[2]):
+            raise ConfigError(f"{pan.path}: PAN {pan.shape[1:]}, expected {(ratio * ms.shape[1], ratio * ms.shape[2])} "
+                              f"({ratio}x the MS size {ms.shape[1:]} of {ms.path})")
+        region = tuple(int(v) for v in cfg.region) if cfg.get("region") else (0, ms.shape[1], 0, ms.shape[2])
+        r0, r1, c0, c1 = region
+        if not (0 <= r0 < r1 <= ms.shape[1] and 0 <= c0 < c1 <= ms.shape[2]):
+            raise ConfigError(f"region={list(region)} (rows r0, r1, cols c0, c1) is not inside scene {name} "
+                              f"of {ms.shape[1]} x {ms.shape[2]} MS pixels")
+        opened.append((spec, name, ms, pan, region))
+    out_dir = Path(cfg.get("out") or cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    model = Das2fClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True,
+                                                 net=predictor.net_config).eval()
     colors = class_colors(len(predictor.class_names))
-    summary: dict = {"checkpoint": str(cfg.ckpt_path), "stats": cfg.stats, "device": device, "scenes": {}}
+    summary: dict = {"checkpoint": str(cfg.ckpt_path), "stats": cfg.stats, "stride": stride, "window": window,
+                     "scenes": {}}
     grid: list = []  # (name, prediction, truth) of the first scenes, for one combined figure
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} px"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), disable=not cfg.progress) as progress:
-        for spec in specs:
-            scene = load_scene(spec, dataset["ratio"])
-            validate_scene(scene, dataset["ratio"], require_labels=False)
-            log.info("scene %s: MS %s, PAN %s", scene.name, scene.ms.data.shape, scene.pan.data.shape)
-            t0 = time.perf_counter()
-            index_map = predictor.classify(scene, cfg.stats, cfg.batch_size, progress)
-            seconds = time.perf_counter() - t0
-            value_map = predictor.class_values[index_map]
-            map_path = write_map(value_map, out_dir / f"{scene.name}_map", scene.ms.profile)
-            truth = labelled_truth(scene, predictor.class_values)
-            entry = {"map": str(map_path), "shape": list(index_map.shape), "seconds": round(seconds, 2),
-                     "pixels_per_s": round(index_map.size / seconds, 1),
-                     "class_fractions": {n: float((index_map == i).mean()) for i, n in enumerate(predictor.class_names)}}
-            if truth is not None and (truth >= 0).any():
-                entry.update(scene_metrics(index_map, truth, predictor.class_names, out_dir / f"{scene.name}_confusion.png"))
-            rgb = rgb_composite(scene.ms.data, dataset["rgb_bands"]) if dataset.get("rgb_bands") else None
-            save_map_figure(index_map, predictor.class_names, colors, out_dir / f"{scene.name}_map.png",
-                            truth=truth, title=f"{scene.name}: prediction", rgb=rgb)
-            summary["scenes"][scene.name] = entry
-            if len(specs) > 1 and len(grid) < cfg.grid_max_scenes:
-                grid.append((scene.name, index_map, truth))
-            log.info("scene %s: %d px in %.1f s (%.0f px/s) -> %s", scene.name, index_map.size, seconds,
-                     index_map.size / seconds, map_path)
+    for spec, name, ms, pan, region in opened:
+        windows = SceneWindows(spec, ratio, predictor.ms_patch, window, stride, region)
+        meta = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "files": [str(ms.path), str(pan.path)],
+                "region": list(region), "stride": stride, "window": window, "stats": cfg.stats}
+        map_path, progress_path, todo = start_map(out_dir, name, ms.shape[1:], len(windows), meta,
+                                                  bool(cfg.get("overwrite")))
+        shift, scale = (predictor.train_shift, predictor.train_scale) if cfg.stats == "train" else \
+            predictor.scene_stats(ms, pan)
+        log.info("scene %s: MS %s, PAN %s, region %s, %d windows of %dx%d px%s", name, ms.shape, pan.shape,
+                 list(region), len(todo), window, window, f", every {stride}-th pixel" if stride > 1 else "")
+        writer = MapWriter(map_path, progress_path, predictor.class_values)
+        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer, AdaptThreads()], logger=False,
+                                          enable_model_summary=False, default_root_dir=str(out_dir))
+        t0 = time.perf_counter()
+        trainer.predict(model, datamodule=scene_datamodule(windows, todo, shift, scale, cfg.num_workers),
+                        return_predictions=False)
+        seconds = time.perf_counter() - t0
+        values = np.load(map_path, mmap_mode="r+")
+        if stride > 1:
+            fill_from_stride(values, region, stride)
+            values.flush()
+        r0, r1, c0, c1 = region
+        value_map = np.asarray(values[r0:r1, c0:c1])
+        if (value_map < 0).any():
+            raise RuntimeError(f"{map_path}: {(value_map < 0).sum()} pixels were not written")  # a bug, not a user error
+        index_map = np.searchsorted(predictor.class_values, value_map).astype(np.uint8)
+        final = write_map(np.asarray(values), out_dir / f"{name}_map", ms.profile) if ms.profile else map_path
+        truth = labelled_truth(spec, ratio, predictor.class_values)
+        truth = truth[r0:r1, c0:c1] if truth is not None else None
+        pixels = value_map.size if stride == 1 else len(range(0, r1 - r0, stride)) * len(range(0, c1 - c0, stride))
+        entry = {"map": str(final), "shape": list(value_map.shape), "region": list(region), "seconds": round(seconds, 2),
+                 "classified_pixels": pixels, "pixels_per_s": round(pixels / seconds, 1),
+                 "class_fractions": {n: float((index_map == i).mean()) for i, n in enumerate(predictor.class_names)}}
+        if truth is not None and (truth >= 0).any():
+            entry.update(scene_metrics(index_map, truth, predictor.class_names, out_dir / f"{name}_confusion.png"))
+        rgb = None
+        if dataset.get("rgb_bands") and value_map.size <= 4_000_000:
+            rgb = rgb_composite(ms.read(r0, r1, c0, c1), dataset["rgb_bands"])
+        save_map_figure(index_map, predictor.class_names, colors, out_dir / f"{name}_map.png",
+                        truth=truth, title=f"{name}: prediction", rgb=rgb)
+        summary["scenes"][name] = entry
+        if len(opened) > 1 and len(grid) < cfg.grid_max_scenes:
+            grid.append((name, index_map, truth))
+        log.info("scene %s: %d px in %.1f s (%.0f px/s) -> %s", name, pixels, seconds, pixels / seconds, final)
     if grid:
         save_maps_grid(grid, predictor.class_names, colors, out_dir / "maps.png",
                        title=f"{dataset['name']}: {Path(cfg.ckpt_path).name}")

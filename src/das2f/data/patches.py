@@ -27,6 +27,15 @@ class PatchCutter:
         pad = (before * ratio, after * ratio)
         self.pan = np.pad(pan, ((0, 0), pad, pad), mode="reflect")
 
+    @classmethod
+    def from_padded(cls, ms: np.ndarray, pan: np.ndarray, ms_patch: int = MS_PATCH, ratio: int = RATIO) -> PatchCutter:
+        """A cutter over arrays that already carry the patch margins (a window of a larger scene,
+        see das2f.data.windows): ``cut`` then takes coordinates relative to the window."""
+        cutter = cls.__new__(cls)
+        cutter.ms_patch, cutter.ratio, cutter.pan_patch = ms_patch, ratio, ms_patch * ratio
+        cutter.before, cutter.ms, cutter.pan = ms_patch // 2 - 1, ms, pan
+        return cutter
+
     def cut(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """coords (n, 2) MS (row, col) -> ms (n, C, P, P), pan (n, 1, rP, rP) in the scene's dtype."""
         r, c = coords[:, 0], coords[:, 1]

@@ -1,0 +1,168 @@
+"""A scene read window by window: memory bounded by a window, not by the scene.
+
+``LazyImage`` reads a (C, H, W) image region by region: GeoTIFF through rasterio windows, ``.npy``
+through a memory map; MATLAB files (and Wald-protocol RGB tiles, which are small) are read whole.
+``window_patches`` cuts the patches of a window of MS pixels exactly as ``PatchCutter`` cuts them
+from the whole scene (same reflect-101 borders), reading only the window and its patch margins.
+``SceneWindows`` is the Dataset of a scene's windows for ``trainer.predict``; each DataLoader
+worker opens the files itself.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .patches import PatchCutter
+from .readers import _channels_first, read_raster
+from .scenes import wald_from_rgb
+
+
+class LazyImage:
+    """A (C, H, W) image with ``read(r0, r1, c0, c1)``; nothing but its header is read up front."""
+
+    def __init__(self, path: str | Path, key: str | None = None, band_axis: int | None = None,
+                 bands: list[int] | None = None, array: np.ndarray | None = None):
+        self.path, self.bands = Path(path), bands
+        self.profile: dict = {}
+        suffix = self.path.suffix.lower()
+        self._array = self._tif = None
+        if array is not None:
+            self._array = array
+        elif suffix in (".tif", ".tiff"):
+            import warnings
+
+            import rasterio
+            from rasterio.errors import NotGeoreferencedWarning
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(self.path) as src:
+                    self._shape, self.dtype = (src.count, src.height, src.width), np.dtype(src.dtypes[0])
+                    if src.crs is not None:
+                        self.profile = {"crs": src.crs, "transform": src.transform}
+            self._tif = str(self.path)
+        elif suffix == ".npy":
+            self._array = _channels_first(np.load(self.path, mmap_mode="r"), self.path, band_axis)  # a view
+        else:  # .mat (v5 and v7.3): read whole, like the readers do
+            self._array = read_raster(self.path, key=key, band_axis=band_axis).data
+        if self._array is not None:
+            self._shape, self.dtype = self._array.shape, self._array.dtype
+        self.shape = (len(bands) if bands is not None else self._shape[0], *self._shape[1:])
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        if self._tif is not None:
+            import rasterio
+            from rasterio.windows import Window
+
+            indexes = [b + 1 for b in self.bands] if self.bands is not None else None
+            with rasterio.open(self._tif) as src:
+                return src.read(indexes, window=Window(c0, r0, c1 - c0, r1 - r0))
+        region = self._array[:, r0:r1, c0:c1]
+        return np.asarray(region[list(self.bands)] if self.bands is not None else region)
+
+
+def open_scene(spec: dict, ratio: int) -> tuple[LazyImage, LazyImage]:
+    """The MS and PAN images of a scene spec, opened for windowed reads."""
+    if spec.get("kind", "files") == "wald_rgb":
+        ms, pan = wald_from_rgb(Path(spec["image"]), ratio)  # a small RGB tile, made whole
+        return LazyImage(ms.path, array=ms.data), LazyImage(pan.path, array=pan.data)
+    ms = LazyImage(spec["ms"], spec.get("ms_key"), spec.get("band_axis"), spec.get("ms_bands"))
+    pan = LazyImage(spec["pan"], spec.get("pan_key"), spec.get("band_axis"))
+    return ms, pan
+
+
+def _padded(img: LazyImage, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Rows r0..r1, cols c0..c1 of the image (may reach outside it), outside parts reflected (reflect-101)."""
+    _, h, w = img.shape
+    a0, a1, b0, b1 = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
+    region = img.read(a0, a1, b0, b1)
+    pad = ((0, 0), (a0 - r0, r1 - a1), (b0 - c0, c1 - b1))
+    return np.pad(region, pad, mode="reflect") if any(p for ax in pad for p in ax) else region
+
+
+def window_patches(ms: LazyImage, pan: LazyImage, r0: int, r1: int, c0: int, c1: int, ms_patch: int, ratio: int,
+                   coords: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patches of the MS pixels rows r0..r1, cols c0..c1 (all of them, row-major, or ``coords`` inside
+    the window): (ms (n, C, P, P), pan (n, 1, rP, rP), coords (n, 2)), bit for bit PatchCutter's."""
+    before, after = ms_patch // 2 - 1, ms_patch // 2
+    ms_region = _padded(ms, r0 - before, r1 + after, c0 - before, c1 + after)
+    pan_region = _padded(pan, ratio * (r0 - before), ratio * (r1 + after), ratio * (c0 - before), ratio * (c1 + after))
+    if coords is None:
+        rows, cols = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
+        coords = np.stack([rows.ravel(), cols.ravel()], 1)
+    cutter = PatchCutter.from_padded(ms_region, pan_region, ms_patch, ratio)
+    m, p = cutter.cut(coords - np.array([r0, c0]))
+    return m, p, coords
+
+
+class SceneWindows(Dataset):
+    """The windows of a scene: item i = the patches of window i (``size`` x ``size`` MS pixels, row-major
+    windows). ``stride`` k classifies every k-th pixel of each row and column only (a preview)."""
+
+    def __init__(self, spec: dict, ratio: int, ms_patch: int, size: int = 16, stride: int = 1,
+                 region: tuple[int, int, int, int] | None = None):
+        self.spec, self.ratio, self.ms_patch, self.size, self.stride = spec, ratio, ms_patch, size, stride
+        ms, _ = open_scene(spec, ratio)
+        self.shape = ms.shape[1:]
+        self.region = region or (0, self.shape[0], 0, self.shape[1])
+        r0, r1, c0, c1 = self.region
+        self.grid = (math.ceil((r1 - r0) / size), math.ceil((c1 - c0) / size))
+        self._images = None
+
+    def __len__(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_images": None}  # each worker opens the files itself
+
+    def bounds(self, i: int) -> tuple[int, int, int, int]:
+        r0, r1, c0, c1 = self.region
+        gi, gj = divmod(i, self.grid[1])
+        return (r0 + gi * self.size, min(r0 + (gi + 1) * self.size, r1),
+                c0 + gj * self.size, min(c0 + (gj + 1) * self.size, c1))
+
+    def __getitem__(self, i: int) -> dict:
+        if self._images is None:
+            self._images = open_scene(self.spec, self.ratio)
+        r0, r1, c0, c1 = self.bounds(i)
+        coords = None
+        if self.stride > 1:
+            rows = np.arange(r0, r1)[(np.arange(r0, r1) - self.region[0]) % self.stride == 0]
+            cols = np.arange(c0, c1)[(np.arange(c0, c1) - self.region[2]) % self.stride == 0]
+            rr, cc = np.meshgrid(rows, cols, indexing="ij")
+            coords = np.stack([rr.ravel(), cc.ravel()], 1).astype(np.int64)
+        ms, pan, coords = window_patches(*self._images, r0, r1, c0, c1, self.ms_patch, self.ratio, coords)
+        return {"ms": torch.from_numpy(ms), "pan": torch.from_numpy(pan), "coord": torch.from_numpy(coords),
+                "window": torch.tensor(i)}
+
+
+def scene_datamodule(windows: SceneWindows, todo: np.ndarray, shift: np.ndarray, scale: np.ndarray,
+                     num_workers: int = 2):
+    """A LightningDataModule streaming the windows ``todo`` of a scene to ``trainer.predict``: patches are
+    cut in DataLoader workers while the network runs; under DDP each rank takes every world_size-th
+    window; batches are normalised after the transfer to the device (das2f.data.transforms)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from .transforms import normalize_pair
+
+    class _SceneDataModule(L.LightningDataModule):
+        def predict_dataloader(self):
+            rank, world = 0, 1
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            mine = [int(i) for i in todo[rank::world]]
+            return DataLoader(windows, batch_size=None, sampler=mine, num_workers=num_workers,
+                              persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            s = torch.as_tensor(shift, dtype=torch.float32)
+            k = torch.as_tensor(scale, dtype=torch.float32)
+            batch["ms"], batch["pan"] = normalize_pair(batch["ms"], batch["pan"], s, k)
+            return batch
+
+    return _SceneDataModule()
