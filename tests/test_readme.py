@@ -47,6 +47,8 @@ NOT_RUN = {  # README commands the test suite does not run, and why
     "make clean": "deletes outputs",
     "hydra/launcher=slurm": "needs a SLURM cluster (the config composes: test_train.test_sweep_configs_compose)",
     "python -m das2f.*": "a pattern, not a command",
+    "python -m das2f.checkpoint OLD.ckpt NEW.ckpt": "needs a checkpoint of an older das2f: "
+                                                    "test_predict.test_checkpoints_describe_themselves_and_load_safely",
     "make sweep EXP=ablation": "48 jobs: slow, see test_ablation_sweep_as_typed",
     "make sweep": "EXP=ablation by default, 48 jobs: slow, see test_ablation_sweep_as_typed",
 }
