@@ -120,3 +120,14 @@ def test_make_help_prints_no_make_variables():
 def test_report_latest_without_runs_is_one_line(tmp_path):
     r = das2f(tmp_path, "report", "--latest")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no multirun directory under logs" in r.stderr
+
+
+def test_an_interrupted_sweep_exits_143_and_says_which_jobs_did_not_run(tmp_path):
+    env = {"PYTHONPATH": str(ROOT)}
+    r = das2f(tmp_path, "train", "-m", "seed=1,2", *SIZE, "+callbacks.sigterm._target_=tests.helpers.SigtermAtStep",
+              "+callbacks.sigterm.step=1", env=env)
+    assert r.returncode == 143, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "this was job 0 of the sweep" in out and "jobs after 0 did not run" in out
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").glob("*")
+    assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file() and not (sweep / "1").exists()

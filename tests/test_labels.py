@@ -148,3 +148,26 @@ def test_generated_scene_follows_its_size(tmp_path):
 
     assert np.load(write_scene(tmp_path, size=48)["label"]).shape == (48, 48)
     assert np.load(write_scene(tmp_path, size=32)["label"]).shape == (32, 32)
+
+
+def test_tile_folders_of_separate_ms_and_pan_tiles(tmp_path):
+    rng = np.random.default_rng(0)
+    for cat, value in (("a", 1), ("b", 2)):
+        for n in (5, 12):
+            for sub in ("ms", "pan", "label"):
+                (tmp_path / sub / cat).mkdir(parents=True, exist_ok=True)
+            np.save(tmp_path / "ms" / cat / f"{n}.npy", rng.integers(0, 900, (20, 20, 3), dtype=np.uint16))
+            np.save(tmp_path / "pan" / cat / f"{n}.npy", rng.integers(0, 900, (80, 80), dtype=np.uint16))
+            np.save(tmp_path / "label" / cat / f"{n}.npy", np.full((20, 20), value, np.uint8))
+    tiles = {"root": str(tmp_path), "kind": "files", "ms_dir": "ms", "pan_dir": "pan", "label_dir": "label",
+             "pattern": "*/*.npy"}
+    scenes = tile_scenes(tiles, {"train": 1, "test": 1}, seed=0)
+    assert [s["name"] for s in scenes] == ["a_5", "a_12", "b_5", "b_12"]
+    assert scenes[0]["pan"].endswith("pan/a/5.npy") and scenes[0]["label"].endswith("label/a/5.npy")
+    cfg = dataset(tmp_path, None, classes=["a", "b"], class_values=[1, 2], ignore_value=0,
+                  split={"train": 0.3, "val": 0.0, "test": 0.3}, tiles=tiles, tile_split={"train": 1, "test": 1})
+    del cfg["scenes"]
+    from das2f.data.hdf5 import read_attrs
+
+    paths = prepare_dataset(cfg)
+    assert read_attrs(paths["train"])["ms_shape"] == (3, 16, 16) and len(read_attrs(paths["test"])["scenes"]) == 4

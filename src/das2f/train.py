@@ -95,6 +95,18 @@ def log_figures(trainer, out: Path) -> None:
             lg.log_image(key="test/confusion", images=[str(figure)])
 
 
+def sweep_note() -> str:
+    """In a multirun: which job stopped, and that the sweep's later jobs did not run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return ""
+    job = HydraConfig.get().job.num
+    return (f"; this was job {job} of the sweep in {Path(HydraConfig.get().sweep.dir)}: the sweep stops here, its jobs "
+            f"after {job} did not run (run the sweep again with the remaining values)")
+
+
 def latest_resumable(log_dir: str | Path, task: str = "train") -> Path | None:
     """The newest run directory (single runs and multirun jobs) holding checkpoints/last.ckpt."""
     root = Path(log_dir) / task
@@ -198,7 +210,8 @@ def run(cfg: DictConfig) -> dict:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
             except SIGTERMException as err:
                 raise Interrupted(f"interrupted by SIGTERM at epoch {trainer.current_epoch + 1}, step "
-                                  f"{trainer.global_step}: resumable, python -m das2f.train resume={out}") from err
+                                  f"{trainer.global_step}: resumable, python -m das2f.train resume={out}"
+                                  f"{sweep_note()}") from err
             if trainer.checkpoint_callback and trainer.is_global_zero:
                 slim_checkpoint(trainer.checkpoint_callback.best_model_path)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
