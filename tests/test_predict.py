@@ -216,3 +216,36 @@ def test_map_resumes_preview_fills_and_bad_requests_are_refused(tmp_path):
         predict(predict_cfg(tmp_path, ckpt, "region=[0,99,0,10]"))
     with pytest.raises(ConfigError, match="3 MS bands, the checkpoint's network expects 4"):
         predict(predict_cfg(tmp_path, ckpt, "+dataset.scenes.0.ms_bands=[0,1,2]"))
+
+
+@pytest.mark.slow
+def test_ddp_map_is_identical_to_one_process(tmp_path):
+    run(make_cfg(tmp_path, "test=false"))
+    ckpt = str(next((tmp_path / "out" / "checkpoints").glob("epoch_*.ckpt")))
+    predict(predict_cfg(tmp_path, ckpt, f"out={tmp_path / 'one'}", "region=[0,24,0,24]", "window=8"))
+    predict(predict_cfg(tmp_path, ckpt, f"out={tmp_path / 'two'}", "region=[0,24,0,24]", "window=8", "trainer=ddp_sim"))
+    one, two = (np.load(tmp_path / d / "synthetic_map.npy") for d in ("one", "two"))
+    assert (one[:24, :24] >= 1).all() and np.array_equal(one, two)
+
+
+def test_a_region_of_a_large_scene_reads_only_that_region(tmp_path, monkeypatch):
+    from das2f.data.windows import LazyImage
+
+    run(make_cfg(tmp_path, "test=false"))
+    ckpt = str(next((tmp_path / "out" / "checkpoints").glob("epoch_*.ckpt")))
+    h = 1000  # 1000 x 1000 MS, 4000 x 4000 PAN on disk
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "big_ms.npy", rng.integers(0, 1000, (h, h, 4), dtype=np.uint16))
+    np.save(tmp_path / "big_pan.npy", rng.integers(0, 1000, (4 * h, 4 * h), dtype=np.uint16))
+    np.save(tmp_path / "big_label.npy", rng.integers(0, 9, (h, h), dtype=np.uint8))
+    reads = []
+    original = LazyImage.read
+    monkeypatch.setattr(LazyImage, "read", lambda self, r0, r1, c0, c1: reads.append((r1 - r0) * (c1 - c0))
+                        or original(self, r0, r1, c0, c1))
+    scene = f"{{name: big, ms: {tmp_path}/big_ms.npy, pan: {tmp_path}/big_pan.npy, label: {tmp_path}/big_label.npy}}"
+    summary = predict(predict_cfg(tmp_path, ckpt, f"dataset.scenes=[{scene}]", "region=[500,516,700,716]",
+                                  "stats=train"))
+    assert summary["scenes"]["big"]["shape"] == [16, 16]
+    assert reads and max(reads) <= (4 * (16 + 15)) ** 2  # a window's PAN with its margins, never the scene
+    values = np.load(tmp_path / "pred" / "big_map.npy", mmap_mode="r")
+    assert (values[500:516, 700:716] >= 1).all() and (values[:500] == -1).all()

@@ -26,10 +26,16 @@ def write_map(values: np.ndarray, stem: Path, profile: dict | None = None) -> Pa
 
         path = stem.with_suffix(".tif")
         tmp = path.with_name(path.name + ".tmp")
-        dtype = "uint8" if values.max() < 256 and values.min() >= 0 else "int32"
+        rows = 512  # written band of rows by band of rows: a memory-mapped map is never read whole
+        bands = [(r, min(r + rows, values.shape[0])) for r in range(0, values.shape[0], rows)]
+        small = all(values[a:b].max() < 256 and values[a:b].min() >= 0 for a, b in bands)
+        dtype = "uint8" if small else "int32"
         with rasterio.open(tmp, "w", driver="GTiff", height=values.shape[0], width=values.shape[1], count=1,
                            dtype=dtype, crs=profile["crs"], transform=profile["transform"], compress="deflate") as dst:
-            dst.write(values.astype(dtype), 1)
+            from rasterio.windows import Window
+
+            for a, b in bands:
+                dst.write(np.asarray(values[a:b]).astype(dtype), 1, window=Window(0, a, values.shape[1], b - a))
     else:
         path = stem.with_suffix(".npy")
         tmp = path.with_name(path.name + ".tmp.npy")
@@ -45,6 +51,9 @@ def rgb_composite(ms: np.ndarray, bands: list[int]) -> np.ndarray:
     return np.clip((rgb - lo) / np.where(hi > lo, hi - lo, 1), 0, 1)
 
 
+MAX_FIGURE_PIXELS = 1500  # a PNG panel shows at most this many pixels along a side
+
+
 def save_map_figure(index_map: np.ndarray, class_names: list[str], colors: np.ndarray, path: Path,
                     truth: np.ndarray | None = None, title: str = "prediction", rgb: np.ndarray | None = None) -> None:
     """PNG of a class-index map with a legend, beside the ground truth (-1 = unlabelled, black) and/or
@@ -55,6 +64,11 @@ def save_map_figure(index_map: np.ndarray, class_names: list[str], colors: np.nd
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
+    step = max(1, -(-max(index_map.shape) // MAX_FIGURE_PIXELS))  # large scenes: every step-th pixel in the PNG
+    if step > 1:
+        index_map = index_map[::step, ::step]
+        truth = truth[::step, ::step] if truth is not None else None
+        rgb = rgb[::step, ::step] if rgb is not None else None
     panels = [(title, index_map)] + ([("ground truth (black: unlabelled)", truth)] if truth is not None else [])
     panels += [("MS input (RGB composite, 2-98% stretch)", rgb)] if rgb is not None else []
     h, w = index_map.shape
@@ -67,8 +81,12 @@ def save_map_figure(index_map: np.ndarray, class_names: list[str], colors: np.nd
         ax.set_title(name, fontsize=9)
         ax.set_axis_off()
     handles = [Patch(color=c / 255, label=n) for n, c in zip(class_names, colors)]
-    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 1))
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)  # outside the panels
+    if step > 1:
+        fig.text(0.01, 0.01, f"shown: 1 pixel of every {step} along each side; the map file keeps every pixel",
+                 fontsize=7)
+    fig.tight_layout(rect=(0, 0.03 if step > 1 else 0, 1 - 2.0 / fig.get_figwidth(), 1))
+    fig.subplots_adjust(wspace=0.08)  # a visible gap between the panels
     fig.savefig(path, dpi=150)
     plt.close(fig)
 
@@ -98,6 +116,8 @@ def save_maps_grid(panels: list[tuple[str, np.ndarray, np.ndarray | None]], clas
                loc="center right", fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+    top = 1 - 0.45 / fig.get_figheight() if title else 1  # the title above the panels, not over them
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), top))
+    fig.subplots_adjust(wspace=0.08)
     fig.savefig(path, dpi=150)
     plt.close(fig)

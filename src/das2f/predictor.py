@@ -108,13 +108,23 @@ class MapWriter(BasePredictionWriter):
         self.flush()  # SIGTERM or an error: what is written stays written and marked
 
 
-def labelled_truth(spec: dict, ratio: int, class_values: np.ndarray) -> np.ndarray | None:
-    """Ground truth of a scene as class indices (-1 where unlabelled or not a class of the model), or None."""
+def labelled_truth(spec: dict, ratio: int, class_values: np.ndarray, region: tuple[int, int, int, int]
+                   ) -> np.ndarray | None:
+    """Ground truth of a scene's region as class indices (-1 where unlabelled or not a class of the model),
+    or None. GeoTIFF and .npy label maps are read over the region only."""
+    r0, r1, c0, c1 = region
     if spec.get("kind") == "wald_rgb":
-        maps = [load_scene(spec, ratio).maps["label"]]
+        maps = [load_scene(spec, ratio).maps["label"][r0:r1, c0:c1]]
     else:
-        maps = [read_raster(spec[k], key=spec.get(f"{k}_key"), label=True, color_table=spec.get("color_table")).data
-                for k in ("label", "test", "train", "val") if spec.get(k)]
+        maps = []
+        for k in ("label", "test", "train", "val"):
+            if not spec.get(k):
+                continue
+            if Path(spec[k]).suffix.lower() in (".npy", ".tif", ".tiff"):
+                maps.append(LazyImage(spec[k]).read(r0, r1, c0, c1)[0])
+            else:
+                lab = read_raster(spec[k], key=spec.get(f"{k}_key"), label=True, color_table=spec.get("color_table"))
+                maps.append(lab.data[r0:r1, c0:c1])
     if not maps:
         return None
     truth = np.full(maps[0].shape, -1, np.int64)
@@ -238,9 +248,8 @@ def predict(cfg: DictConfig) -> dict:
         if (value_map < 0).any():
             raise RuntimeError(f"{map_path}: {(value_map < 0).sum()} pixels were not written")  # a bug, not a user error
         index_map = np.searchsorted(predictor.class_values, value_map).astype(np.uint8)
-        final = write_map(np.asarray(values), out_dir / f"{name}_map", ms.profile) if ms.profile else map_path
-        truth = labelled_truth(spec, ratio, predictor.class_values)
-        truth = truth[r0:r1, c0:c1] if truth is not None else None
+        final = write_map(values, out_dir / f"{name}_map", ms.profile) if ms.profile else map_path
+        truth = labelled_truth(spec, ratio, predictor.class_values, region)
         pixels = value_map.size if stride == 1 else len(range(0, r1 - r0, stride)) * len(range(0, c1 - c0, stride))
         entry = {"map": str(final), "shape": list(value_map.shape), "region": list(region), "seconds": round(seconds, 2),
                  "classified_pixels": pixels, "pixels_per_s": round(pixels / seconds, 1),

@@ -145,24 +145,6 @@ def scene_datamodule(windows: SceneWindows, todo: np.ndarray, shift: np.ndarray,
     """A LightningDataModule streaming the windows ``todo`` of a scene to ``trainer.predict``: patches are
     cut in DataLoader workers while the network runs; under DDP each rank takes every world_size-th
     window; batches are normalised after the transfer to the device (das2f.data.transforms)."""
-    import lightning as L
-    from torch.utils.data import DataLoader
+    from .scene_datamodule import SceneDataModule
 
-    from .transforms import normalize_pair
-
-    class _SceneDataModule(L.LightningDataModule):
-        def predict_dataloader(self):
-            rank, world = 0, 1
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            mine = [int(i) for i in todo[rank::world]]
-            return DataLoader(windows, batch_size=None, sampler=mine, num_workers=num_workers,
-                              persistent_workers=False, pin_memory=torch.cuda.is_available())
-
-        def on_after_batch_transfer(self, batch, dataloader_idx):
-            s = torch.as_tensor(shift, dtype=torch.float32)
-            k = torch.as_tensor(scale, dtype=torch.float32)
-            batch["ms"], batch["pan"] = normalize_pair(batch["ms"], batch["pan"], s, k)
-            return batch
-
-    return _SceneDataModule()
+    return SceneDataModule(windows, todo, shift, scale, num_workers)
