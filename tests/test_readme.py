@@ -42,6 +42,7 @@ NOT_RUN = {  # README commands the test suite does not run, and why
     "make test-slow": "runs this suite again",
     "make bench-deps": "installs comparison baselines from the package index",
     "make bench": "a timing run of minutes, measured alone, never in a test",
+    "python -m das2f.bench_threads": "a timing run of minutes (part of make bench), never in a test",
     "make experiment-gid5": "hours of training on the real tiles (the README states its results)",
     "make experiment-wv2": "a full-scene map of minutes (the README states its results)",
     "make clean": "deletes outputs",
