@@ -249,3 +249,22 @@ def test_a_region_of_a_large_scene_reads_only_that_region(tmp_path, monkeypatch)
     assert reads and max(reads) <= (4 * (16 + 15)) ** 2  # a window's PAN with its margins, never the scene
     values = np.load(tmp_path / "pred" / "big_map.npy", mmap_mode="r")
     assert (values[500:516, 700:716] >= 1).all() and (values[:500] == -1).all()
+
+
+def test_matlab_v73_scenes_are_read_window_by_window(tmp_path):
+    from das2f.data.readers import read_raster
+    from das2f.data.windows import LazyImage
+
+    rng = np.random.default_rng(0)
+    ms = rng.integers(0, 2000, (30, 40, 4), dtype=np.uint16)  # MATLAB's (H, W, C)
+    path = tmp_path / "scene.mat"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f.create_dataset("I_MS", data=ms.T)  # MATLAB v7.3 stores arrays transposed
+        f.create_dataset("I_PAN", data=rng.integers(0, 2000, (120, 160), dtype=np.uint16).T)
+    with open(path, "r+b") as f:  # the MAT-file header MATLAB writes into the user block
+        text = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+        f.write(text.ljust(116) + bytes(8) + b"\x00\x02IM")  # text, subsystem offset, version 2.0, endianness
+    whole = read_raster(path, key="I_MS").data  # (C, H, W), the reader's reading
+    lazy = LazyImage(path, key="I_MS", bands=[0, 2])
+    assert lazy.shape == (2, 30, 40) and np.array_equal(lazy.read(5, 17, 9, 33), whole[[0, 2], 5:17, 9:33])
+    assert LazyImage(path, key="I_PAN").read(0, 120, 10, 20).shape == (1, 120, 10)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -29,7 +30,7 @@ class LazyImage:
         self.path, self.bands = Path(path), bands
         self.profile: dict = {}
         suffix = self.path.suffix.lower()
-        self._array = self._tif = None
+        self._array = self._tif = self._h5 = None
         if array is not None:
             self._array = array
         elif suffix in (".tif", ".tiff"):
@@ -47,7 +48,10 @@ class LazyImage:
             self._tif = str(self.path)
         elif suffix == ".npy":
             self._array = _channels_first(np.load(self.path, mmap_mode="r"), self.path, band_axis)  # a view
-        else:  # .mat (v5 and v7.3): read whole, like the readers do
+        elif suffix == ".mat" and h5py.is_hdf5(self.path):  # MATLAB v7.3: HDF5, arrays stored transposed
+            self._h5 = _mat73_layout(self.path, key, band_axis)
+            self._shape, self.dtype = self._h5["shape"], self._h5["dtype"]
+        else:  # .mat v5: read whole, like the readers do
             self._array = read_raster(self.path, key=key, band_axis=band_axis).data
         if self._array is not None:
             self._shape, self.dtype = self._array.shape, self._array.dtype
@@ -61,8 +65,45 @@ class LazyImage:
             indexes = [b + 1 for b in self.bands] if self.bands is not None else None
             with rasterio.open(self._tif) as src:
                 return src.read(indexes, window=Window(c0, r0, c1 - c0, r1 - r0))
+        if self._h5 is not None:
+            region = _mat73_read(self._h5, r0, r1, c0, c1)
+            return region[list(self.bands)] if self.bands is not None else region
         region = self._array[:, r0:r1, c0:c1]
         return np.asarray(region[list(self.bands)] if self.bands is not None else region)
+
+
+def _mat73_layout(path: Path, key: str | None, band_axis: int | None) -> dict:
+    """Where a MATLAB v7.3 array's bands and rows are: MATLAB's (H, W[, C]) is stored as (C, W, H)."""
+    from .readers import SceneError
+
+    with h5py.File(path, "r") as f:
+        arrays = {k: f[k] for k in f.keys() if isinstance(f[k], h5py.Dataset) and f[k].ndim >= 2}
+        if key is None:
+            if len(arrays) != 1:
+                raise SceneError(f"{path}: holds arrays {sorted(arrays)}; name one with `key`")
+            key = next(iter(arrays))
+        if key not in arrays:
+            raise SceneError(f"{path}: no array {key!r}; it holds {sorted(arrays)}")
+        logical, dtype = arrays[key].shape[::-1], arrays[key].dtype
+    if len(logical) == 2:
+        band, spatial = None, [0, 1]
+    else:
+        band = int(np.argmin(logical)) if band_axis is None else int(band_axis)
+        if band_axis is None and logical[band] > 64:
+            raise SceneError(f"{path}: cannot tell the band axis of shape {logical}; set band_axis explicitly")
+        spatial = [a for a in range(3) if a != band]
+    shape = (1 if band is None else logical[band], logical[spatial[0]], logical[spatial[1]])
+    return {"path": str(path), "key": key, "band": band, "spatial": spatial, "ndim": len(logical), "shape": shape,
+            "dtype": dtype}
+
+
+def _mat73_read(layout: dict, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Rows r0..r1, cols c0..c1 of a v7.3 array as (C, h, w), reading only that block from the file."""
+    index = [slice(None)] * layout["ndim"]
+    index[layout["spatial"][0]], index[layout["spatial"][1]] = slice(r0, r1), slice(c0, c1)
+    with h5py.File(layout["path"], "r") as f:
+        block = f[layout["key"]][tuple(index[::-1])].T  # stored order reversed -> MATLAB's order
+    return block[None] if layout["band"] is None else np.moveaxis(block, layout["band"], 0)
 
 
 def open_scene(spec: dict, ratio: int) -> tuple[LazyImage, LazyImage]:
