@@ -60,12 +60,30 @@ def convert(old: Path, new: Path) -> None:
     from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, StepLR
 
     allowed = [functools.partial, Adam, AdamW, SGD, ExponentialLR, CosineAnnealingLR, StepLR]
+    try:  # hydra 1.3's `_partial_` objects: a functools.partial subclass holding two strings besides
+        from hydra._internal.target_policy import _DeferredTarget
+
+        allowed.append(_DeferredTarget)
+    except ImportError:
+        pass
+    # OmegaConf containers (class names were saved as a ListConfig): data nodes and their metadata
+    import collections
+    import typing
+
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
+
+    allowed += [ListConfig, DictConfig, ContainerMetadata, Metadata, AnyNode, StringNode, IntegerNode, FloatNode,
+                BooleanNode, typing.Any, list, dict, int, float, str, bool, collections.defaultdict]
     with torch.serialization.safe_globals(allowed):
         ckpt = torch.load(old, map_location="cpu", weights_only=True)
     info = ckpt.get("das2f") or {}
     if "net" not in info or "normalization" not in info:
         raise CheckpointError(f"{old}: no das2f run information to convert (not a das2f checkpoint)")
-    hp = dict(ckpt.get("hyper_parameters") or {})
+    from .module import plain
+
+    hp = {k: plain(v) for k, v in dict(ckpt.get("hyper_parameters") or {}).items()}
 
     def as_config(p):
         if not isinstance(p, functools.partial):
