@@ -75,11 +75,13 @@ class MapWriter(BasePredictionWriter):
     memory is bounded by a window, and an interrupted map continues from the windows already written.
     Every rank of a DDP run writes its own windows into the same files."""
 
-    def __init__(self, map_path: Path, progress_path: Path, class_values: np.ndarray, flush_every: int = 32):
+    def __init__(self, map_path: Path, progress_path: Path, class_values: np.ndarray, flush_every: int = 32,
+                 total: int = 0, every_s: float = 60.0):
         super().__init__(write_interval="batch")
         self.map_path, self.progress_path = map_path, progress_path
         self.class_values = torch.as_tensor(np.asarray(class_values), dtype=torch.int32)
         self.flush_every, self._map, self._done, self._n = flush_every, None, None, 0
+        self.total, self.every_s, self._t0, self._last, self._px = total, every_s, None, None, 0
 
     def __getstate__(self):  # spawned DDP workers open the files themselves
         return {**self.__dict__, "_map": None, "_done": None}
@@ -92,6 +94,16 @@ class MapWriter(BasePredictionWriter):
         self._map[coords[:, 0], coords[:, 1]] = self.class_values[prediction["classes"].cpu()].numpy()
         self._done[int(prediction["window"])] = 1
         self._n += 1
+        self._px += len(coords)
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = self._last = now
+        elif now - self._last >= self.every_s:  # a plain progress line: batch jobs have no progress bar
+            self._last = now
+            rate = self._px / (now - self._t0)
+            left = (self.total - self._n) * self._px / self._n / max(rate, 1e-9) / 60 if self.total else float("nan")
+            log.info("%s: %d/%d windows, %.0f px/s, about %.0f min left", self.map_path.stem, self._n, self.total,
+                     rate, left)
         if self._n % self.flush_every == 0:
             self.flush()
         threads.step()
@@ -174,7 +186,10 @@ def predict(cfg: DictConfig) -> dict:
     """Maps of the dataset's scenes through ``trainer.predict`` (any trainer: cpu, gpu, ddp; precision)."""
 
     from .callbacks import AdaptThreads
+    from .cli import route_lightning_logs
     from .module import Das2fClassifier
+
+    route_lightning_logs()
 
     if not cfg.get("ckpt_path"):
         raise ConfigError("predict needs a checkpoint: ckpt_path=<run dir>/checkpoints/epoch_NNN.ckpt "
@@ -232,7 +247,7 @@ def predict(cfg: DictConfig) -> dict:
             predictor.scene_stats(ms, pan)
         log.info("scene %s: MS %s, PAN %s, region %s, %d windows of %dx%d px%s", name, ms.shape, pan.shape,
                  list(region), len(todo), window, window, f", every {stride}-th pixel" if stride > 1 else "")
-        writer = MapWriter(map_path, progress_path, predictor.class_values)
+        writer = MapWriter(map_path, progress_path, predictor.class_values, total=len(todo))
         trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer, AdaptThreads()], logger=False,
                                           enable_model_summary=False, default_root_dir=str(out_dir))
         t0 = time.perf_counter()
