@@ -7,6 +7,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
+def compose_in(tmp_path: Path, name: str, overrides: list[str], output: str = "out"):
+    """An entry config composed with its paths under tmp_path (outputs in tmp_path/output), no Hydra runtime."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from das2f.config import CONF_DIR
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.data_dir = str(tmp_path / "data")
+        cfg.paths.output_dir = str(tmp_path / output)
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        del cfg["hydra"]
+    return cfg
+
+
 def small_dataset_cfg(tmp_path: Path, size: int = 48, split=None, **extra) -> dict:
     """A synthetic dataset config writing under tmp_path (a 48x48 MS scene)."""
     raw = tmp_path / "raw"

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from das2f.config import CONF_DIR
 from das2f.train import run
 
-from .conftest import SHARED
+from .conftest import SHARED, compose_in
 
 CONF = Path(CONF_DIR)
 NARROW = ["model.net.d_state=4", "model.net.dt_rank=4", "model.net.hidden=32", "data.num_workers=0",
@@ -62,15 +62,7 @@ def config(tmp_path: Path, group: str, option: str):
             ["dataset.tiles.pattern='*/[1-3].tif'", "dataset.tile_split={train:1,val:1,test:1}"]
     if dataset in ("xian", "nanjing"):
         over += [f"dataset.raw_dir={tmp_path / 'raw'}", "dataset.split.train=0.3", "dataset.split.val=0.2"]
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=over, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(tmp_path)
-        cfg.paths.data_dir = str(tmp_path / "data")
-        cfg.paths.output_dir = str(tmp_path / "out")
-        cfg.paths.log_dir = str(tmp_path / "logs")
-        del cfg["hydra"]
-    return cfg, dataset
+    return compose_in(tmp_path, "train", over), dataset
 
 
 @pytest.mark.parametrize("group,option", options(), ids=[f"{g}={o}" for g, o in options()])

@@ -14,20 +14,13 @@ from das2f.maps import write_map
 from das2f.predictor import Predictor, predict
 from das2f.train import run
 
-from .conftest import SHARED
+from .conftest import SHARED, compose_in
 from .test_train import make_cfg
 
 
 def predict_cfg(tmp_path: Path, ckpt: str, *overrides: str):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = compose("predict", overrides=[f"ckpt_path={ckpt}", "dataset.generate.size=48", "num_workers=0",
-                                            *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(tmp_path)
-        cfg.paths.data_dir = str(tmp_path / "data")
-        cfg.paths.output_dir = str(tmp_path / "pred")
-        del cfg["hydra"]
-    return cfg
+    return compose_in(tmp_path, "predict", [f"ckpt_path={ckpt}", "dataset.generate.size=48", "num_workers=0", *overrides],
+                      output="pred")
 
 
 def test_predict_maps_every_pixel_like_the_test_pass(tmp_path, monkeypatch):

@@ -13,6 +13,8 @@ from das2f.config import CONF_DIR
 from das2f.errors import Interrupted
 from das2f.train import run
 
+from .conftest import compose_in
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4",
@@ -21,15 +23,7 @@ SMALL = ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val
 
 
 def make_cfg(tmp_path: Path, *overrides: str, name="train"):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = compose(name, overrides=[*SMALL, *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(tmp_path)
-        cfg.paths.data_dir = str(tmp_path / "data")
-        cfg.paths.output_dir = str(tmp_path / "out")
-        cfg.paths.log_dir = str(tmp_path / "logs")
-        del cfg["hydra"]
-    return cfg
+    return compose_in(tmp_path, name, [*SMALL, *overrides])
 
 
 def test_train_then_test_writes_results(tmp_path):
@@ -146,7 +140,6 @@ def test_wandb_offline_run_is_resumed_from_the_checkpoint(tmp_path, monkeypatch)
 
 
 def test_sweep_configs_compose():
-    from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         optuna = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)

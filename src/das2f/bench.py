@@ -214,17 +214,23 @@ def bench_network(batch=64, stages=2, steps=3):
     return train, batch / min(times[1:])
 
 
-def bench_loader(root: Path):
-    from .data.datamodule import MsPanDataModule
-    from .data.prepare import prepare_dataset
+def bench_dataset(root: Path, prepared: str, per_class: int) -> dict:
+    """The generated 192 x 192 scene as a dataset config, ``per_class`` training pixels per class."""
     from .data.synthetic import CLASS_NAMES
 
     raw = root / "data" / "synthetic" / "raw"
-    cfg = {"name": "synthetic", "classes": CLASS_NAMES, "class_values": None, "ignore_value": 0, "ms_channels": 4,
-           "ratio": 4, "ms_patch": 16, "seed": 0, "split": {"train": 2000, "val": 10, "test": 10},
-           "generate": {"size": 192, "seed": 0}, "raw_dir": str(raw), "prepared_dir": str(root / "data" / "bench"),
-           "scenes": [{"name": "synthetic", "ms": str(raw / "ms.npy"), "pan": str(raw / "pan.npy"),
-                       "label": str(raw / "label.npy")}]}
+    return {"name": "synthetic", "classes": CLASS_NAMES, "class_values": None, "ignore_value": 0, "ms_channels": 4,
+            "ratio": 4, "ms_patch": 16, "seed": 0, "split": {"train": per_class, "val": 10, "test": 10},
+            "generate": {"size": 192, "seed": 0}, "raw_dir": str(raw), "prepared_dir": str(root / "data" / prepared),
+            "scenes": [{"name": "synthetic", "ms": str(raw / "ms.npy"), "pan": str(raw / "pan.npy"),
+                        "label": str(raw / "label.npy")}]}
+
+
+def bench_loader(root: Path):
+    from .data.datamodule import MsPanDataModule
+    from .data.prepare import prepare_dataset
+
+    cfg = bench_dataset(root, "bench", 2000)
     t = time.perf_counter()
     paths = prepare_dataset(cfg, force=True)
     prep = time.perf_counter() - t
@@ -258,12 +264,7 @@ def bench_predict(root: Path, size: int = 64, window: int = 16) -> tuple[float, 
     from .module import Das2fClassifier
     from .predictor import predict
 
-    raw = root / "data" / "synthetic" / "raw"
-    cfg = {"name": "synthetic", "classes": CLASS_NAMES, "class_values": None, "ignore_value": 0, "ms_channels": 4,
-           "ratio": 4, "ms_patch": 16, "seed": 0, "split": {"train": 20, "val": 5, "test": 5},
-           "generate": {"size": 192, "seed": 0}, "raw_dir": str(raw), "prepared_dir": str(root / "data" / "bench_map"),
-           "scenes": [{"name": "synthetic", "ms": str(raw / "ms.npy"), "pan": str(raw / "pan.npy"),
-                       "label": str(raw / "label.npy")}]}
+    cfg = bench_dataset(root, "bench_map", 20)
     prepare_dataset(cfg)
     dm = MsPanDataModule(cfg, prepare=False)
     dm.setup()

@@ -81,7 +81,7 @@ def convert(old: Path, new: Path) -> None:
     info = ckpt.get("das2f") or {}
     if "net" not in info or "normalization" not in info:
         raise CheckpointError(f"{old}: no das2f run information to convert (not a das2f checkpoint)")
-    from .module import plain
+    from .config import plain
 
     hp = {k: plain(v) for k, v in dict(ckpt.get("hyper_parameters") or {}).items()}
 

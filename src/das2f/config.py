@@ -11,6 +11,15 @@ PROJECT_DIR = str(Path(__file__).resolve().parents[2])
 CONF_DIR = str(Path(PROJECT_DIR) / "conf")
 
 
+def plain(cfg):
+    """A config as plain Python containers; anything else unchanged. OmegaConf nodes print differently from
+    lists and dicts (the prepare fingerprint of the same config differed between `make prepare` and `make
+    train`), and torch's safe loader reads only plain containers in a checkpoint."""
+    from omegaconf import DictConfig, ListConfig
+
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+
+
 def wandb_offline() -> bool:
     """W&B runs offline (no account, no network) unless an API key is set or WANDB_MODE says otherwise."""
     mode = os.environ.get("WANDB_MODE")

@@ -7,15 +7,9 @@ import torch
 from torch import nn
 from torchmetrics import ConfusionMatrix, MaxMetric
 
+from .config import plain
 from .errors import ConfigError
 from .metrics import metric_collection
-
-
-def plain(cfg):
-    """A config as plain Python containers (what a checkpoint holds: torch's safe loader reads it)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
 
 
 class Das2fClassifier(L.LightningModule):

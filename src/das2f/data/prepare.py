@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ..config import plain
 from ..errors import ConfigError, MissingFileError
 from .hdf5 import FORMAT_VERSION, PatchFileError, PatchWriter, read_attrs
 from .patches import PatchCutter
@@ -166,7 +167,7 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
     """Print, per scene, the MS / PAN size, dtype and bands and the label values with pixel counts, then
     whether they fit the configured classes: facts to write a dataset config from. Writes nothing."""
     console = console or Console()
-    cfg = plain(cfg)
+    cfg = dict(plain(cfg))
     if cfg.get("generate"):
         write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
     ratio = int(cfg.get("ratio", 4))
@@ -195,19 +196,10 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
     return every
 
 
-def plain(cfg) -> dict:
-    """A dataset config as plain Python containers. OmegaConf nodes (what Hydra's instantiate hands a
-    DataModule) print differently from lists and dicts, and the fingerprint of the same config made by
-    `make prepare` and by `make train` differed: every train re-prepared."""
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-
-
 def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = None) -> dict[str, Path]:
     """Write the dataset's split files (see hdf5.py); skip when they exist with the same fingerprint."""
     console = console or Console()
-    cfg = plain(cfg)
+    cfg = dict(plain(cfg))  # plain containers: the same fingerprint whoever hands the config over
     if cfg.get("generate"):
         write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
     classes, values, ignore = class_rule(cfg)

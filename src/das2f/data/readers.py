@@ -51,13 +51,18 @@ def _read_mat(path: Path, key: str | None) -> np.ndarray:
         with h5py.File(path, "r") as f:
             content = {k: np.asarray(f[k]).T for k in f.keys() if isinstance(f[k], h5py.Dataset)}
     arrays = {k: v for k, v in content.items() if isinstance(v, np.ndarray) and v.ndim >= 2}
+    return arrays[mat_key(path, arrays, key)]
+
+
+def mat_key(path: Path, arrays, key: str | None) -> str:
+    """The array of a .mat file to read: ``key``, or its only array of 2 or more dimensions."""
     if key is None:
         if len(arrays) != 1:
             raise SceneError(f"{path}: holds arrays {sorted(arrays)}; name one with `key`")
         key = next(iter(arrays))
     if key not in arrays:
         raise SceneError(f"{path}: no array {key!r}; it holds {sorted(arrays)}")
-    return arrays[key]
+    return key
 
 
 def read_color_labels(path: Path, color_table: dict | None) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .patches import PatchCutter
-from .readers import _channels_first, read_raster
+from .readers import _channels_first, mat_key, read_raster
 from .scenes import wald_from_rgb
 
 
@@ -78,12 +78,7 @@ def _mat73_layout(path: Path, key: str | None, band_axis: int | None) -> dict:
 
     with h5py.File(path, "r") as f:
         arrays = {k: f[k] for k in f.keys() if isinstance(f[k], h5py.Dataset) and f[k].ndim >= 2}
-        if key is None:
-            if len(arrays) != 1:
-                raise SceneError(f"{path}: holds arrays {sorted(arrays)}; name one with `key`")
-            key = next(iter(arrays))
-        if key not in arrays:
-            raise SceneError(f"{path}: no array {key!r}; it holds {sorted(arrays)}")
+        key = mat_key(path, arrays, key)
         logical, dtype = arrays[key].shape[::-1], arrays[key].dtype
     if len(logical) == 2:
         band, spatial = None, [0, 1]
