@@ -1,3 +1,12 @@
+import os
+
+import torch
+
+# Triton's kernels run in its CPU interpreter on machines without CUDA (the triton scan's tests); the
+# mode is read when triton is first imported (Lightning imports it), hence here, before anything else
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from pathlib import Path
 
 import numpy as np

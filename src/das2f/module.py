@@ -23,12 +23,16 @@ class Das2fClassifier(L.LightningModule):
 
     def __init__(self, net: dict, optimizer: dict | None = None, scheduler: dict | None = None,
                  num_classes: int = 11, class_names: list[str] | None = None, class_weights: list[float] | None = None,
-                 label_smoothing: float = 0.0, scheduler_interval: str = "step"):
+                 label_smoothing: float = 0.0, scheduler_interval: str = "step", compile: bool = False):
         super().__init__()
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
         class_names, class_weights = plain(class_names), plain(class_weights)
         self.save_hyperparameters(logger=False)
         self.net = hydra.utils.instantiate(net)
+        if compile:
+            # torch.compile of the network in place (its state_dict keys unchanged); the selective scan
+            # stays eager between the compiled graphs (models/scan.py). Compiled at the first batch.
+            self.net.compile()
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])

@@ -232,7 +232,7 @@ def predict(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.get("out") or cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = Das2fClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True,
-                                                 net=predictor.net_config).eval()
+                                                 net=predictor.net_config, compile=bool(cfg.get("compile"))).eval()
     colors = class_colors(len(predictor.class_names))
     summary: dict = {"checkpoint": str(cfg.ckpt_path), "stats": cfg.stats, "stride": stride, "window": window,
                      "scenes": {}}

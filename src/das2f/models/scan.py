@@ -25,8 +25,15 @@ Backends
                chunk starts without gradients). No closed form over a chunk (no
                ``exp(cumsum)``), hence no float32 overflow for large deltas.
 ``reference``  the obvious sequential loop with autograd, for tests (run it in float64).
+``triton``     two Triton kernels, forward and reverse-scan backward (``scan_triton.py``): the
+               fast GPU scan with no CUDA build; CPU tensors only under Triton's interpreter
+               (``TRITON_INTERPRET=1``), which is how CI checks it.
 ``mamba_ssm``  mamba-ssm's CUDA kernel; only where it imports and the tensors are on CUDA.
-``auto``       ``mamba_ssm`` when both hold, else ``torch``; logs its choice once.
+``auto``       on CUDA: ``mamba_ssm`` if it imports, else ``triton`` if it imports, else ``torch``;
+               elsewhere ``torch``. Logs its choice and the reason once.
+
+Precision: every backend but ``reference`` keeps the state and its exponentials in float32 whatever
+the inputs' dtype (bfloat16 / float16 inputs, or autocast around the call) and returns y in u's dtype.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from . import scan_triton
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +209,23 @@ class _SelectiveScanTorch(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk, time_major):
+        ctx.dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, delta_bias)]
+        # the state in float32 at least whatever the inputs (bf16 / fp16, or autocast, which would run
+        # bmm in bf16); float64 stays float64
+        wide = torch.promote_types(u.dtype, torch.float32)
+        with torch.autocast(u.device.type, enabled=False):
+            y = _SelectiveScanTorch._forward(ctx, *(None if t is None else t.to(wide) for t in (u, delta, A, B, C, D, delta_bias)),
+                                             delta_softplus, chunk, time_major)
+        return y.to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        with torch.autocast(dy.device.type, enabled=False):
+            grads = _SelectiveScanTorch._backward(ctx, dy.to(torch.promote_types(dy.dtype, torch.float32)))
+        return tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)) + (None, None, None)
+
+    @staticmethod
+    def _forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk, time_major):
         if time_major:
             (length, b, d), g = u.shape, B.shape[2]
         else:
@@ -229,7 +254,7 @@ class _SelectiveScanTorch(torch.autograd.Function):
         return y if time_major else y.permute(1, 2, 0).contiguous()
 
     @staticmethod
-    def backward(ctx, dy):
+    def _backward(ctx, dy):
         u_t, x_t, delta_t, du_t, A_t, B_t, C_t, D, *checkpoints = ctx.saved_tensors
         delta_softplus, chunk, keep, has_bias, time_major = ctx.config
         needs = ctx.needs_input_grad
@@ -259,7 +284,7 @@ class _SelectiveScanTorch(torch.autograd.Function):
                 d_bias = d_x.sum(dim=(0, 1)).view(d) if has_bias and needs[6] else None
             d_A = d_A_t.transpose(1, 2).reshape(d, n)
             d_B, d_C = (t if time_major else t.permute(1, 2, 3, 0).contiguous() for t in (d_B_t, d_C_t))
-        return d_u, d_delta, d_A, d_B, d_C, d_D, d_bias, None, None, None
+        return d_u, d_delta, d_A, d_B, d_C, d_D, d_bias
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, chunk=DEFAULT_CHUNK):
@@ -314,14 +339,17 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend != "auto":
         return backend
     if device.type != "cuda":
-        _announce("torch", f"tensors on {device.type}; mamba-ssm runs on CUDA only")
+        _announce("torch", f"tensors on {device.type}; mamba-ssm and triton run on CUDA only")
         return "torch"
     fn, reason = _mamba_ssm_fn()
-    if fn is None:
-        _announce("torch", reason)
-        return "torch"
-    _announce("mamba_ssm", "mamba-ssm imports and tensors are on CUDA")
-    return "mamba_ssm"
+    if fn is not None:
+        _announce("mamba_ssm", "mamba-ssm imports and tensors are on CUDA")
+        return "mamba_ssm"
+    if scan_triton.IMPORT_ERROR is None:
+        _announce("triton", f"{reason}; triton imports and tensors are on CUDA")
+        return "triton"
+    _announce("torch", f"{reason}; {scan_triton.IMPORT_ERROR}")
+    return "torch"
 
 
 # The registry of scan implementations (mamba-ssm's layout); "auto" picks one per device (resolve_backend).
@@ -329,9 +357,14 @@ BACKENDS = {
     "torch": selective_scan_torch,
     "reference": selective_scan_reference,
     "mamba_ssm": selective_scan_mamba_ssm,
+    "triton": scan_triton.selective_scan_triton,
 }
 
 
+# Both entries stay eager under torch.compile (model.compile=true): the torch backend is a Python loop of
+# L / chunk steps that dynamo would unroll into a graph of thousands of nodes, and the kernels of the others
+# are opaque to it. The graphs around the scan (projections, convolutions, norms, attention) are compiled.
+@torch.compiler.disable
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, backend: str = "auto"):
     """Selective scan with mamba-ssm's conventions (module docstring); ``backend``: auto or a key of BACKENDS."""
     _check_shapes(u, delta, A, B, C, D, delta_bias)
@@ -348,17 +381,23 @@ def time_major_arguments(x: dict) -> dict:
     return {k: v.permute(*_TIME_MAJOR_ORDER[k]) if k in _TIME_MAJOR_ORDER else v for k, v in x.items()}
 
 
+@torch.compiler.disable
 def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
                               backend: str = "auto"):
     """The same scan on time-major sequences: u, delta (L, B, D), B, C (L, B, G, N) -> y (L, B, D).
 
     The layout the torch backend computes in, so callers that can produce it (SS2D) skip the
-    transposing copies in and out; the other backends get mamba-ssm's layout as views.
+    transposing copies in and out; the triton kernels read any strides and write y time-major; mamba-ssm gets its layout as views.
     """
     _check_shapes(u, delta, A, B, C, D, delta_bias, time_major=True)
     name = resolve_backend(backend, u.device)
     if name == "torch":
         return _SelectiveScanTorch.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, DEFAULT_CHUNK, True)
+    if name == "triton":  # strided kernels: views in, y written time-major
+        y = scan_triton.selective_scan_triton(u.permute(1, 2, 0), delta.permute(1, 2, 0), A, B.permute(1, 2, 3, 0),
+                                              C.permute(1, 2, 3, 0), D=D, delta_bias=delta_bias,
+                                              delta_softplus=delta_softplus, y_time_major=True)
+        return y.permute(2, 0, 1)
     y = BACKENDS[name](u.permute(1, 2, 0), delta.permute(1, 2, 0), A, B.permute(1, 2, 3, 0), C.permute(1, 2, 3, 0),
                      D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
     return y.permute(2, 0, 1)

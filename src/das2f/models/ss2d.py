@@ -25,7 +25,14 @@ K_DIRECTIONS = 4
 # the scan is transposed element by element (ten transposing copies per scan otherwise; README,
 # Benchmark). Both maps move whole D-vectors with one gather, and each is the other's adjoint, hence
 # its backward.
-@functools.lru_cache(maxsize=16)
+def _cached(fn):
+    """lru_cache for eager calls; under torch.compile the index is traced (dynamo skips the cache anyway,
+    with a warning), so the compiled graph computes it itself."""
+    cached = functools.lru_cache(maxsize=16)(fn)
+    return functools.wraps(fn)(lambda *args: fn(*args) if torch.compiler.is_compiling() else cached(*args))
+
+
+@_cached
 def _orders(h: int, w: int) -> torch.Tensor:
     """(4, L): the token (row-major index) at each position of each direction's sequence."""
     rows = torch.arange(h * w)
@@ -33,14 +40,14 @@ def _orders(h: int, w: int) -> torch.Tensor:
     return torch.stack((rows, cols, rows.flip(0), cols.flip(0)))
 
 
-@functools.lru_cache(maxsize=16)
+@_cached
 def _scan_index(b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
     """Rows of x (B*L, D) that make xs (L*B*4, D): xs[l, b, k] = x[b, orders[k, l]]."""
     orders = _orders(h, w)
     return (torch.arange(b)[None, :, None] * (h * w) + orders.t()[:, None, :]).reshape(-1).to(device)
 
 
-@functools.lru_cache(maxsize=16)
+@_cached
 def _merge_index(b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
     """Rows of ys (L*B*4, D) that make (B*L*4, D): entry (b, token, k) is where direction k saw that token."""
     positions = _orders(h, w).argsort(dim=1)  # (4, L): position of each token in each sequence
