@@ -3,8 +3,8 @@ the float64 sequential reference; reduced precision and the CUDA dispatch rule, 
 import pytest
 import torch
 
-from das2f.models import selective_scan
 from das2f.models import scan as scan_module
+from das2f.models import selective_scan
 from das2f.models.scan import resolve_backend, selective_scan_time_major, time_major_arguments
 
 from .test_scan import RTOL, make_inputs

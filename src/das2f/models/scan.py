@@ -214,8 +214,8 @@ class _SelectiveScanTorch(torch.autograd.Function):
         # bmm in bf16); float64 stays float64
         wide = torch.promote_types(u.dtype, torch.float32)
         with torch.autocast(u.device.type, enabled=False):
-            y = _SelectiveScanTorch._forward(ctx, *(None if t is None else t.to(wide) for t in (u, delta, A, B, C, D, delta_bias)),
-                                             delta_softplus, chunk, time_major)
+            wide_inputs = (None if t is None else t.to(wide) for t in (u, delta, A, B, C, D, delta_bias))
+            y = _SelectiveScanTorch._forward(ctx, *wide_inputs, delta_softplus, chunk, time_major)
         return y.to(u.dtype)
 
     @staticmethod
