@@ -189,12 +189,16 @@ def bench_scans(quick: bool) -> list[tuple]:
     return rows
 
 
+def model_optimizer(net: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer training uses (conf/model/das2f.yaml), so a benchmark step is the one `make train` takes."""
+    return hydra.utils.instantiate(OmegaConf.load(Path(CONF_DIR) / "model" / "das2f.yaml").optimizer)(
+        params=net.parameters())
+
+
 def bench_network(batch=64, stages=2, steps=3):
     torch.manual_seed(0)
     net = DAS2F(stages=stages)
-    # the optimizer training uses (conf/model/das2f.yaml), so the step is the one `make train` takes
-    opt = hydra.utils.instantiate(OmegaConf.load(Path(CONF_DIR) / "model" / "das2f.yaml").optimizer)(
-        params=net.parameters())
+    opt = model_optimizer(net)
     ms, pan, y = torch.randn(batch, 4, 16, 16), torch.randn(batch, 1, 64, 64), torch.randint(0, 11, (batch,))
     times = []
     for _ in range(steps + 1):
@@ -226,15 +230,15 @@ def bench_dataset(root: Path, prepared: str, per_class: int) -> dict:
                         "label": str(raw / "label.npy")}]}
 
 
-def bench_loader(root: Path):
+def bench_loader(root: Path, workers: int = 2, per_class: int = 2000):
     from .data.datamodule import MsPanDataModule
     from .data.prepare import prepare_dataset
 
-    cfg = bench_dataset(root, "bench", 2000)
+    cfg = bench_dataset(root, "bench", per_class)
     t = time.perf_counter()
     paths = prepare_dataset(cfg, force=True)
     prep = time.perf_counter() - t
-    dm = MsPanDataModule(cfg, batch_size=256, num_workers=2, prepare=False)
+    dm = MsPanDataModule(cfg, batch_size=256, num_workers=workers, prepare=False)
     dm.setup()
     n_train = len(dm.sets["train"])
     loader = dm.train_dataloader()
