@@ -46,6 +46,11 @@ NOT_RUN = {  # README commands the test suite does not run, and why
     "make experiment-gid5": "hours of training on the real tiles (the README states its results)",
     "make experiment-wv2": "a full-scene map of minutes (the README states its results)",
     "make clean": "deletes outputs",
+    "make gpu-check": "needs an NVIDIA GPU (test_gpu.py skips without one; its benchmark runs at toy sizes on the CPU in "
+                      "test_precision.test_gpu_benchmark_runs_end_to_end_on_the_cpu)",
+    "make gpu-deps": "compiles mamba-ssm's CUDA kernel: needs a GPU and nvcc (its setup.py rewrite: test_gpu_tools.py)",
+    "make gpu-wheels": "downloads from the package index",
+    "python -m das2f.bench_gpu": "part of make gpu-check, needs a GPU",
     "hydra/launcher=slurm": "needs a SLURM cluster (the config composes: test_train.test_sweep_configs_compose)",
     "python -m das2f.*": "a pattern, not a command",
     "python -m das2f.checkpoint OLD.ckpt NEW.ckpt": "needs a checkpoint of an older das2f: "
