@@ -37,7 +37,7 @@ def test_bf16_mixed_training_reaches_the_float32_accuracy(tmp_path):
     for precision in ("32-true", "bf16-mixed"):
         cfg = make_cfg(tmp_path / precision, "dataset.generate.size=64", "dataset.split.train=384",
                        "dataset.split.val=128", "dataset.split.test=8", "trainer.max_epochs=3", "data.batch_size=32",
-                       "seed=3", f"+trainer.precision={precision}", "test=false")
+                       "seed=3", f"trainer.precision={precision}", "test=false")
         with open_dict(cfg):
             cfg.paths.data_dir = str(tmp_path / "data")
         results[precision] = run(cfg)["val/oa"]
