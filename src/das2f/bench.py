@@ -299,6 +299,14 @@ def bench_predict(root: Path, size: int = 64, window: int = 16) -> tuple[float, 
     return map_rate, window * window / min(times[1:]), size * size
 
 
+def write_report(path: Path, lines: list[str]) -> None:
+    """A benchmark's Markdown table: written, and printed whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"written: {path}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="skip mamba-ssm's selective_scan_ref (about 2 minutes)")
@@ -340,11 +348,7 @@ def main(argv=None):
 
         lines += ["", "## Threads on a shared machine (fresh processes; alone, and beside a copy of itself)", "",
                   *bench_threads(cases=CASES[:2] if args.quick else CASES)]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench-{today}.md"
-    path.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"written: {path}")
+    write_report(args.out / f"bench-{today}.md", lines)
 
 
 if __name__ == "__main__":

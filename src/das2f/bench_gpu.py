@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .bench import bench_loader, model_optimizer, scan_inputs
+from .bench import bench_loader, model_optimizer, scan_inputs, write_report
 from .models import DAS2F
 from .models.scan import BACKENDS, _mamba_ssm_fn, scan_triton, selective_scan
 
@@ -188,11 +188,7 @@ def main(argv=None):
     lines += ["", "## Data loader", "",
               f"- {args.workers} workers, batch 256, from the prepared generated dataset: {rate:,.0f} samples/s, "
               f"{rate / max(best, 1e-9):.1f}x the fastest training rate above ({best:,.1f} samples/s)"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"gpu-{today}.md"
-    path.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"written: {path}")
+    write_report(args.out / f"gpu-{today}.md", lines)
 
 
 if __name__ == "__main__":

@@ -387,17 +387,15 @@ def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_
     """The same scan on time-major sequences: u, delta (L, B, D), B, C (L, B, G, N) -> y (L, B, D).
 
     The layout the torch backend computes in, so callers that can produce it (SS2D) skip the
-    transposing copies in and out; the triton kernels read any strides and write y time-major; mamba-ssm gets its layout as views.
+    transposing copies in and out; the other backends get mamba-ssm's layout as views (the triton kernels
+    read them through their strides and write y time-major).
     """
     _check_shapes(u, delta, A, B, C, D, delta_bias, time_major=True)
     name = resolve_backend(backend, u.device)
     if name == "torch":
         return _SelectiveScanTorch.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, DEFAULT_CHUNK, True)
-    if name == "triton":  # strided kernels: views in, y written time-major
-        y = scan_triton.selective_scan_triton(u.permute(1, 2, 0), delta.permute(1, 2, 0), A, B.permute(1, 2, 3, 0),
-                                              C.permute(1, 2, 3, 0), D=D, delta_bias=delta_bias,
-                                              delta_softplus=delta_softplus, y_time_major=True)
-        return y.permute(2, 0, 1)
+    # the triton kernels read the views through their strides and write y time-major (no copy either way)
+    layout = {"y_time_major": True} if name == "triton" else {}
     y = BACKENDS[name](u.permute(1, 2, 0), delta.permute(1, 2, 0), A, B.permute(1, 2, 3, 0), C.permute(1, 2, 3, 0),
-                     D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
+                       D=D, delta_bias=delta_bias, delta_softplus=delta_softplus, **layout)
     return y.permute(2, 0, 1)

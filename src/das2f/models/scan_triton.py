@@ -57,6 +57,42 @@ def _jit(fn):
 
 
 @_jit
+def _program(E, N, nsub, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's batch row, program index along the channels, group g, channels d and states n
+    (each with its mask: a group's last block and the state axis are padded to powers of two)."""
+    pid_b = tl.program_id(0)
+    pid = tl.program_id(1)
+    g = pid // nsub
+    e = (pid % nsub) * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    return pid_b, pid, g, g * E + e, e < E, n, n < N
+
+
+@_jit
+def _per_channel(ptr, d, md, PRESENT: tl.constexpr):
+    """An optional (D,) operand (D, delta bias) at channels d in float32; where absent, zeros that the
+    kernels never use (their terms sit under the same constexpr flag, so no work is compiled for them)."""
+    if PRESENT:
+        values = tl.load(ptr + d, mask=md, other=0.0).to(tl.float32)
+    else:
+        values = d.to(tl.float32) * 0.0
+    return values
+
+
+@_jit
+def _delta(x_p, t, s_xl, md, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(delta_t + bias, and that after softplus when asked for) at channels d, in float32. Softplus as
+    torch's: x above 20; exp(x) where 1 + exp(x) rounds to 1."""
+    x = tl.load(x_p + t * s_xl, mask=md, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x += bias
+    delta = x
+    if SOFTPLUS:
+        delta = tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+    return x, delta
+
+
+@_jit
 def _forward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, ckpt_ptr,
     L, E, N, DT, nsub, nchunks,
@@ -66,20 +102,11 @@ def _forward_kernel(
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid = tl.program_id(1)
-    g = pid // nsub
-    e = (pid % nsub) * BLOCK_D + tl.arange(0, BLOCK_D)
-    md = e < E
-    d = g * E + e
-    n = tl.arange(0, BLOCK_N)
-    mn = n < N
+    pid_b, pid, g, d, md, n, mn = _program(E, N, nsub, BLOCK_D, BLOCK_N)
     m2 = md[:, None] & mn[None, :]
     A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32) * 1.4426950408889634
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=md, other=0.0).to(tl.float32)
-    if HAS_D:
-        skip = tl.load(D_ptr + d, mask=md, other=0.0).to(tl.float32)
+    bias = _per_channel(bias_ptr, d, md, HAS_BIAS)
+    skip = _per_channel(D_ptr, d, md, HAS_D)
     u_p = u_ptr + pid_b * s_ub + d * s_ud
     x_p = delta_ptr + pid_b * s_xb + d * s_xd
     y_p = y_ptr + pid_b * s_yb + d * s_yd
@@ -92,11 +119,7 @@ def _forward_kernel(
             tl.store(k_p + c * N, h, mask=m2)
         t0 = c * CHUNK
         for t in range(t0, tl.minimum(t0 + CHUNK, L)):
-            x = tl.load(x_p + t * s_xl, mask=md, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                x += bias
-            if SOFTPLUS:  # torch's softplus: x above 20; exp(x) where 1 + exp(x) rounds to 1
-                x = tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+            _, x = _delta(x_p, t, s_xl, md, bias, HAS_BIAS, SOFTPLUS)
             uu = tl.load(u_p + t * s_ul, mask=md, other=0.0).to(tl.float32)
             b = tl.load(B_p + t * s_Bl, mask=mn, other=0.0).to(tl.float32)
             cc = tl.load(C_p + t * s_Cl, mask=mn, other=0.0).to(tl.float32)
@@ -118,21 +141,12 @@ def _backward_kernel(
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid = tl.program_id(1)
-    g = pid // nsub
-    e = (pid % nsub) * BLOCK_D + tl.arange(0, BLOCK_D)
-    md = e < E
-    d = g * E + e
-    n = tl.arange(0, BLOCK_N)
-    mn = n < N
+    pid_b, pid, g, d, md, n, mn = _program(E, N, nsub, BLOCK_D, BLOCK_N)
     m2 = md[:, None] & mn[None, :]
     A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=md, other=0.0).to(tl.float32)
-    if HAS_D:
-        skip = tl.load(D_ptr + d, mask=md, other=0.0).to(tl.float32)
+    bias = _per_channel(bias_ptr, d, md, HAS_BIAS)
+    skip = _per_channel(D_ptr, d, md, HAS_D)
     u_p = u_ptr + pid_b * s_ub + d * s_ud
     x_p = delta_ptr + pid_b * s_xb + d * s_xd
     dy_p = dy_ptr + pid_b * s_yb + d * s_yd
@@ -155,11 +169,7 @@ def _backward_kernel(
         h = tl.load(k_p + c * N, mask=m2, other=0.0)
         for t in range(t0, t1):
             tl.store(s_p + (t - t0) * (BLOCK_D * BLOCK_N), h)
-            x = tl.load(x_p + t * s_xl, mask=md, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                x += bias
-            if SOFTPLUS:
-                x = tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+            _, x = _delta(x_p, t, s_xl, md, bias, HAS_BIAS, SOFTPLUS)
             uu = tl.load(u_p + t * s_ul, mask=md, other=0.0).to(tl.float32)
             b = tl.load(B_p + t * s_Bl, mask=mn, other=0.0).to(tl.float32)
             h = tl.exp2(x[:, None] * A2) * h + (x * uu)[:, None] * b[None, :]
@@ -167,12 +177,7 @@ def _backward_kernel(
         for tt in range(0, t1 - t0):
             t = t1 - 1 - tt
             h_prev = tl.load(s_p + (t - t0) * (BLOCK_D * BLOCK_N))
-            x = tl.load(x_p + t * s_xl, mask=md, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                x += bias
-            if SOFTPLUS:
-                sig = 1.0 / (1.0 + tl.exp(-x))
-                x = tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+            raw, x = _delta(x_p, t, s_xl, md, bias, HAS_BIAS, SOFTPLUS)
             uu = tl.load(u_p + t * s_ul, mask=md, other=0.0).to(tl.float32)
             dy = tl.load(dy_p + t * s_yl, mask=md, other=0.0).to(tl.float32)
             b = tl.load(B_p + t * s_Bl, mask=mn, other=0.0).to(tl.float32)
@@ -189,7 +194,7 @@ def _backward_kernel(
             dA_acc += X * x[:, None]
             g_next = grad * dA
             if SOFTPLUS:
-                d_delta = d_delta * sig
+                d_delta = d_delta / (1.0 + tl.exp(-raw))  # softplus' = sigmoid
             d_u = d_xu * x
             if HAS_D:
                 d_u += skip * dy
