@@ -93,7 +93,7 @@ gpu-check: ## (on an NVIDIA GPU machine, no index needed) CUDA tests, a 1-epoch 
 gpu-deps: ## (on the GPU machine) build mamba-ssm from .whl/src for this GPU only; long: `setsid make gpu-deps > .whl/gpu-deps.log 2>&1 &`
 	$(GPU_PY) -m das2f.gpu_deps $(WHEELS)/src/mamba_ssm-$(MAMBA_VERSION).tar.gz --target $(GPU_SITE)
 
-experiment-gid5: $(STAMP) ## real Gaofen-2 tiles split by tile: DAS²F, CNN, ablations -> experiments/gid5/results/ (RUNS="variants:seeds ...", ALSO="earlier sweep dirs")
+experiment-gid5: $(STAMP) ## real Gaofen-2 tiles split by tile: DAS²F, CNN, ablations -> experiments/gid5/results/ (RUNS="variants:seeds ...", ALSO="earlier sweep dirs", CKPT=a checkpoint: its maps only)
 	PY=$(PY) bash $(ROOT)/experiments/gid5/run.sh $(ARGS)
 
 experiment-wv2: $(STAMP) ## real WorldView-2 scene, full map with the main job's model -> experiments/wv2/results/

@@ -96,6 +96,45 @@ def test_sigterm_exits_143_and_resume_continues_the_run_in_place(tmp_path):
     assert "epoch 2/2" in r.stdout + r.stderr
 
 
+def test_a_map_stopped_by_sigterm_exits_143_and_the_same_command_finishes_it_identically(tmp_path):
+    import signal
+    import time
+
+    import numpy as np
+
+    r = das2f(tmp_path, "train", *SIZE, "test=false")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = runs(tmp_path)
+    (ckpt,) = (run / "checkpoints").glob("epoch_*.ckpt")
+    # one pixel per window: 256 windows, so the map is still running when the signal comes
+    args = [f"ckpt_path={ckpt}", "dataset.generate.size=48", "num_workers=0", "region=[0,16,0,16]", "window=1"]
+    whole = das2f(tmp_path, "predict", *args, f"out={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cut = tmp_path / "cut"
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    proc = subprocess.Popen([sys.executable, "-m", "das2f.predict", *args, f"out={cut}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    progress, deadline, written = cut / "synthetic_map.progress.npy", time.time() + 300, 0
+    while written < 3:  # a few windows written, then SIGTERM from outside (as a scheduler sends it)
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        try:
+            written = int(np.load(progress).sum())
+        except (FileNotFoundError, ValueError, EOFError):  # not created yet, or being created
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, output[-3000:]
+    written = int(np.load(progress).sum())
+    assert 3 <= written < 256 and f"interrupted by SIGTERM with {written} of 256 windows" in output
+    assert f"the same command with out={cut} continues" in output and "Traceback" not in output
+    again = das2f(tmp_path, "predict", *args, f"out={cut}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"continuing an interrupted map, {written} of 256 windows done" in again.stdout + again.stderr
+    final, reference = np.load(cut / "synthetic_map.npy"), np.load(tmp_path / "whole" / "synthetic_map.npy")
+    assert (final[:16, :16] >= 1).all() and np.array_equal(final, reference)  # identical to the uninterrupted map
+
+
 def test_progress_lines_without_a_terminal_and_one_based_epochs(tmp_path):
     r = das2f(tmp_path, "train", *SIZE, "trainer.max_epochs=2", "callbacks.epoch_summary.every_s=0", "test=false")
     out = r.stdout + r.stderr

@@ -122,6 +122,7 @@ def test_checkpoints_describe_themselves_and_load_safely(tmp_path):
         assert ckpt["hyper_parameters"]["net"]["_target_"] == "das2f.models.DAS2F"
     model = Das2fClassifier.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
     predictor = Predictor(best)
+    check_data_module_restores(tmp_path, best)
     ms, pan = torch.rand(3, 4, 16, 16), torch.rand(3, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(ms, pan), predictor.net(ms, pan))  # the checkpoint alone rebuilds the model
@@ -141,6 +142,34 @@ def test_checkpoints_describe_themselves_and_load_safely(tmp_path):
     with torch.no_grad():
         assert torch.equal(Predictor(tmp_path / "new.ckpt").net(ms, pan), predictor.net(ms, pan))
     assert load_checkpoint(tmp_path / "new.ckpt")["hyper_parameters"]["optimizer"]["_target_"] == "torch.optim.adam.Adam"
+
+
+def check_data_module_restores(tmp_path, ckpt_path):
+    """The checkpoint alone restores the data module: its dataset config, classes and training statistics
+    (normalising new patches as in training before any file is read), and refuses files prepared otherwise."""
+    import hydra
+    import torch
+    from omegaconf import OmegaConf
+
+    from das2f.data.datamodule import MsPanDataModule
+    from das2f.errors import ConfigError
+
+    cfg = make_cfg(tmp_path)
+    trained = hydra.utils.instantiate(cfg.data, dataset=OmegaConf.to_container(cfg.dataset, resolve=True))
+    trained.setup()
+    restored = MsPanDataModule.load_from_checkpoint(ckpt_path, weights_only=True)
+    assert restored.cfg == trained.cfg and restored.batch_size == trained.batch_size and not restored.sets
+    assert restored.class_names == trained.class_names and restored.ms_channels == 4
+    raw = next(iter(trained.test_dataloader()))
+    a, b = trained.normalize(dict(raw)), restored.normalize(dict(raw))
+    assert torch.equal(a["ms"], b["ms"]) and torch.equal(a["pan"], b["pan"])
+    restored.setup()  # the prepared files are there: checked against the checkpoint, same batches
+    assert torch.equal(next(iter(restored.test_dataloader()))["ms"], raw["ms"])
+    assert restored.state_dict() == torch.load(ckpt_path, weights_only=True)["MsPanDataModule"]
+    other = {**restored.state_dict(), "class_values": [10, 20, 30, 40, 50, 60, 70, 80]}
+    with pytest.raises(ConfigError, match=r"train.h5: prepared with class_values \[1, 2, 3, 4, 5, 6, 7, 8\], the "
+                                          r"checkpoint's \[10, 20.*does not match the checkpoint"):
+        restored.load_state_dict(other)
 
 
 def test_the_project_never_unpickles_a_checkpoint():

@@ -6,6 +6,8 @@
 #         default: every variant with seeds 1, 2, 3, the table of experiments/gid5/README.md
 #         (about 2 hours on 2 CPU cores, then a few minutes of maps)
 #   ALSO  earlier sweep dirs (space-separated) whose runs join the report, e.g. when adding seeds later
+#   CKPT  a DAS²F checkpoint of this experiment: no training and no report, only the maps of the held-out
+#         tiles from it (full, and a stride-2 preview with its agreement with the full maps)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -21,6 +23,7 @@ fi
 STAMP=$(date +%Y-%m-%d_%H-%M-%S)
 RESULTS=experiments/gid5/results
 SWEEPS=()
+if [ -z "${CKPT:-}" ]; then
 for group in $RUNS; do
   VARIANTS=${group%%:*}
   SEEDS=${group#*:}
@@ -40,7 +43,8 @@ for m in jobs:
         print(r["metrics"]["best_checkpoint"]); break
 PYEOF
 )
-MAPS=logs/train/multiruns/gid5_${STAMP}_predict
+fi
+MAPS=logs/predict/gid5_${STAMP}
 if [ -n "$CKPT" ]; then
   # the test tiles of the experiment's split, from the same config the runs used
   TILES=$("$PY" - <<'PYEOF'
@@ -61,5 +65,25 @@ PYEOF
     "hydra.run.dir=$MAPS"
   cp "$MAPS/maps.png" "$RESULTS/test_tiles_map.png"
   cp "$MAPS/predict.json" "$RESULTS/test_tiles_predict.json"
+  # the stride-2 preview of the same tiles (4x fewer forward passes), and how far it agrees with the full maps
+  "$PY" -m das2f.predict dataset=gid5 "ckpt_path=$CKPT" "scenes=$TILES" grid_max_scenes=10 stride=2 \
+    "hydra.run.dir=${MAPS}_stride2"
+  "$PY" - "$MAPS" "${MAPS}_stride2" > "$RESULTS/test_tiles_preview.json" <<'PYEOF'
+import json, sys
+from pathlib import Path
+import numpy as np
+full_dir, preview_dir = map(Path, sys.argv[1:])
+full, preview = (json.loads((d / "predict.json").read_text())["scenes"] for d in (full_dir, preview_dir))
+tiles, same_px, all_px = {}, 0, 0
+for name, f in full.items():
+    a, b = np.load(full_dir / f"{name}_map.npy"), np.load(preview_dir / f"{name}_map.npy")
+    p = preview[name]
+    tiles[name] = {"agreement": float((a == b).mean()), "oa_full": f.get("oa"), "oa_preview": p.get("oa"),
+                   "seconds_full": f["seconds"], "seconds_preview": p["seconds"]}
+    same_px, all_px = same_px + int((a == b).sum()), all_px + a.size
+seconds = [sum(t[k] for t in tiles.values()) for k in ("seconds_full", "seconds_preview")]
+print(json.dumps({"stride": 2, "agreement": same_px / all_px, "seconds_full": round(seconds[0], 1),
+                  "seconds_preview": round(seconds[1], 1), "tiles": tiles}, indent=2))
+PYEOF
 fi
 echo "results: $RESULTS (report.md, report.csv, test_tiles_map.png); runs: ${SWEEPS[*]}"

@@ -27,7 +27,7 @@ from .data.scenes import load_scene
 from .data.tiles import scene_specs
 from .data.transforms import RunningStats, shift_scale
 from .data.windows import LazyImage, SceneWindows, open_scene, scene_datamodule
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, Interrupted
 from .maps import class_colors, rgb_composite, save_map_figure, save_maps_grid, write_map
 
 log = logging.getLogger("das2f.predict")
@@ -107,6 +107,10 @@ class MapWriter(BasePredictionWriter):
         if self._n % self.flush_every == 0:
             self.flush()
         threads.step()
+        if trainer.received_sigterm:  # Lightning's predict loop only notes SIGTERM; stop here, this window kept
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException
 
     def flush(self):
         if self._map is not None:
@@ -185,6 +189,8 @@ def fill_from_stride(values: np.ndarray, region: tuple[int, int, int, int], k: i
 def predict(cfg: DictConfig) -> dict:
     """Maps of the dataset's scenes through ``trainer.predict`` (any trainer: cpu, gpu, ddp; precision)."""
 
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from .callbacks import AdaptThreads
     from .cli import route_lightning_logs
     from .module import Das2fClassifier
@@ -251,8 +257,13 @@ def predict(cfg: DictConfig) -> dict:
         trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer, AdaptThreads()], logger=False,
                                           enable_model_summary=False, default_root_dir=str(out_dir))
         t0 = time.perf_counter()
-        trainer.predict(model, datamodule=scene_datamodule(windows, todo, shift, scale, cfg.num_workers),
-                        return_predictions=False)
+        try:
+            trainer.predict(model, datamodule=scene_datamodule(windows, todo, shift, scale, cfg.num_workers),
+                            return_predictions=False)
+        except SIGTERMException as err:
+            done = int(np.load(progress_path).sum())
+            raise Interrupted(f"scene {name}: interrupted by SIGTERM with {done} of {len(windows)} windows written to "
+                              f"{map_path}; the same command with out={out_dir} continues from there") from err
         seconds = time.perf_counter() - t0
         values = np.load(map_path, mmap_mode="r+")
         if stride > 1:

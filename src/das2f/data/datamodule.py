@@ -1,6 +1,7 @@
 """Streaming HDF5 patch pairs into batches: lazy per-worker handles, chunk-shuffled contiguous reads."""
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from ..errors import ConfigError
 from .hdf5 import read_attrs
 from .prepare import prepare_dataset, split_paths
 from .transforms import joint_flip_rotate, normalize_pair, shift_scale
+
+log = logging.getLogger("das2f.data")
 
 
 class H5PatchDataset(Dataset):
@@ -117,14 +120,25 @@ class ChunkBatchSampler(Sampler):
 
 
 class MsPanDataModule(L.LightningDataModule):
-    """Prepared splits of one dataset. Batches: dicts with ms, pan (normalised), label, coord."""
+    """Prepared splits of one dataset. Batches: dicts with ms, pan (normalised), label, coord.
+
+    A checkpoint restores it: its arguments are saved as hyper-parameters (plain containers) and its
+    state (classes and their label values, patch geometry, normalisation and the training statistics)
+    through ``state_dict``, so ``MsPanDataModule.load_from_checkpoint(path, weights_only=True)`` alone gives
+    the data module of the run, normalising with the statistics the network was trained on, even where
+    the prepared files are absent (``class_names``, ``normalize``) and checking them where they are
+    (``setup``: files prepared with other classes or patch geometry are refused).
+    """
 
     def __init__(self, dataset: dict, batch_size: int = 64, num_workers: int = 2, normalization: str = "minmax",
                  augment: bool = False, window: int = 512, seed: int = 0, prepare: bool = True):
         super().__init__()
         if normalization not in ("minmax", "zscore"):
             raise ConfigError(f"data.normalization must be 'minmax' or 'zscore', got {normalization!r}")
-        self.cfg = dict(plain(dataset))  # plain containers: the same fingerprint as `make prepare`
+        dataset = dict(plain(dataset))  # plain containers: the same fingerprint as `make prepare`, safe to save
+        self.save_hyperparameters(logger=False)
+        self.cfg = dataset
+        self.restored: dict | None = None  # the state of a checkpoint (load_state_dict)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.normalization, self.augment, self.window, self.seed = normalization, augment, window, seed
         self.do_prepare = prepare
@@ -139,6 +153,9 @@ class MsPanDataModule(L.LightningDataModule):
         for split, path in self.paths.items():
             if split not in self.sets:
                 self.sets[split] = H5PatchDataset(path)
+        if self.restored is not None:
+            self._check_files(self.restored)
+            return
         shift, scale = shift_scale(self.normalization, self.sets["train"].attrs)
         self.shift = torch.tensor(shift, dtype=torch.float32)
         self.scale = torch.tensor(scale, dtype=torch.float32)
@@ -146,18 +163,51 @@ class MsPanDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         """What a checkpoint needs to prepare new data as in training (Lightning saves it in every
         checkpoint): dataset, classes and their label values, patch geometry, normalisation."""
+        if self.restored is not None and not self.sets:
+            return dict(self.restored)
         attrs = self.sets["train"].attrs
         return {"dataset": self.cfg.get("name"), "class_names": list(attrs["class_names"]),
                 "class_values": [int(v) for v in attrs["class_values"]], "ms_patch": int(attrs["ms_patch"]),
-                "ratio": int(attrs["ratio"]), "normalization": self.normalization,
+                "ratio": int(attrs["ratio"]), "ms_channels": int(attrs["ms_shape"][0]),
+                "normalization": self.normalization,
                 "shift": [float(v) for v in self.shift], "scale": [float(v) for v in self.scale]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A checkpoint's data state (Lightning calls this on load_from_checkpoint, resume and a test from a
+        checkpoint): from now on batches are normalised with the statistics the network was trained on."""
+        self.restored = dict(state)
+        if state["normalization"] != self.normalization:
+            log.warning("data.normalization=%s, but the checkpoint was trained with %s: normalising with the "
+                        "checkpoint's", self.normalization, state["normalization"])
+        self.normalization = state["normalization"]
+        self.shift = torch.tensor(state["shift"], dtype=torch.float32)
+        self.scale = torch.tensor(state["scale"], dtype=torch.float32)
+        if self.sets:
+            self._check_files(self.restored)
+
+    def _check_files(self, state: dict) -> None:
+        """The prepared files must hold what the checkpoint was trained on: same classes, values, geometry."""
+        attrs = self.sets["train"].attrs
+        found = {"class_names": list(attrs["class_names"]), "class_values": [int(v) for v in attrs["class_values"]],
+                 "ms_patch": int(attrs["ms_patch"]), "ratio": int(attrs["ratio"])}
+        if "ms_channels" in state:
+            found["ms_channels"] = int(attrs["ms_shape"][0])
+        wrong = {k: (v, state[k]) for k, v in found.items() if v != (list(state[k]) if isinstance(v, list) else state[k])}
+        if wrong:
+            what = "; ".join(f"{k} {v!r}, the checkpoint's {w!r}" for k, (v, w) in wrong.items())
+            raise ConfigError(f"{self.paths['train']}: prepared with {what}: this data does not match the checkpoint "
+                              f"(prepare it as in training, or choose the checkpoint of this dataset)")
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.sets["train"].attrs["class_names"]) if self.sets else list(self.cfg["classes"])
+        if self.sets:
+            return list(self.sets["train"].attrs["class_names"])
+        return list(self.restored["class_names"]) if self.restored else list(self.cfg["classes"])
 
     @property
     def ms_channels(self) -> int:
+        if not self.sets and self.restored and "ms_channels" in self.restored:
+            return int(self.restored["ms_channels"])
         return int(self.sets["train"].attrs["ms_shape"][0])
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
