@@ -1,5 +1,8 @@
 """A user's own dataset: label values checked against the files, tile folders of any naming, the
 AA definition, one fingerprint for prepare and train. The silent-wrong-label cases come first."""
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,7 @@ from das2f.data.prepare import inspect_dataset, prepare_dataset
 from das2f.data.readers import SceneError
 from das2f.data.tiles import tile_scenes
 from das2f.errors import ConfigError
-from das2f.metrics import compute_metrics
+from das2f.metrics import compute_metrics, json_values
 
 
 def scene_with_labels(tmp_path, label: np.ndarray, name: str = "s") -> dict:
@@ -122,7 +125,27 @@ def test_aa_averages_over_the_classes_present_in_the_truth():
     pred = torch.tensor([0, 3, 1, 4, 2, 2])  # errors go to classes absent from the truth
     m = compute_metrics(pred, truth, ["a", "b", "c", "d", "e"])
     assert m["aa"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)  # torchmetrics' macro accuracy gives 2/5
-    assert m["oa"] == pytest.approx(4 / 6) and m["acc_d"] == 0.0
+    assert m["oa"] == pytest.approx(4 / 6) and m["acc_b"] == 0.5
+    # a class absent from the truth has no accuracy (torchmetrics says 0, as if its pixels were all missed)
+    assert math.isnan(m["acc_d"]) and math.isnan(m["acc_e"])
+    one = compute_metrics(torch.tensor([1, 1]), torch.tensor([1, 1]), ["a", "b"])  # one class in truth and prediction
+    assert one["oa"] == one["aa"] == 1.0 and math.isnan(one["kappa"])
+    # JSON files get null for what is undefined (JSON has no NaN; strict readers refuse it)
+    text = json.dumps(json_values(m), allow_nan=False)
+    assert json.loads(text)["acc_d"] is None and json.loads(text)["acc_a"] == 0.5
+
+
+def test_report_averages_the_defined_values_only():
+    from das2f.report import table
+
+    def run(oa, acc_b):
+        metrics = {"test/oa": oa, "test/aa": oa, "test/kappa": 0.5, "test/f1": oa, "test/acc_a": oa, "test/acc_b": acc_b}
+        return {"dataset": "d", "backbone": "spvm", "fusion": "aalf", "cmda": "swap", "stages": 1, "dominant": False,
+                "class_names": ["a", "b"], "metrics": metrics}
+
+    header, rows = table([run(0.8, None), run(0.9, 0.6)])  # class b absent from the first run's test truth
+    row = dict(zip(header, rows[0]))
+    assert row["seeds"] == 2 and row["oa"][0] == pytest.approx(0.85) and row["acc_b"][0] == 0.6
 
 
 def test_prepare_then_train_prepares_once(tmp_path):

@@ -11,28 +11,43 @@ Definitions (over labelled pixels):
   torchmetrics' macro accuracy counts it as 0, which put a tile with 3 labelled classes of 10
   at a third of its real AA.
 - kappa: Cohen's kappa. F1: macro F1 (the field's usual, classes in truth or prediction).
-- acc_<class>: each class's accuracy (recall); 0 where the class is absent from the truth.
+- acc_<class>: each class's accuracy (recall); undefined (NaN; null in JSON files) where the class
+  is absent from the truth, never 0 (torchmetrics' 0 read as "every such pixel missed"). kappa is
+  undefined as well where truth and prediction hold one and the same class.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa, MulticlassF1Score
 
 
-class PresentClassAccuracy(MulticlassAccuracy):
-    """Mean per-class accuracy over the classes present in the target (AA as remote sensing defines it)."""
+class ClassAccuracy(MulticlassAccuracy):
+    """Each class's accuracy (recall); NaN for a class absent from the target (undefined, not 0)."""
 
     def __init__(self, num_classes: int, **kwargs):
         super().__init__(num_classes, average="none", **kwargs)
 
-    def compute(self) -> torch.Tensor:
+    def per_class(self) -> torch.Tensor:
         tp, _, _, fn = self._final_state()
         support = tp + fn
-        present = support > 0
+        return torch.where(support > 0, tp.double() / support.clamp(min=1), torch.nan)
+
+    def compute(self) -> torch.Tensor:
+        return self.per_class().float()
+
+
+class PresentClassAccuracy(ClassAccuracy):
+    """Mean per-class accuracy over the classes present in the target (AA as remote sensing defines it)."""
+
+    def compute(self) -> torch.Tensor:
+        acc = self.per_class()
+        present = ~acc.isnan()
         if not present.any():
-            return torch.tensor(float("nan"), device=tp.device)
-        return (tp[present].double() / support[present]).mean().float()
+            return torch.tensor(float("nan"), device=acc.device)
+        return acc[present].mean().float()
 
 
 # name -> (label in tables, percent?) ; the order is the order of every table and log line
@@ -46,7 +61,7 @@ def metric_collection(num_classes: int, prefix: str = "") -> MetricCollection:
         "aa": PresentClassAccuracy(num_classes),
         "kappa": MulticlassCohenKappa(num_classes),
         "f1": MulticlassF1Score(num_classes, average="macro"),
-        "class_acc": MulticlassAccuracy(num_classes, average="none"),
+        "class_acc": ClassAccuracy(num_classes),
     }, prefix=prefix)
 
 
@@ -72,3 +87,8 @@ def compute_metrics(pred: torch.Tensor, truth: torch.Tensor, class_names: list[s
     out = {k: float(v) for k, v in values.items()}
     out.update({f"acc_{n}": float(v) for n, v in zip(class_names, per_class)})
     return out
+
+
+def json_values(values: dict) -> dict:
+    """Metrics for a JSON file: an undefined value (NaN) becomes null (JSON has no NaN)."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}

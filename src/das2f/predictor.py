@@ -294,7 +294,7 @@ def predict(cfg: DictConfig) -> dict:
     if grid:
         save_maps_grid(grid, predictor.class_names, colors, out_dir / "maps.png",
                        title=f"{dataset['name']}: {Path(cfg.ckpt_path).name}")
-    (out_dir / "predict.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "predict.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     if cfg.get("wandb"):
         log_to_wandb(predictor.info, out_dir, summary, dataset["name"])
     log.info("outputs: %s", out_dir)
@@ -324,11 +324,12 @@ def scene_metrics(pred: np.ndarray, truth: np.ndarray, class_names: list[str], f
     """The metrics of das2f.metrics over the labelled pixels of a scene, and its confusion figure."""
     from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-    from .metrics import compute_metrics
+    from .metrics import compute_metrics, json_values
     from .results import save_confusion_figure
 
     sel = truth >= 0
     p, t = torch.from_numpy(pred[sel].astype(np.int64)), torch.from_numpy(truth[sel])
     conf = multiclass_confusion_matrix(p, t, len(class_names))
     save_confusion_figure(conf, class_names, figure)
-    return {"labelled_pixels": int(sel.sum()), **compute_metrics(p, t, class_names), "confusion": conf.tolist()}
+    return {"labelled_pixels": int(sel.sum()), **json_values(compute_metrics(p, t, class_names)),
+            "confusion": conf.tolist()}

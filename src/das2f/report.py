@@ -41,7 +41,7 @@ def table(runs: list[dict]) -> tuple[list[str], list[list]]:
     for key, rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         row = [*key, len(rs)]
         for m in metrics:
-            vals = np.array([r["metrics"][m] for r in rs if m in r["metrics"]], dtype=float)
+            vals = np.array([r["metrics"][m] for r in rs if r["metrics"].get(m) is not None], dtype=float)
             row.append((vals.mean(), vals.std(ddof=1) if len(vals) > 1 else float("nan")) if len(vals) else None)
         rows.append(row)
     return header, rows

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from .metrics import METRICS, format_metric
+from .metrics import METRICS, format_metric, json_values
 
 
 def write_results(cfg, metrics: dict, model, started: float | None = None) -> Path:
@@ -20,13 +20,13 @@ def write_results(cfg, metrics: dict, model, started: float | None = None) -> Pa
     summary = {
         "dataset": cfg.dataset.name, "seed": int(cfg.seed), "stages": int(net.stages),
         "backbone": net.backbone, "fusion": net.fusion, "cmda": "swap" if net.swap else "none",
-        "dominant": bool(net.dominant), "class_names": list(model.class_names), "metrics": metrics,
+        "dominant": bool(net.dominant), "class_names": list(model.class_names), "metrics": json_values(metrics),
         "wall_seconds": round(time.perf_counter() - started, 1) if started else None, "machine": machine(),
     }
     if getattr(model, "test_confusion", None) is not None:
         summary["test_confusion"] = model.test_confusion.tolist()
         save_confusion_figure(model.test_confusion, model.class_names, out / "test_confusion.png")
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     return out
 
