@@ -34,3 +34,29 @@ def test_mamba_build_keeps_only_the_gpus_architecture():
 def test_an_unknown_setup_layout_is_refused():
     with pytest.raises(RuntimeError, match="layout changed"):
         restrict_arches("cc_flag.append('-gencode')\n", "90")
+
+
+def test_gpu_check_steps_run_without_the_packages_the_gpu_machine_lacks(tmp_path):
+    """The GPU machine has no wandb and no rasterio (README, "On a GPU"); hydra and omegaconf travel as wheels.
+    gpu-check's main job and benchmark must not need them: here both are made unimportable (stub packages
+    that raise ImportError, first on the path), and the main job (toy sizes, CPU) and the benchmark's smoke
+    run go through. Before: the main job crashed at its end on `import wandb`."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .test_cli import SIZE
+
+    blocked = tmp_path / "blocked"
+    for name in ("wandb", "rasterio"):
+        (blocked / name).mkdir(parents=True)
+        (blocked / name / "__init__.py").write_text(f"raise ImportError('{name}: not on the GPU machine')\n")
+    env = {**{k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")},
+           "PYTHONPATH": str(blocked)}
+    for args in (["das2f.train", *SIZE], ["das2f.bench_gpu", "--device", "cpu", "--tiny", "--no-compile",
+                                          "--workers", "0", "--out", str(tmp_path / "bench")]):
+        r = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, capture_output=True, text=True, env=env,
+                           timeout=600)
+        assert r.returncode == 0, (args[0], r.stderr[-3000:])
+    assert list((tmp_path / "logs").rglob("metrics.json")) and list(Path(tmp_path / "bench").glob("gpu-*.md"))

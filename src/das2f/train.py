@@ -227,9 +227,10 @@ def run(cfg: DictConfig) -> dict:
         title = "test metrics (best-on-validation checkpoint)" if cfg.get("train") else f"test metrics of {Path(str(ckpt)).name}"
         print_results(metrics, model.class_names, out, title=title)
     finally:
-        import wandb
+        import sys
 
-        if wandb.run is not None:
+        wandb = sys.modules.get("wandb")  # imported only where a W&B logger ran (a GPU machine may have none)
+        if wandb is not None and wandb.run is not None:
             wandb.finish()
     return metrics
 
