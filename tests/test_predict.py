@@ -273,6 +273,51 @@ def test_a_region_of_a_large_scene_reads_only_that_region(tmp_path, monkeypatch)
     assert (values[500:516, 700:716] >= 1).all() and (values[:500] == -1).all()
 
 
+def test_a_finished_map_is_checked_scored_and_drawn_band_by_band(tmp_path, monkeypatch):
+    """After the windows, a map is filled (stride), checked, counted, scored and drawn band of rows by band of
+    rows: memory is a band plus the figure's arrays (at most 1,500 pixels a side), not the scene; the numbers
+    are those of the whole-array computation."""
+    import tracemalloc
+
+    import torch
+
+    import das2f.predictor as P
+    from das2f.metrics import compute_metrics
+
+    h, w, values_ = 4000, 3000, np.arange(1, 6) * 10  # 12 M pixels; label values 10..50, 0 unlabelled
+    rng = np.random.default_rng(0)
+    m = np.lib.format.open_memmap(tmp_path / "map.npy", mode="w+", dtype=np.int32, shape=(h, w))
+    m[:] = rng.choice(values_, (h, w)).astype(np.int32)
+    m.flush()
+    del m
+    np.save(tmp_path / "label.npy", rng.choice(np.arange(6) * 10, (h, w)).astype(np.uint8))
+    monkeypatch.setattr(P, "FINISH_ROWS", 64)
+    names = ["a", "b", "c", "d", "e"]
+    values = np.load(tmp_path / "map.npy", mmap_mode="r")
+    truth = P.TruthReader.of({"label": str(tmp_path / "label.npy")}, 4, values_)
+    tracemalloc.start()  # numpy reports its allocations to tracemalloc
+    entry, figure = P.finish_scene(values, tmp_path / "map.npy", (0, h, 0, w), values_, names, truth)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < h * w * 8 / 4, f"{peak / 2**20:.1f} MB"  # one int64 copy of the map alone would be 92 MB
+    # the same numbers as the whole map at once
+    whole, label = np.load(tmp_path / "map.npy"), np.load(tmp_path / "label.npy")
+    index, t = np.searchsorted(values_, whole), np.where(label > 0, label.astype(np.int64) // 10 - 1, -1)
+    sel = t >= 0
+    ref = compute_metrics(torch.from_numpy(index[sel]), torch.from_numpy(t[sel]), names)
+    assert entry["labelled_pixels"] == int(sel.sum())
+    assert all(entry[k] == pytest.approx(v, rel=1e-6) for k, v in ref.items())
+    assert entry["confusion"] == np.bincount(t[sel] * 5 + index[sel], minlength=25).reshape(5, 5).tolist()
+    assert entry["class_fractions"]["c"] == pytest.approx((index == 2).mean())
+    assert figure["step"] == 3 and np.array_equal(figure["index_map"], index[::3, ::3])
+    assert np.array_equal(figure["truth"], t[::3, ::3])
+    # a pixel never written is a bug, said with its rows
+    broken = np.load(tmp_path / "map.npy", mmap_mode="r+")
+    broken[130, 7] = -1
+    with pytest.raises(RuntimeError, match=r"1 pixels in rows 126..188 were not written"):
+        P.finish_scene(broken, tmp_path / "map.npy", (0, h, 0, w), values_, names, truth)
+
+
 def test_matlab_v73_scenes_are_read_window_by_window(tmp_path):
     from das2f.data.readers import read_raster
     from das2f.data.windows import LazyImage

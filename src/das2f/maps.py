@@ -54,21 +54,29 @@ def rgb_composite(ms: np.ndarray, bands: list[int]) -> np.ndarray:
 MAX_FIGURE_PIXELS = 1500  # a PNG panel shows at most this many pixels along a side
 
 
+def figure_step(shape: tuple[int, ...]) -> int:
+    """Large maps go into a PNG as every step-th pixel along each side (at most MAX_FIGURE_PIXELS a side)."""
+    return max(1, -(-max(shape[:2]) // MAX_FIGURE_PIXELS))
+
+
 def save_map_figure(index_map: np.ndarray, class_names: list[str], colors: np.ndarray, path: Path,
-                    truth: np.ndarray | None = None, title: str = "prediction", rgb: np.ndarray | None = None) -> None:
+                    truth: np.ndarray | None = None, title: str = "prediction", rgb: np.ndarray | None = None,
+                    step: int | None = None) -> None:
     """PNG of a class-index map with a legend, beside the ground truth (-1 = unlabelled, black) and/or
-    an RGB composite of the input."""
+    an RGB composite of the input. ``step``: the arrays are already every step-th pixel of the map
+    (said in the figure); None: full-size arrays, subsampled here past MAX_FIGURE_PIXELS."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    step = max(1, -(-max(index_map.shape) // MAX_FIGURE_PIXELS))  # large scenes: every step-th pixel in the PNG
-    if step > 1:
-        index_map = index_map[::step, ::step]
-        truth = truth[::step, ::step] if truth is not None else None
-        rgb = rgb[::step, ::step] if rgb is not None else None
+    if step is None:
+        step = figure_step(index_map.shape)
+        if step > 1:
+            index_map = index_map[::step, ::step]
+            truth = truth[::step, ::step] if truth is not None else None
+            rgb = rgb[::step, ::step] if rgb is not None else None
     panels = [(title, index_map)] + ([("ground truth (black: unlabelled)", truth)] if truth is not None else [])
     panels += [("MS input (RGB composite, 2-98% stretch)", rgb)] if rgb is not None else []
     h, w = index_map.shape

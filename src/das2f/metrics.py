@@ -78,15 +78,36 @@ def format_metric(name: str, value: float, std: float | None = None) -> str:
     return text if std is None else f"{text} ± {scale * std:.{digits}f}"
 
 
+class StreamMetrics:
+    """The metrics of ``metric_collection`` and the confusion matrix (rows: truth, columns: prediction),
+    accumulated batch by batch: a scene's labelled pixels band of rows by band of rows."""
+
+    def __init__(self, class_names: list[str]):
+        self.class_names = list(class_names)
+        self.collection = metric_collection(len(self.class_names))
+        self.confusion = torch.zeros(len(self.class_names), len(self.class_names), dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, truth: torch.Tensor) -> None:
+        if len(truth):
+            k = len(self.class_names)
+            self.collection.update(pred, truth)
+            self.confusion += torch.bincount(truth * k + pred, minlength=k * k).reshape(k, k)
+
+    def compute(self) -> dict[str, float]:
+        """oa, aa, kappa, f1 and acc_<class> as plain floats (NaN where undefined)."""
+        values = self.collection.compute()
+        per_class = values.pop("class_acc")
+        out = {k: float(v) for k, v in values.items()}
+        out.update({f"acc_{n}": float(v) for n, v in zip(self.class_names, per_class)})
+        return out
+
+
 def compute_metrics(pred: torch.Tensor, truth: torch.Tensor, class_names: list[str]) -> dict[str, float]:
     """The metrics of a set of predictions (class indices) against the truth, as plain floats:
     oa, aa, kappa, f1 and acc_<class>."""
-    collection = metric_collection(len(class_names))
-    values = collection(pred, truth)
-    per_class = values.pop("class_acc")
-    out = {k: float(v) for k, v in values.items()}
-    out.update({f"acc_{n}": float(v) for n, v in zip(class_names, per_class)})
-    return out
+    metrics = StreamMetrics(class_names)
+    metrics.update(pred, truth)
+    return metrics.compute()
 
 
 def json_values(values: dict) -> dict:

@@ -29,6 +29,7 @@ from .data.transforms import RunningStats, shift_scale
 from .data.windows import LazyImage, SceneWindows, open_scene, scene_datamodule
 from .errors import CheckpointError, ConfigError, Interrupted
 from .maps import class_colors, rgb_composite, save_map_figure, save_maps_grid, write_map
+from .results import save_confusion_figure
 
 log = logging.getLogger("das2f.predict")
 
@@ -124,30 +125,45 @@ class MapWriter(BasePredictionWriter):
         self.flush()  # SIGTERM or an error: what is written stays written and marked
 
 
-def labelled_truth(spec: dict, ratio: int, class_values: np.ndarray, region: tuple[int, int, int, int]
-                   ) -> np.ndarray | None:
-    """Ground truth of a scene's region as class indices (-1 where unlabelled or not a class of the model),
-    or None. GeoTIFF and .npy label maps are read over the region only."""
-    r0, r1, c0, c1 = region
-    if spec.get("kind") == "wald_rgb":
-        maps = [load_scene(spec, ratio).maps["label"][r0:r1, c0:c1]]
-    else:
-        maps = []
-        for k in ("label", "test", "train", "val"):
-            if not spec.get(k):
-                continue
-            if Path(spec[k]).suffix.lower() in (".npy", ".tif", ".tiff"):
-                maps.append(LazyImage(spec[k]).read(r0, r1, c0, c1)[0])
-            else:
-                lab = read_raster(spec[k], key=spec.get(f"{k}_key"), label=True, color_table=spec.get("color_table"))
-                maps.append(lab.data[r0:r1, c0:c1])
-    if not maps:
-        return None
-    truth = np.full(maps[0].shape, -1, np.int64)
-    for m in maps:
-        for i, v in enumerate(class_values):
-            truth[m == v] = i
-    return truth
+class TruthReader:
+    """The ground truth of a scene as class indices (-1 where unlabelled or not a class of the model), read
+    region by region: GeoTIFF and .npy label maps through windowed reads; other formats (MATLAB v5 .mat,
+    the RGB label tiles of ``wald_rgb`` scenes) are read whole once. ``None`` from ``of`` for a scene
+    without labels."""
+
+    def __init__(self, sources: list, class_values: np.ndarray):
+        self.sources, self.class_values = sources, np.asarray(class_values)
+
+    @classmethod
+    def of(cls, spec: dict, ratio: int, class_values: np.ndarray) -> TruthReader | None:
+        sources = []
+        if spec.get("kind") == "wald_rgb":
+            sources.append(load_scene(spec, ratio).maps["label"])
+        else:
+            for k in ("label", "test", "train", "val"):
+                if not spec.get(k):
+                    continue
+                if Path(spec[k]).suffix.lower() in (".npy", ".tif", ".tiff"):
+                    sources.append(LazyImage(spec[k]))
+                else:
+                    sources.append(read_raster(spec[k], key=spec.get(f"{k}_key"), label=True,
+                                               color_table=spec.get("color_table")).data)
+        return cls(sources, class_values) if sources else None
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        truth = np.full((r1 - r0, c1 - c0), -1, np.int64)
+        for src in self.sources:
+            m = src.read(r0, r1, c0, c1)[0] if isinstance(src, LazyImage) else src[r0:r1, c0:c1]
+            for i, v in enumerate(self.class_values):
+                truth[m == v] = i
+        return truth
+
+
+FINISH_ROWS = 256  # MS rows per band when a finished map is filled, checked, counted, scored and drawn
+
+
+def row_bands(r0: int, r1: int, rows: int = FINISH_ROWS):
+    return [(a, min(a + rows, r1)) for a in range(r0, r1, rows)]
 
 
 def _map_files(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
@@ -177,13 +193,59 @@ def start_map(out_dir: Path, name: str, shape: tuple[int, int], n_windows: int, 
 
 
 def fill_from_stride(values: np.ndarray, region: tuple[int, int, int, int], k: int) -> None:
-    """Pixels not classified by a stride-k preview take the class of the nearest classified pixel."""
+    """Pixels not classified by a stride-k preview take the class of the nearest classified pixel; band of
+    rows by band of rows, in place (a classified pixel is its own nearest, so no source changes)."""
     r0, r1, c0, c1 = region
     rows, cols = np.arange(r0, r1), np.arange(c0, c1)
     last_r, last_c = r0 + (r1 - 1 - r0) // k * k, c0 + (c1 - 1 - c0) // k * k
     near_r = np.minimum(r0 + np.round((rows - r0) / k).astype(int) * k, last_r)
     near_c = np.minimum(c0 + np.round((cols - c0) / k).astype(int) * k, last_c)
-    values[r0:r1, c0:c1] = values[np.ix_(near_r, near_c)]
+    for a, b in row_bands(r0, r1):
+        values[a:b, c0:c1] = values[np.ix_(near_r[a - r0:b - r0], near_c)]
+
+
+def finish_scene(values: np.ndarray, map_path: Path, region: tuple[int, int, int, int], class_values: np.ndarray,
+                 class_names: list[str], truth: TruthReader | None, ms: LazyImage | None = None,
+                 rgb_bands: list[int] | None = None) -> tuple[dict, dict]:
+    """A finished map, read band of rows by band of rows (memory: a band, not the scene): every pixel
+    checked written, class fractions, the metrics over labelled pixels with the confusion matrix, and the
+    figure's arrays at every ``step``-th pixel. Returns (summary entries, figure arrays)."""
+    from .maps import figure_step
+    from .metrics import StreamMetrics
+
+    r0, r1, c0, c1 = region
+    step = figure_step((r1 - r0, c1 - c0))
+    rows = step * max(1, FINISH_ROWS // step)  # bands start on a shown row: the figure is every step-th pixel
+    counts = np.zeros(len(class_values), np.int64)
+    metrics = StreamMetrics(class_names) if truth is not None else None
+    shown: dict[str, list] = {"index": [], "truth": [], "ms": []}
+    labelled = 0
+    for a, b in row_bands(r0, r1, rows):
+        v = np.asarray(values[a:b, c0:c1])
+        if (v < 0).any():
+            raise RuntimeError(f"{map_path}: {(v < 0).sum()} pixels in rows {a}..{b - 1} were not written")  # a bug
+        index = np.searchsorted(class_values, v)
+        counts += np.bincount(index.ravel(), minlength=len(class_values))
+        shown["index"].append(index[::step, ::step].astype(np.int16))
+        if truth is not None:
+            t = truth.read(a, b, c0, c1)
+            sel = t >= 0
+            labelled += int(sel.sum())
+            metrics.update(torch.from_numpy(index[sel]), torch.from_numpy(t[sel]))
+            shown["truth"].append(t[::step, ::step].astype(np.int16))
+        if rgb_bands:
+            shown["ms"].append(ms.read(a, b, c0, c1)[:, ::step, ::step])
+    total = counts.sum()
+    entry = {"class_fractions": {n: float(c / total) for n, c in zip(class_names, counts)}}
+    if labelled:
+        from .metrics import json_values
+
+        entry.update({"labelled_pixels": labelled, **json_values(metrics.compute()),
+                      "confusion": metrics.confusion.tolist()})
+    figure = {"index_map": np.concatenate(shown["index"]), "step": step,
+              "truth": np.concatenate(shown["truth"]) if truth is not None else None,
+              "rgb": rgb_composite(np.concatenate(shown["ms"], axis=1), rgb_bands) if rgb_bands else None}
+    return entry, figure
 
 
 def predict(cfg: DictConfig) -> dict:
@@ -269,27 +331,21 @@ def predict(cfg: DictConfig) -> dict:
         if stride > 1:
             fill_from_stride(values, region, stride)
             values.flush()
-        r0, r1, c0, c1 = region
-        value_map = np.asarray(values[r0:r1, c0:c1])
-        if (value_map < 0).any():
-            raise RuntimeError(f"{map_path}: {(value_map < 0).sum()} pixels were not written")  # a bug, not a user error
-        index_map = np.searchsorted(predictor.class_values, value_map).astype(np.uint8)
+        scores, figure = finish_scene(values, map_path, region, predictor.class_values, predictor.class_names,
+                                      TruthReader.of(spec, ratio, predictor.class_values), ms, dataset.get("rgb_bands"))
         final = write_map(values, out_dir / f"{name}_map", ms.profile) if ms.profile else map_path
-        truth = labelled_truth(spec, ratio, predictor.class_values, region)
-        pixels = value_map.size if stride == 1 else len(range(0, r1 - r0, stride)) * len(range(0, c1 - c0, stride))
-        entry = {"map": str(final), "shape": list(value_map.shape), "region": list(region), "seconds": round(seconds, 2),
-                 "classified_pixels": pixels, "pixels_per_s": round(pixels / seconds, 1),
-                 "class_fractions": {n: float((index_map == i).mean()) for i, n in enumerate(predictor.class_names)}}
-        if truth is not None and (truth >= 0).any():
-            entry.update(scene_metrics(index_map, truth, predictor.class_names, out_dir / f"{name}_confusion.png"))
-        rgb = None
-        if dataset.get("rgb_bands") and value_map.size <= 4_000_000:
-            rgb = rgb_composite(ms.read(r0, r1, c0, c1), dataset["rgb_bands"])
-        save_map_figure(index_map, predictor.class_names, colors, out_dir / f"{name}_map.png",
-                        truth=truth, title=f"{name}: prediction", rgb=rgb)
+        r0, r1, c0, c1 = region
+        pixels = (r1 - r0) * (c1 - c0) if stride == 1 else \
+            len(range(0, r1 - r0, stride)) * len(range(0, c1 - c0, stride))
+        entry = {"map": str(final), "shape": [r1 - r0, c1 - c0], "region": list(region), "seconds": round(seconds, 2),
+                 "classified_pixels": pixels, "pixels_per_s": round(pixels / seconds, 1), **scores}
+        if "confusion" in entry:
+            save_confusion_figure(torch.tensor(entry["confusion"]), predictor.class_names, out_dir / f"{name}_confusion.png")
+        save_map_figure(figure["index_map"], predictor.class_names, colors, out_dir / f"{name}_map.png",
+                        truth=figure["truth"], title=f"{name}: prediction", rgb=figure["rgb"], step=figure["step"])
         summary["scenes"][name] = entry
         if len(opened) > 1 and len(grid) < cfg.grid_max_scenes:
-            grid.append((name, index_map, truth))
+            grid.append((name, figure["index_map"], figure["truth"]))
         log.info("scene %s: %d px in %.1f s (%.0f px/s) -> %s", name, pixels, seconds, pixels / seconds, final)
     if grid:
         save_maps_grid(grid, predictor.class_names, colors, out_dir / "maps.png",
@@ -318,18 +374,3 @@ def log_to_wandb(info: dict, out_dir: Path, summary: dict, dataset: str) -> None
         run.log({**images, **scalars})
     finally:
         run.finish()
-
-
-def scene_metrics(pred: np.ndarray, truth: np.ndarray, class_names: list[str], figure: Path) -> dict:
-    """The metrics of das2f.metrics over the labelled pixels of a scene, and its confusion figure."""
-    from torchmetrics.functional.classification import multiclass_confusion_matrix
-
-    from .metrics import compute_metrics, json_values
-    from .results import save_confusion_figure
-
-    sel = truth >= 0
-    p, t = torch.from_numpy(pred[sel].astype(np.int64)), torch.from_numpy(truth[sel])
-    conf = multiclass_confusion_matrix(p, t, len(class_names))
-    save_confusion_figure(conf, class_names, figure)
-    return {"labelled_pixels": int(sel.sum()), **json_values(compute_metrics(p, t, class_names)),
-            "confusion": conf.tolist()}
