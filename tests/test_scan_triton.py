@@ -56,6 +56,21 @@ def test_triton_backend_matches_reference(shape, regime, entry):
 
 
 @triton_missing
+@pytest.mark.parametrize("block_d", [8, 32])
+def test_triton_launch_settings_compute_the_same(block_d, monkeypatch):
+    """Other channels per program (what bench_gpu's tuning table tries): E = 24 as 3 programs of 8, or one
+    of 32 with 8 lanes masked; the same result."""
+    monkeypatch.setattr(scan_module.scan_triton, "BLOCK_D", block_d)
+    monkeypatch.setattr(scan_module.scan_triton, "NUM_WARPS", 2)
+    x64 = {k: v.requires_grad_() for k, v in make_inputs(1, 48, 2, 3, 40, regime="stress", seed=3).items()}
+    x32 = {k: v.detach().float().requires_grad_() for k, v in x64.items()}
+    y_ref = selective_scan(**x64, delta_softplus=True, backend="reference")
+    y = selective_scan(**x32, delta_softplus=True, backend="triton")
+    errors = relative_errors(x64, y_ref, y, list(x32.values()))
+    assert max(errors.values()) < RTOL, errors
+
+
+@triton_missing
 def test_triton_without_optional_terms_and_inference():
     """No D, no bias, no softplus; without gradients the kernel keeps no checkpoints, same output."""
     x = make_inputs(2, 8, 2, 4, 20, "init", 0)

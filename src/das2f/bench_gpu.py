@@ -1,7 +1,8 @@
 """`python -m das2f.bench_gpu` (the last step of `make gpu-check`): the GPU benchmark, side by side in one run.
 
 1. One selective scan at the model's size (batch 64, D = 4 x 64, N = 24, L = 256), forward and
-   forward+backward, per backend (mamba_ssm where it imports, triton, torch), float32 and bf16 inputs.
+   forward+backward, per backend (mamba_ssm where it imports, triton, torch), float32 and bf16 inputs;
+   then the triton kernels' launch settings (channels per program x warps) side by side.
 2. The whole 1-stage network (the main job's), training step (forward, loss, backward, the fused Adam
    step training uses) and inference, samples/s at batch 64 and 256, for every backend x precision
    (float32, bf16 autocast) x compile (eager, torch.compile); peak GPU memory of each. The authors'
@@ -147,6 +148,40 @@ def bench_networks(device, backends, batches, warmup, steps, budget_s, net_kwarg
     return lines, best
 
 
+def bench_triton_settings(device, dims: dict, warmup: int, steps: int, blocks=(8, 16, 32, 64),
+                          warps=(1, 2, 4, 8)) -> list[str]:
+    """The triton scan's launch settings (channels per program x warps), forward+backward in float32, side by
+    side: the data for choosing ``scan_triton.BLOCK_D`` and ``NUM_WARPS`` on this GPU."""
+    default = (scan_triton.BLOCK_D, scan_triton.NUM_WARPS)
+    x = {k: v.to(device) for k, v in scan_inputs(**dims).items()}
+    results = []
+    try:
+        for block_d in blocks:
+            for num_warps in warps:
+                scan_triton.BLOCK_D, scan_triton.NUM_WARPS = block_d, num_warps
+                xs = {k: v.clone().requires_grad_() for k, v in x.items()}
+
+                def fwd_bwd():
+                    selective_scan(**xs, delta_softplus=True, backend="triton").sum().backward()  # noqa: B023
+
+                first, fb = timed(fwd_bwd, device, warmup, steps)
+                results.append((block_d, num_warps, first, fb))
+    finally:
+        scan_triton.BLOCK_D, scan_triton.NUM_WARPS = default
+    ref = default if any((bd, w) == default for bd, w, _, _ in results) else results[0][:2]
+    base = next(fb for bd, w, _, fb in results if (bd, w) == ref)
+    lines = [f"| BLOCK_D | num_warps | fwd+bwd ms | first call s (compiling) | vs {ref[0]}, {ref[1]} |",
+             "|---|---|---|---|---|"]
+    for block_d, num_warps, first, fb in results:
+        mark = " (default)" if (block_d, num_warps) == default else ""
+        lines.append(f"| {block_d}{mark} | {num_warps} | {fb * 1e3:.2f} | {first:.1f} | {base / fb:.2f}x |")
+    fastest = min(results, key=lambda r: r[3])
+    lines += ["", f"Fastest: BLOCK_D={fastest[0]}, num_warps={fastest[1]} ({base / fastest[3]:.2f}x BLOCK_D={ref[0]}, "
+                  f"num_warps={ref[1]}; the default is {default[0]}, {default[1]})."]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -174,8 +209,12 @@ def main(argv=None):
              "one run, side by side.", "",
              "## Selective scan, " + (f"toy sizes {dims}" if args.tiny else "batch 64, D = 4 x 64, N = 24, L = 256")
              + ", softplus, D and bias", "",
-             *bench_scans(device, backends, dims, warmup, steps),
-             "", "## Whole network (1-stage DAS²F, the main job's), samples/s", "",
+             *bench_scans(device, backends, dims, warmup, steps)]
+    if "triton" in backends:
+        lines += ["", "## Triton launch settings (forward+backward, float32, same sizes)", "",
+                  *bench_triton_settings(device, dims, warmup, steps,
+                                         *(((4, 8), (1,)) if args.tiny else ()))]
+    lines += ["", "## Whole network (1-stage DAS²F, the main job's), samples/s", "",
              "Train: forward, loss, backward and the fused Adam step of `make train`; median of "
              f"{steps} steps after {warmup} warm-up. First calls: the first training step and the first "
              "inference, compilation included.", ""]

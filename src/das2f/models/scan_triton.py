@@ -45,8 +45,11 @@ _LOG2E = 1.4426950408889634
 # steps between saved states: memory B*D*N*L/CHUNK floats for the checkpoints, and the backward
 # recomputes at most CHUNK states per program into scratch (B*D*CHUNK*BLOCK_N floats)
 CHUNK = 16
-# channels per program: more programs (parallelism) against fewer loads of B_t / C_t per channel
+# launch settings, read at every call: channels per program (a power of two: more programs, more
+# parallelism, against fewer loads of B_t / C_t per channel) and warps per program. Untuned: on a GPU,
+# `python -m das2f.bench_gpu` times the alternatives side by side (its "Triton launch settings" table).
 BLOCK_D = 16
+NUM_WARPS = 4
 
 
 def _jit(fn):
@@ -236,7 +239,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
             length, e, n, d, nsub, nchunks,
             *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *y.stride(),
             HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), SAVE=save,
-            CHUNK=CHUNK, BLOCK_D=block_d, BLOCK_N=block_n,
+            CHUNK=CHUNK, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=NUM_WARPS,
         )
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, ckpt)
         ctx.softplus = bool(delta_softplus)
@@ -259,7 +262,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
             length, e, n, d, nsub, nchunks,
             *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *dy.stride(), *d_u.stride(),
             HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
-            CHUNK=CHUNK, BLOCK_D=block_d, BLOCK_N=block_n,
+            CHUNK=CHUNK, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=NUM_WARPS,
         )
         d_D = (dy.float() * u.float()).sum(dim=(0, 2)).to(D.dtype) if D is not None else None
         d_bias = d_x.sum(dim=(0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
