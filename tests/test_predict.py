@@ -152,7 +152,7 @@ def check_data_module_restores(tmp_path, ckpt_path):
     from omegaconf import OmegaConf
 
     from das2f.data.datamodule import MsPanDataModule
-    from das2f.errors import ConfigError
+    from das2f.errors import CheckpointError, ConfigError
 
     cfg = make_cfg(tmp_path)
     trained = hydra.utils.instantiate(cfg.data, dataset=OmegaConf.to_container(cfg.dataset, resolve=True))
@@ -166,6 +166,14 @@ def check_data_module_restores(tmp_path, ckpt_path):
     restored.setup()  # the prepared files are there: checked against the checkpoint, same batches
     assert torch.equal(next(iter(restored.test_dataloader()))["ms"], raw["ms"])
     assert restored.state_dict() == torch.load(ckpt_path, weights_only=True)["MsPanDataModule"]
+    # a checkpoint of the earlier layout (data state, no data module arguments): refused unless dataset= is given
+    old = torch.load(ckpt_path, weights_only=True)
+    del old[MsPanDataModule.CHECKPOINT_HYPER_PARAMS_KEY]
+    torch.save(old, tmp_path / "older.ckpt")
+    with pytest.raises(CheckpointError, match=r"older.ckpt: holds the data state .* pass the dataset config"):
+        MsPanDataModule.load_from_checkpoint(tmp_path / "older.ckpt")
+    assert MsPanDataModule.load_from_checkpoint(tmp_path / "older.ckpt", dataset=trained.cfg).class_names == \
+        trained.class_names
     other = {**restored.state_dict(), "class_values": [10, 20, 30, 40, 50, 60, 70, 80]}
     with pytest.raises(ConfigError, match=r"train.h5: prepared with class_values \[1, 2, 3, 4, 5, 6, 7, 8\], the "
                                           r"checkpoint's \[10, 20.*does not match the checkpoint"):

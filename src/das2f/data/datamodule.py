@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import plain
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .hdf5 import read_attrs
 from .prepare import prepare_dataset, split_paths
 from .transforms import joint_flip_rotate, normalize_pair, shift_scale
@@ -124,7 +124,7 @@ class MsPanDataModule(L.LightningDataModule):
 
     A checkpoint restores it: its arguments are saved as hyper-parameters (plain containers) and its
     state (classes and their label values, patch geometry, normalisation and the training statistics)
-    through ``state_dict``, so ``MsPanDataModule.load_from_checkpoint(path, weights_only=True)`` alone gives
+    through ``state_dict``, so ``MsPanDataModule.load_from_checkpoint(path)`` alone gives
     the data module of the run, normalising with the statistics the network was trained on, even where
     the prepared files are absent (``class_names``, ``normalize``) and checking them where they are
     (``setup``: files prepared with other classes or patch geometry are refused).
@@ -144,6 +144,22 @@ class MsPanDataModule(L.LightningDataModule):
         self.do_prepare = prepare
         self.paths = split_paths(self.cfg)
         self.sets: dict[str, H5PatchDataset] = {}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, **kwargs):
+        """Lightning's, read with torch's safe loader; a checkpoint written before das2f saved the data
+        module's arguments (2026-11-25) needs ``dataset=`` (its run's ``config.yaml`` holds it)."""
+        from ..checkpoint import DATAMODULE_KEY, data_state, load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint_path, mmap=True)
+        data_state(ckpt, checkpoint_path)
+        if not ckpt.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) and "dataset" not in kwargs:
+            raise CheckpointError(
+                f"{checkpoint_path}: holds the data state ({DATAMODULE_KEY}) but not the data module's arguments (written "
+                "before das2f saved them); pass the dataset config: MsPanDataModule.load_from_checkpoint(path, "
+                "dataset=...), e.g. the `dataset` of the run's config.yaml")
+        kwargs.pop("weights_only", None)
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, weights_only=True, **kwargs)
 
     def prepare_data(self):
         if self.do_prepare:
