@@ -41,7 +41,8 @@ except ImportError as err:  # the `dev` extra installs it; on CUDA machines torc
 else:
     IMPORT_ERROR = None
 
-_LOG2E = 1.4426950408889634
+# log2(e): the kernels take exp(x) as exp2(x log2 e); a constexpr, as Triton requires of globals in a kernel
+_LOG2E = 1.4426950408889634 if tl is None else tl.constexpr(1.4426950408889634)
 # steps between saved states: memory B*D*N*L/CHUNK floats for the checkpoints, and the backward
 # recomputes at most CHUNK states per program into scratch (B*D*CHUNK*BLOCK_N floats)
 CHUNK = 16
@@ -107,7 +108,7 @@ def _forward_kernel(
 ):
     pid_b, pid, g, d, md, n, mn = _program(E, N, nsub, BLOCK_D, BLOCK_N)
     m2 = md[:, None] & mn[None, :]
-    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32) * _LOG2E
     bias = _per_channel(bias_ptr, d, md, HAS_BIAS)
     skip = _per_channel(D_ptr, d, md, HAS_D)
     u_p = u_ptr + pid_b * s_ub + d * s_ud
@@ -147,7 +148,7 @@ def _backward_kernel(
     pid_b, pid, g, d, md, n, mn = _program(E, N, nsub, BLOCK_D, BLOCK_N)
     m2 = md[:, None] & mn[None, :]
     A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
+    A2 = A * _LOG2E
     bias = _per_channel(bias_ptr, d, md, HAS_BIAS)
     skip = _per_channel(D_ptr, d, md, HAS_D)
     u_p = u_ptr + pid_b * s_ub + d * s_ud
