@@ -15,6 +15,11 @@ def class_colors(k: int) -> np.ndarray:
     return (np.array([cmap(i % cmap.N)[:3] for i in range(k)]) * 255).round().astype(np.uint8)
 
 
+def row_bands(r0: int, r1: int, rows: int) -> list[tuple[int, int]]:
+    """Rows r0..r1-1 as bands of ``rows`` rows, (start, stop) each: how a large map or scene is read."""
+    return [(a, min(a + rows, r1)) for a in range(r0, r1, rows)]
+
+
 def write_map(values: np.ndarray, stem: Path, profile: dict | None = None) -> Path:
     """Write an (H, W) map: ``stem.tif`` when ``profile`` carries georeferencing, else ``stem.npy``.
 
@@ -26,8 +31,7 @@ def write_map(values: np.ndarray, stem: Path, profile: dict | None = None) -> Pa
 
         path = stem.with_suffix(".tif")
         tmp = path.with_name(path.name + ".tmp")
-        rows = 512  # written band of rows by band of rows: a memory-mapped map is never read whole
-        bands = [(r, min(r + rows, values.shape[0])) for r in range(0, values.shape[0], rows)]
+        bands = row_bands(0, values.shape[0], 512)  # a memory-mapped map is never read whole
         small = all(values[a:b].max() < 256 and values[a:b].min() >= 0 for a, b in bands)
         dtype = "uint8" if small else "int32"
         with rasterio.open(tmp, "w", driver="GTiff", height=values.shape[0], width=values.shape[1], count=1,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import ConfusionMatrix, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa, MulticlassF1Score
 
 
@@ -85,13 +85,16 @@ class StreamMetrics:
     def __init__(self, class_names: list[str]):
         self.class_names = list(class_names)
         self.collection = metric_collection(len(self.class_names))
-        self.confusion = torch.zeros(len(self.class_names), len(self.class_names), dtype=torch.int64)
+        self.confusion_matrix = ConfusionMatrix("multiclass", num_classes=len(self.class_names))
 
     def update(self, pred: torch.Tensor, truth: torch.Tensor) -> None:
         if len(truth):
-            k = len(self.class_names)
             self.collection.update(pred, truth)
-            self.confusion += torch.bincount(truth * k + pred, minlength=k * k).reshape(k, k)
+            self.confusion_matrix.update(pred, truth)
+
+    @property
+    def confusion(self) -> torch.Tensor:
+        return self.confusion_matrix.compute()
 
     def compute(self) -> dict[str, float]:
         """oa, aa, kappa, f1 and acc_<class> as plain floats (NaN where undefined)."""

@@ -28,7 +28,8 @@ from .data.tiles import scene_specs
 from .data.transforms import RunningStats, shift_scale
 from .data.windows import LazyImage, SceneWindows, open_scene, scene_datamodule
 from .errors import CheckpointError, ConfigError, Interrupted
-from .maps import class_colors, rgb_composite, save_map_figure, save_maps_grid, write_map
+from .maps import class_colors, figure_step, rgb_composite, row_bands, save_map_figure, save_maps_grid, write_map
+from .metrics import StreamMetrics, json_values
 from .results import save_confusion_figure
 
 log = logging.getLogger("das2f.predict")
@@ -63,8 +64,7 @@ class Predictor:
         accumulated band of rows by band of rows (memory: one band)."""
         stats_ms, stats_pan = RunningStats(ms.shape[0]), RunningStats(1)
         h, w = ms.shape[1:]
-        for r in range(0, h, rows):
-            r1 = min(r + rows, h)
+        for r, r1 in row_bands(0, h, rows):
             stats_ms.update(ms.read(r, r1, 0, w)[None])
             stats_pan.update(pan.read(self.ratio * r, self.ratio * r1, 0, self.ratio * w)[None])
         return shift_scale(self.normalization, {**stats_ms.as_attrs("ms"), **stats_pan.as_attrs("pan")})
@@ -162,10 +162,6 @@ class TruthReader:
 FINISH_ROWS = 256  # MS rows per band when a finished map is filled, checked, counted, scored and drawn
 
 
-def row_bands(r0: int, r1: int, rows: int = FINISH_ROWS):
-    return [(a, min(a + rows, r1)) for a in range(r0, r1, rows)]
-
-
 def _map_files(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
     base = out_dir / f"{name}_map"
     return base.with_suffix(".npy"), base.with_name(base.name + ".progress.npy"), base.with_suffix(".json")
@@ -200,7 +196,7 @@ def fill_from_stride(values: np.ndarray, region: tuple[int, int, int, int], k: i
     last_r, last_c = r0 + (r1 - 1 - r0) // k * k, c0 + (c1 - 1 - c0) // k * k
     near_r = np.minimum(r0 + np.round((rows - r0) / k).astype(int) * k, last_r)
     near_c = np.minimum(c0 + np.round((cols - c0) / k).astype(int) * k, last_c)
-    for a, b in row_bands(r0, r1):
+    for a, b in row_bands(r0, r1, FINISH_ROWS):
         values[a:b, c0:c1] = values[np.ix_(near_r[a - r0:b - r0], near_c)]
 
 
@@ -210,9 +206,6 @@ def finish_scene(values: np.ndarray, map_path: Path, region: tuple[int, int, int
     """A finished map, read band of rows by band of rows (memory: a band, not the scene): every pixel
     checked written, class fractions, the metrics over labelled pixels with the confusion matrix, and the
     figure's arrays at every ``step``-th pixel. Returns (summary entries, figure arrays)."""
-    from .maps import figure_step
-    from .metrics import StreamMetrics
-
     r0, r1, c0, c1 = region
     step = figure_step((r1 - r0, c1 - c0))
     rows = step * max(1, FINISH_ROWS // step)  # bands start on a shown row: the figure is every step-th pixel
@@ -238,8 +231,6 @@ def finish_scene(values: np.ndarray, map_path: Path, region: tuple[int, int, int
     total = counts.sum()
     entry = {"class_fractions": {n: float(c / total) for n, c in zip(class_names, counts)}}
     if labelled:
-        from .metrics import json_values
-
         entry.update({"labelled_pixels": labelled, **json_values(metrics.compute()),
                       "confusion": metrics.confusion.tolist()})
     figure = {"index_map": np.concatenate(shown["index"]), "step": step,

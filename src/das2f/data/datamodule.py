@@ -147,19 +147,22 @@ class MsPanDataModule(L.LightningDataModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, **kwargs):
-        """Lightning's, read with torch's safe loader; a checkpoint written before das2f saved the data
-        module's arguments (2026-11-25) needs ``dataset=`` (its run's ``config.yaml`` holds it)."""
+        """The data module of a checkpoint, read once with torch's safe loader (Lightning's signature;
+        ``kwargs`` override saved arguments). A checkpoint written before das2f saved the data module's
+        arguments (2026-11-25) needs ``dataset=`` (its run's ``config.yaml`` holds it)."""
         from ..checkpoint import DATAMODULE_KEY, data_state, load_checkpoint
 
         ckpt = load_checkpoint(checkpoint_path, mmap=True)
-        data_state(ckpt, checkpoint_path)
+        state = data_state(ckpt, checkpoint_path)
         if not ckpt.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) and "dataset" not in kwargs:
             raise CheckpointError(
                 f"{checkpoint_path}: holds the data state ({DATAMODULE_KEY}) but not the data module's arguments (written "
                 "before das2f saved them); pass the dataset config: MsPanDataModule.load_from_checkpoint(path, "
                 "dataset=...), e.g. the `dataset` of the run's config.yaml")
-        kwargs.pop("weights_only", None)
-        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, weights_only=True, **kwargs)
+        kwargs.pop("weights_only", None)  # always the safe loader
+        datamodule = cls(**{**ckpt.get(cls.CHECKPOINT_HYPER_PARAMS_KEY, {}), **kwargs})
+        datamodule.load_state_dict(state)
+        return datamodule
 
     def prepare_data(self):
         if self.do_prepare:
