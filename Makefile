@@ -88,10 +88,10 @@ gpu-check: ## (on an NVIDIA GPU machine, no index needed) CUDA tests, a 1-epoch 
 		print("gpu-check:", torch.cuda.get_device_name(), "torch", torch.__version__, "CUDA", torch.version.cuda)'
 	cd $(ROOT) && $(GPU_ENV) && $(GPU_PY) -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
 	$(GPU_ENV) && $(GPU_PY) -m das2f.train trainer=gpu trainer.max_epochs=1 trainer.precision=bf16-mixed data.num_workers=8 $(ARGS)
-	$(GPU_ENV) && $(GPU_PY) -m das2f.bench_gpu --out $(ROOT)/bench/results $(BENCH_ARGS)
+	$(GPU_ENV) && $(GPU_PY) -m das2f.bench.gpu --out $(ROOT)/bench/results $(BENCH_ARGS)
 
 gpu-deps: ## (on the GPU machine) build mamba-ssm from .whl/src for this GPU only; long: `setsid make gpu-deps > .whl/gpu-deps.log 2>&1 &`
-	$(GPU_PY) -m das2f.gpu_deps $(WHEELS)/src/mamba_ssm-$(MAMBA_VERSION).tar.gz --target $(GPU_SITE)
+	$(GPU_PY) -m das2f.bench.gpu_deps $(WHEELS)/src/mamba_ssm-$(MAMBA_VERSION).tar.gz --target $(GPU_SITE)
 
 experiment-gid5: $(STAMP) ## real Gaofen-2 tiles split by tile: DAS²F, CNN, ablations -> experiments/gid5/results/ (RUNS="variants:seeds ...", ALSO="earlier sweep dirs", CKPT=a checkpoint: its maps only)
 	PY=$(PY) bash $(ROOT)/experiments/gid5/run.sh $(ARGS)

@@ -21,7 +21,7 @@ def compose_in(tmp_path: Path, name: str, overrides: list[str], output: str = "o
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from das2f.config import CONF_DIR
+    from das2f.runtime.config import CONF_DIR
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         cfg = compose(name, overrides=overrides, return_hydra_config=True)

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from das2f.config import CONF_DIR
+from das2f.runtime.config import CONF_DIR
 from das2f.train import run
 
 from .conftest import SHARED, compose_in
@@ -97,8 +97,8 @@ def test_dataset_patch_geometry_reaches_the_network():
 
 
 def test_a_bad_choice_is_refused_when_the_model_is_built():
-    from das2f.errors import ConfigError
     from das2f.models import DAS2F
+    from das2f.runtime.errors import ConfigError
 
     for kw, listed in (({"scan_backend": "fast"}, "'auto', 'torch'"), ({"fusion": "max"}, "'aalf'"),
                        ({"backbone": "rnn"}, "'cnn'")):

@@ -12,7 +12,7 @@ from das2f.data.patches import PatchCutter
 from das2f.data.prepare import prepare_dataset
 from das2f.data.readers import SceneError
 from das2f.data.split import stratified_split
-from das2f.errors import ConfigError
+from das2f.runtime.errors import ConfigError
 
 from .conftest import SHARED, small_dataset_cfg
 

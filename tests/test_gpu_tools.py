@@ -3,7 +3,7 @@ import ast
 
 import pytest
 
-from das2f.gpu_deps import GENCODE, restrict_arches
+from das2f.bench.gpu_deps import GENCODE, restrict_arches
 
 # the layout of mamba-ssm 2.3.2.post1's setup.py (a pair per architecture, some inside version checks)
 SETUP = '''
@@ -54,7 +54,7 @@ def test_gpu_check_steps_run_without_the_packages_the_gpu_machine_lacks(tmp_path
         (blocked / name / "__init__.py").write_text(f"raise ImportError('{name}: not on the GPU machine')\n")
     env = {**{k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")},
            "PYTHONPATH": str(blocked)}
-    for args in (["das2f.train", *SIZE], ["das2f.bench_gpu", "--device", "cpu", "--tiny", "--no-compile",
+    for args in (["das2f.train", *SIZE], ["das2f.bench.gpu", "--device", "cpu", "--tiny", "--no-compile",
                                           "--workers", "0", "--out", str(tmp_path / "bench")]):
         r = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, capture_output=True, text=True, env=env,
                            timeout=600)

@@ -11,8 +11,8 @@ from PIL import Image
 from das2f.data.prepare import inspect_dataset, prepare_dataset
 from das2f.data.readers import SceneError
 from das2f.data.tiles import tile_scenes
-from das2f.errors import ConfigError
 from das2f.metrics import compute_metrics, json_values
+from das2f.runtime.errors import ConfigError
 
 
 def scene_with_labels(tmp_path, label: np.ndarray, name: str = "s") -> dict:
@@ -153,7 +153,7 @@ def test_prepare_then_train_prepares_once(tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from das2f.config import CONF_DIR
+    from das2f.runtime.config import CONF_DIR
 
     over = ["dataset.generate.size=48", f"paths.data_dir={tmp_path}", "paths.output_dir=."]
     with initialize_config_dir(CONF_DIR, version_base="1.3"):

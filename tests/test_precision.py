@@ -4,8 +4,8 @@ import torch
 from omegaconf import open_dict
 
 from das2f.models import DAS2F
-from das2f.module import Das2fClassifier
 from das2f.train import run
+from das2f.training.module import Das2fClassifier
 
 from .test_train import make_cfg
 
@@ -77,7 +77,7 @@ def test_compiled_network_equals_eager():
 def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch):
     """`make gpu-check`'s benchmark at toy sizes on the CPU: every code path but CUDA's timers, so a rare
     GPU session does not find a broken script. The table has a row per backend x precision x batch."""
-    from das2f import bench_gpu
+    from das2f.bench import gpu as bench_gpu
 
     monkeypatch.chdir(tmp_path)
     bench_gpu.main(["--device", "cpu", "--tiny", "--no-compile", "--workers", "0", "--out", str(tmp_path / "res")])

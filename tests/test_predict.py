@@ -8,10 +8,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from das2f.config import CONF_DIR
 from das2f.data.scenes import load_scene, validate_scene
-from das2f.maps import write_map
-from das2f.predictor import Predictor, predict
+from das2f.maps.figures import write_map
+from das2f.maps.predictor import Predictor, predict
+from das2f.runtime.config import CONF_DIR
 from das2f.train import run
 
 from .conftest import SHARED, compose_in
@@ -110,8 +110,8 @@ def test_checkpoints_describe_themselves_and_load_safely(tmp_path):
     import torch
 
     from das2f.checkpoint import DATAMODULE_KEY, convert, load_checkpoint
-    from das2f.errors import CheckpointError
-    from das2f.module import Das2fClassifier
+    from das2f.runtime.errors import CheckpointError
+    from das2f.training.module import Das2fClassifier
 
     metrics = run(make_cfg(tmp_path))
     best, last = Path(metrics["best_checkpoint"]), tmp_path / "out" / "checkpoints" / "last.ckpt"
@@ -152,7 +152,7 @@ def check_data_module_restores(tmp_path, ckpt_path):
     from omegaconf import OmegaConf
 
     from das2f.data.datamodule import MsPanDataModule
-    from das2f.errors import CheckpointError, ConfigError
+    from das2f.runtime.errors import CheckpointError, ConfigError
 
     cfg = make_cfg(tmp_path)
     trained = hydra.utils.instantiate(cfg.data, dataset=OmegaConf.to_container(cfg.dataset, resolve=True))
@@ -213,7 +213,7 @@ def test_windows_cut_exactly_the_whole_scene_patches_and_read_only_their_region(
 
 
 def test_map_resumes_preview_fills_and_bad_requests_are_refused(tmp_path):
-    from das2f.errors import ConfigError
+    from das2f.runtime.errors import ConfigError
 
     metrics = run(make_cfg(tmp_path, "test=false"))
     ckpt = metrics.get("best_checkpoint") or str(tmp_path / "out" / "checkpoints" / "last.ckpt")
@@ -289,7 +289,7 @@ def test_a_finished_map_is_checked_scored_and_drawn_band_by_band(tmp_path, monke
 
     import torch
 
-    import das2f.predictor as P
+    import das2f.maps.predictor as P
     from das2f.metrics import compute_metrics
 
     h, w, values_ = 4000, 3000, np.arange(1, 6) * 10  # 12 M pixels; label values 10..50, 0 unlabelled

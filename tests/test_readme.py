@@ -42,7 +42,7 @@ NOT_RUN = {  # README commands the test suite does not run, and why
     "make test-slow": "runs this suite again",
     "make bench-deps": "installs comparison baselines from the package index",
     "make bench": "a timing run of minutes, measured alone, never in a test",
-    "python -m das2f.bench_threads": "a timing run of minutes (part of make bench), never in a test",
+    "python -m das2f.bench.threads": "a timing run of minutes (part of make bench), never in a test",
     "make experiment-gid5": "hours of training on the real tiles (the README states its results)",
     "make experiment-wv2": "a full-scene map of minutes (the README states its results)",
     "make clean": "deletes outputs",
@@ -50,7 +50,7 @@ NOT_RUN = {  # README commands the test suite does not run, and why
                       "test_precision.test_gpu_benchmark_runs_end_to_end_on_the_cpu)",
     "make gpu-deps": "compiles mamba-ssm's CUDA kernel: needs a GPU and nvcc (its setup.py rewrite: test_gpu_tools.py)",
     "make gpu-wheels": "downloads from the package index",
-    "python -m das2f.bench_gpu": "part of make gpu-check, needs a GPU",
+    "python -m das2f.bench.gpu": "part of make gpu-check, needs a GPU",
     "hydra/launcher=slurm": "needs a SLURM cluster (the config composes: test_train.test_sweep_configs_compose)",
     "python -m das2f.*": "a pattern, not a command",
     "python -m das2f.checkpoint OLD.ckpt NEW.ckpt": "needs a checkpoint of an older das2f: "

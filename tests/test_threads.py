@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from das2f import threads
+from das2f.runtime import threads
 
 from .test_cli import SIZE
 

@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from das2f.config import CONF_DIR
-from das2f.errors import Interrupted
+from das2f.runtime.config import CONF_DIR
+from das2f.runtime.errors import Interrupted
 from das2f.train import run
 
 from .conftest import compose_in

@@ -50,7 +50,7 @@ if [ -n "$CKPT" ]; then
   TILES=$("$PY" - <<'PYEOF'
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from das2f.config import CONF_DIR
+from das2f.runtime.config import CONF_DIR
 from das2f.data.tiles import scene_specs
 with initialize_config_dir(CONF_DIR, version_base="1.3"):
     cfg = compose("train", overrides=["experiment=gid5", "paths.root_dir=.", "paths.output_dir=."])

@@ -20,7 +20,7 @@ for m in reversed(runs):
     ckpt = r["metrics"].get("best_checkpoint")
     if r["stages"] == 1 and r["backbone"] == "spvm" and r["fusion"] == "aalf" and ckpt and Path(ckpt).is_file():
         from das2f.checkpoint import load_checkpoint
-        from das2f.errors import UserError
+        from das2f.runtime.errors import UserError
         try:
             load_checkpoint(ckpt)
         except UserError:

@@ -20,7 +20,8 @@ import pickle
 import sys
 from pathlib import Path
 
-from .errors import EXIT_USER_ERROR, CheckpointError, MissingFileError, UserError
+from .runtime.config import update_moved_targets
+from .runtime.errors import EXIT_USER_ERROR, CheckpointError, MissingFileError, UserError
 
 DATAMODULE_KEY = "MsPanDataModule"  # Lightning stores a datamodule's state_dict under its class name
 
@@ -41,6 +42,7 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
             f"`python -m das2f.checkpoint {path} NEW.ckpt`") from err
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt or "net" not in ckpt["hyper_parameters"]:
         raise CheckpointError(f"{path}: not a das2f checkpoint (no network config in its hyper_parameters)")
+    update_moved_targets(ckpt["hyper_parameters"], where=str(path))  # written before the package move
     return ckpt
 
 
@@ -81,7 +83,7 @@ def convert(old: Path, new: Path) -> None:
     info = ckpt.get("das2f") or {}
     if "net" not in info or "normalization" not in info:
         raise CheckpointError(f"{old}: no das2f run information to convert (not a das2f checkpoint)")
-    from .config import plain
+    from .runtime.config import plain
 
     hp = {k: plain(v) for k, v in dict(ckpt.get("hyper_parameters") or {}).items()}
 

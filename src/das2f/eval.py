@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, open_dict
 
-from .cli import hydra_entry
+from .runtime.cli import hydra_entry
 
 
 @hydra_entry("eval")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import hydra_entry
+from .runtime.cli import hydra_entry
 
 
 @hydra_entry("prepare")

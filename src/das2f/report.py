@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EXIT_USER_ERROR, MissingFileError, UserError
 from .metrics import METRICS, format_metric, metric_scale
+from .runtime.errors import EXIT_USER_ERROR, MissingFileError, UserError
 
 KEYS = ("dataset", "backbone", "fusion", "cmda", "stages", "dominant")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .cli import hydra_entry
-from .errors import CheckpointError, ConfigError, Interrupted, MissingFileError
+from .runtime.cli import hydra_entry
+from .runtime.errors import CheckpointError, ConfigError, Interrupted, MissingFileError
 
 log = logging.getLogger("das2f.train")
 
@@ -53,8 +53,8 @@ def build(cfg: DictConfig):
     import hydra
     import lightning as L
 
-    from .callbacks import EpochBar, RunRecord
-    from .cli import route_lightning_logs
+    from .runtime.cli import route_lightning_logs
+    from .training.callbacks import EpochBar, RunRecord
 
     route_lightning_logs()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -200,7 +200,7 @@ def run(cfg: DictConfig) -> dict:
     del saved
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from .results import print_results, write_results
+    from .training.results import print_results, write_results
 
     out = Path(cfg.paths.output_dir)
     try:

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import plain
-from ..errors import CheckpointError, ConfigError
+from ..runtime.config import plain
+from ..runtime.errors import CheckpointError, ConfigError
 from .hdf5 import read_attrs
 from .prepare import prepare_dataset, split_paths
 from .transforms import joint_flip_rotate, normalize_pair, shift_scale

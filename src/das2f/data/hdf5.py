@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import DataError, MissingFileError
+from ..runtime.errors import DataError, MissingFileError
 
 FORMAT_VERSION = 1
 REQUIRED = ("ms", "pan", "label", "coord", "scene")

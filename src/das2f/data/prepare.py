@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ..config import plain
-from ..errors import ConfigError, MissingFileError
+from ..runtime.config import plain
+from ..runtime.errors import ConfigError, MissingFileError
 from .hdf5 import FORMAT_VERSION, PatchFileError, PatchWriter, read_attrs
 from .patches import PatchCutter
 from .readers import SceneError

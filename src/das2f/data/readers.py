@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import DataError, MissingFileError
+from ..runtime.errors import DataError, MissingFileError
 
 KNOWN_DTYPES = (np.uint8, np.uint16, np.int16, np.int32, np.uint32, np.float32, np.float64)
 

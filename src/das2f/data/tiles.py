@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, MissingFileError
+from ..runtime.errors import ConfigError, MissingFileError
 
 KINDS = ("wald_rgb", "files")
 

@@ -13,13 +13,15 @@ import math
 from pathlib import Path
 
 import h5py
+import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from .patches import PatchCutter
 from .readers import _channels_first, mat_key, read_raster
 from .scenes import wald_from_rgb
+from .transforms import normalize_pair
 
 
 class LazyImage:
@@ -176,11 +178,27 @@ class SceneWindows(Dataset):
                 "window": torch.tensor(i)}
 
 
-def scene_datamodule(windows: SceneWindows, todo: np.ndarray, shift: np.ndarray, scale: np.ndarray,
-                     num_workers: int = 2):
-    """A LightningDataModule streaming the windows ``todo`` of a scene to ``trainer.predict``: patches are
-    cut in DataLoader workers while the network runs; under DDP each rank takes every world_size-th
-    window; batches are normalised after the transfer to the device (das2f.data.transforms)."""
-    from .scene_datamodule import SceneDataModule
+class SceneDataModule(L.LightningDataModule):
+    """Streams the windows ``todo`` of a scene to ``trainer.predict``: patches are cut in DataLoader workers
+    while the network runs; under DDP each rank takes every world_size-th window; batches are normalised
+    after the transfer to the device (das2f.data.transforms). Picklable (a spawned DDP process gets a
+    copy): it holds the window index, never an open file."""
 
-    return SceneDataModule(windows, todo, shift, scale, num_workers)
+    def __init__(self, windows: SceneWindows, todo: np.ndarray, shift: np.ndarray, scale: np.ndarray,
+                 num_workers: int = 2):
+        super().__init__()
+        self.windows, self.todo, self.num_workers = windows, np.asarray(todo), num_workers
+        self.shift = torch.as_tensor(np.asarray(shift), dtype=torch.float32)
+        self.scale = torch.as_tensor(np.asarray(scale), dtype=torch.float32)
+
+    def predict_dataloader(self):
+        rank, world = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        mine = [int(i) for i in self.todo[rank::world]]
+        return DataLoader(self.windows, batch_size=None, sampler=mine, num_workers=self.num_workers,
+                          persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        batch["ms"], batch["pan"] = normalize_pair(batch["ms"], batch["pan"], self.shift, self.scale)
+        return batch

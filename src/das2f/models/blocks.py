@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from .cmda import CMDACore
 from .ss2d import SS2D
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from .blocks import CrossBlock, MixerBlock, backbone_kind
 from .fusion import check_fusion, make_fusion, tokens_to_subpixels
 from .scan import check_backend

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 
 
 def tokens_to_subpixels(x: torch.Tensor) -> torch.Tensor:

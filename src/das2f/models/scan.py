@@ -43,7 +43,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from . import scan_triton
 
 log = logging.getLogger(__name__)

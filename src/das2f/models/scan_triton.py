@@ -48,7 +48,7 @@ _LOG2E = 1.4426950408889634 if tl is None else tl.constexpr(1.4426950408889634)
 CHUNK = 16
 # launch settings, read at every call: channels per program (a power of two: more programs, more
 # parallelism, against fewer loads of B_t / C_t per channel) and warps per program. Untuned: on a GPU,
-# `python -m das2f.bench_gpu` times the alternatives side by side (its "Triton launch settings" table).
+# `python -m das2f.bench.gpu` times the alternatives side by side (its "Triton launch settings" table).
 BLOCK_D = 16
 NUM_WARPS = 4
 

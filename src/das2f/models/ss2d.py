@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from .scan import selective_scan_time_major
 
 K_DIRECTIONS = 4

@@ -1,4 +1,4 @@
-"""`python -m das2f.bench_gpu` (the last step of `make gpu-check`): the GPU benchmark, side by side in one run.
+"""`python -m das2f.bench.gpu` (the last step of `make gpu-check`): the GPU benchmark, side by side in one run.
 
 1. One selective scan at the model's size (batch 64, D = 4 x 64, N = 24, L = 256), forward and
    forward+backward, per backend (mamba_ssm where it imports, triton, torch), float32 and bf16 inputs;
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .bench import bench_loader, model_optimizer, scan_inputs, write_report
-from .models import DAS2F
-from .models.scan import BACKENDS, _mamba_ssm_fn, scan_triton, selective_scan
+from ..models import DAS2F
+from ..models.scan import BACKENDS, _mamba_ssm_fn, scan_triton, selective_scan
+from .cpu import bench_loader, model_optimizer, scan_inputs, write_report
 
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}
 

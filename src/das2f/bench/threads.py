@@ -1,4 +1,4 @@
-"""Throughput on a shared machine (part of `make bench`; alone: `python -m das2f.bench_threads`).
+"""Throughput on a shared machine (part of `make bench`; alone: `python -m das2f.bench.threads`).
 
 The 1-stage and 2-stage network, training steps and inference at batch 64, each in FRESH
 processes: alone (idle machine) and beside one CPU-bound neighbour (a second copy of the same job,
@@ -6,7 +6,7 @@ started at the same moment), for the thread settings that matter:
 - default: torch's own (as many threads as cores, libgomp's default spin-wait), no adaptation;
 - passive: the same with OMP_WAIT_POLICY=PASSIVE (threads sleep at barriers instead of spinning);
 - 1 thread (libgomp's default spin);
-- auto: das2f's default (das2f.threads: a short OpenMP spin, GOMP_SPINCOUNT=10000, and the free
+- auto: das2f's default (das2f.runtime.threads: a short OpenMP spin, GOMP_SPINCOUNT=10000, and the free
   cores as threads, re-chosen every 2 s between batches).
 "beside default" runs auto next to a default-settings neighbour (a process das2f does not control).
 Rates are samples/s over the same time window of both processes, after a warm-up.
@@ -31,8 +31,8 @@ SETTINGS = {  # name -> (environment, threads setting)
 def worker(mode: str, stages: int, threads: str, start_at: float, seconds: float, warmup: float) -> dict:
     import torch
 
-    from .models import DAS2F
-    from .threads import ThreadBudget, core_budget
+    from ..models import DAS2F
+    from ..runtime.threads import ThreadBudget, core_budget
 
     budget = ThreadBudget(core_budget()[0] if threads == "fixed-all" else threads)
     budget.start()
@@ -76,7 +76,7 @@ def run(mode: str, stages: int, settings: list[str], seconds: float, warmup: flo
     for name in settings:
         env_extra, threads = SETTINGS[name]
         env = {**os.environ, **env_extra}
-        cmd = [sys.executable, "-m", "das2f.bench_threads", "--worker", mode, "--stages", str(stages),
+        cmd = [sys.executable, "-m", "das2f.bench.threads", "--worker", mode, "--stages", str(stages),
                "--threads", threads, "--start-at", str(start_at), "--seconds", str(seconds), "--warmup", str(warmup)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
     out = []

@@ -1,7 +1,7 @@
 """What every `python -m das2f.<task>` entry point shares.
 
 - Hydra's main with the project's configs (``conf/``), found wherever the command runs.
-- One clean line per user mistake: a :class:`das2f.errors.UserError` (or an OmegaConf error: a
+- One clean line per user mistake: a :class:`das2f.runtime.errors.UserError` (or an OmegaConf error: a
   missing key, a bad interpolation) is logged as ONE line and the process exits with status 2;
   a run directory that the failed start left holding nothing but Hydra's own files is removed.
   Any other exception is a bug or an environment failure and keeps its traceback.
@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import CONF_DIR  # noqa: E402  (registers the resolvers too)
+from .config import CONF_DIR, update_moved_targets  # (registers the resolvers too)
 from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, Interrupted, UserError
 
 log = logging.getLogger("das2f")
@@ -111,6 +111,7 @@ def hydra_entry(config_name: str) -> Callable:
         def guarded(cfg):
             quiet()
             try:
+                update_moved_targets(cfg)  # a user's config written before the package move
                 from .threads import configure
 
                 configure(cfg.get("threads", "auto"))  # before any torch work; logged once

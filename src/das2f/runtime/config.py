@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-PROJECT_DIR = str(Path(__file__).resolve().parents[2])
+PROJECT_DIR = str(Path(__file__).resolve().parents[3])  # src/das2f/runtime/config.py -> the checkout
 CONF_DIR = str(Path(PROJECT_DIR) / "conf")
 
 
@@ -18,6 +18,50 @@ def plain(cfg):
     from omegaconf import DictConfig, ListConfig
 
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+
+
+# Classes that moved when the package was laid out by concern (0.2): a config or checkpoint naming the old
+# path still works, with a warning saying the new one (docs/reference/configuration.md lists them).
+MOVED = {
+    "das2f.training.module.": "das2f.training.module.", "das2f.training.callbacks.": "das2f.training.callbacks.",
+    "das2f.training.loggers.": "das2f.training.loggers.", "das2f.training.results.": "das2f.training.results.",
+    "das2f.maps.predictor.": "das2f.maps.predictor.", "das2f.maps.figures.": "das2f.maps.figures.",
+    "das2f.runtime.cli.": "das2f.runtime.cli.", "das2f.runtime.errors.": "das2f.runtime.errors.",
+    "das2f.runtime.threads.": "das2f.runtime.threads.", "das2f.runtime.config.": "das2f.runtime.config.",
+    "das2f.data.scene_datamodule.": "das2f.data.windows.",
+}
+
+
+def moved_target(target: str) -> str | None:
+    """The new path of a class named by its pre-0.2 path (``das2f.training.callbacks.EpochSummary``), else None."""
+    for old, new in MOVED.items():
+        if target.startswith(old) and "." not in target[len(old):]:
+            return new + target[len(old):]
+    return None
+
+
+def update_moved_targets(cfg, where: str = "config") -> list[str]:
+    """Rewrites every ``_target_`` naming a moved class, in place (DictConfig or dict), with a warning each."""
+    import logging
+
+    from omegaconf import DictConfig, ListConfig
+
+    changed = []
+
+    def walk(node, path):
+        items = node.items() if isinstance(node, (dict, DictConfig)) else \
+            enumerate(node) if isinstance(node, (list, ListConfig)) else ()
+        for key, value in items:
+            if key == "_target_" and isinstance(value, str) and moved_target(value):
+                node[key] = moved_target(value)
+                changed.append(f"{path}{key}: {value} -> {node[key]}")
+            elif isinstance(value, (dict, DictConfig, list, ListConfig)):
+                walk(value, f"{path}{key}.")
+
+    walk(cfg, "")
+    for c in changed:
+        logging.getLogger("das2f").warning("%s names a class by its old path (%s); update it", where, c)
+    return changed
 
 
 def wandb_offline() -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 
-from .metrics import METRICS
+from ..metrics import METRICS
 
 log = logging.getLogger("das2f.progress")
 
@@ -76,11 +76,11 @@ class CheckpointOnSigterm(L.Callback):
 
 
 class AdaptThreads(L.Callback):
-    """Between batches, lets das2f.threads re-choose torch's thread count from the other processes' load
+    """Between batches, lets das2f.runtime.threads re-choose torch's thread count from the other processes' load
     (threads=auto; a no-op with a fixed threads=N or outside the das2f entry points)."""
 
     def _step(self, *args, **kwargs):
-        from .threads import step
+        from ..runtime.threads import step
 
         step()
 

@@ -21,16 +21,16 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from omegaconf import DictConfig, OmegaConf
 
-from . import threads
-from .data.readers import read_raster
-from .data.scenes import load_scene
-from .data.tiles import scene_specs
-from .data.transforms import RunningStats, shift_scale
-from .data.windows import LazyImage, SceneWindows, open_scene, scene_datamodule
-from .errors import CheckpointError, ConfigError, Interrupted
-from .maps import class_colors, figure_step, rgb_composite, row_bands, save_map_figure, save_maps_grid, write_map
-from .metrics import StreamMetrics, json_values
-from .results import save_confusion_figure
+from ..data.readers import read_raster
+from ..data.scenes import load_scene
+from ..data.tiles import scene_specs
+from ..data.transforms import RunningStats, shift_scale
+from ..data.windows import LazyImage, SceneDataModule, SceneWindows, open_scene
+from ..metrics import StreamMetrics, json_values
+from ..runtime import threads
+from ..runtime.errors import CheckpointError, ConfigError, Interrupted
+from ..training.results import save_confusion_figure
+from .figures import class_colors, figure_step, rgb_composite, row_bands, save_map_figure, save_maps_grid, write_map
 
 log = logging.getLogger("das2f.predict")
 
@@ -39,7 +39,7 @@ class Predictor:
     """A trained network and everything needed to apply it to a scene, read from one checkpoint."""
 
     def __init__(self, ckpt_path: str | Path, scan_backend: str | None = None):
-        from .checkpoint import data_state, load_checkpoint
+        from ..checkpoint import data_state, load_checkpoint
 
         ckpt = load_checkpoint(ckpt_path)
         data = data_state(ckpt, ckpt_path)
@@ -244,9 +244,9 @@ def predict(cfg: DictConfig) -> dict:
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from .callbacks import AdaptThreads
-    from .cli import route_lightning_logs
-    from .module import Das2fClassifier
+    from ..runtime.cli import route_lightning_logs
+    from ..training.callbacks import AdaptThreads
+    from ..training.module import Das2fClassifier
 
     route_lightning_logs()
 
@@ -311,7 +311,7 @@ def predict(cfg: DictConfig) -> dict:
                                           enable_model_summary=False, default_root_dir=str(out_dir))
         t0 = time.perf_counter()
         try:
-            trainer.predict(model, datamodule=scene_datamodule(windows, todo, shift, scale, cfg.num_workers),
+            trainer.predict(model, datamodule=SceneDataModule(windows, todo, shift, scale, cfg.num_workers),
                             return_predictions=False)
         except SIGTERMException as err:
             done = int(np.load(progress_path).sum())
@@ -352,7 +352,7 @@ def log_to_wandb(info: dict, out_dir: Path, summary: dict, dataset: str) -> None
     """Maps and per-scene figures into the checkpoint's own W&B run (resumed by the id stored in it)."""
     import wandb
 
-    from .config import wandb_offline
+    from ..runtime.config import wandb_offline
 
     run_id = info.get("wandb_run_id")
     run = wandb.init(project="das2f", id=run_id, resume="allow" if run_id else None, dir=str(out_dir),

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torchmetrics import ConfusionMatrix, MaxMetric
 
-from .config import plain
-from .errors import ConfigError
-from .metrics import metric_collection
+from ..metrics import metric_collection
+from ..runtime.config import plain
+from ..runtime.errors import ConfigError
 
 
 class Das2fClassifier(L.LightningModule):

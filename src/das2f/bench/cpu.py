@@ -7,7 +7,7 @@
 2. The whole network: training step and inference, samples/s at batch 64.
 3. The data loader: samples/s from the prepared synthetic train file with 2 workers; bytes per
    sample on disk against raw float32.
-4. Threads on a shared machine (das2f.bench_threads): each thread setting alone and beside a copy
+4. Threads on a shared machine (das2f.bench.threads): each thread setting alone and beside a copy
    of itself, in fresh processes.
 Writes bench/results/bench-<date>.md.
 """
@@ -31,15 +31,15 @@ import psutil
 import torch
 from omegaconf import OmegaConf
 
-from .config import CONF_DIR
-from .models import DAS2F
-from .models.scan import (
+from ..models import DAS2F
+from ..models.scan import (
     DEFAULT_CHUNK,
     selective_scan_reference,
     selective_scan_time_major,
     selective_scan_torch,
     time_major_arguments,
 )
+from ..runtime.config import CONF_DIR
 
 
 def _malloc_trim():
@@ -220,7 +220,7 @@ def bench_network(batch=64, stages=2, steps=3):
 
 def bench_dataset(root: Path, prepared: str, per_class: int) -> dict:
     """The generated 192 x 192 scene as a dataset config, ``per_class`` training pixels per class."""
-    from .data.synthetic import CLASS_NAMES
+    from ..data.synthetic import CLASS_NAMES
 
     raw = root / "data" / "synthetic" / "raw"
     return {"name": "synthetic", "classes": CLASS_NAMES, "class_values": None, "ignore_value": 0, "ms_channels": 4,
@@ -231,8 +231,8 @@ def bench_dataset(root: Path, prepared: str, per_class: int) -> dict:
 
 
 def bench_loader(root: Path, workers: int = 2, per_class: int = 2000):
-    from .data.datamodule import MsPanDataModule
-    from .data.prepare import prepare_dataset
+    from ..data.datamodule import MsPanDataModule
+    from ..data.prepare import prepare_dataset
 
     cfg = bench_dataset(root, "bench", per_class)
     t = time.perf_counter()
@@ -262,11 +262,11 @@ def bench_predict(root: Path, size: int = 64, window: int = 16) -> tuple[float, 
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from .data.datamodule import MsPanDataModule
-    from .data.prepare import prepare_dataset
-    from .data.synthetic import CLASS_NAMES
-    from .module import Das2fClassifier
-    from .predictor import predict
+    from ..data.datamodule import MsPanDataModule
+    from ..data.prepare import prepare_dataset
+    from ..data.synthetic import CLASS_NAMES
+    from ..maps.predictor import predict
+    from ..training.module import Das2fClassifier
 
     cfg = bench_dataset(root, "bench_map", 20)
     prepare_dataset(cfg)
@@ -344,7 +344,7 @@ def main(argv=None):
               f"2 workers): {map_rate:,.1f} px/s; the same 1-stage network alone at batch 256: {net_rate:,.1f} "
               f"samples/s; map / network = {map_rate / net_rate:.2f}x"]
     if not args.no_threads:
-        from .bench_threads import CASES, bench_threads
+        from .threads import CASES, bench_threads
 
         lines += ["", "## Threads on a shared machine (fresh processes; alone, and beside a copy of itself)", "",
                   *bench_threads(cases=CASES[:2] if args.quick else CASES)]

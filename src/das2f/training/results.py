@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from .metrics import METRICS, format_metric, json_values
+from ..metrics import METRICS, format_metric, json_values
 
 
 def write_results(cfg, metrics: dict, model, started: float | None = None) -> Path:

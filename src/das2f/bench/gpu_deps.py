@@ -29,7 +29,7 @@ def restrict_arches(setup_py: str, arch: str) -> str:
     found = GENCODE.findall(setup_py)
     if not found:
         raise RuntimeError("mamba-ssm's setup.py has no `cc_flag.append(\"-gencode\")` pairs: its layout changed, "
-                           "update das2f/gpu_deps.py")
+                           "update das2f/bench/gpu_deps.py")
     first = [True]
 
     def keep_one(m):

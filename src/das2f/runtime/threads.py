@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-log = logging.getLogger("das2f.threads")
+log = logging.getLogger("das2f.runtime.threads")
 _CLK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 

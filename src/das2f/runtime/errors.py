@@ -1,6 +1,6 @@
 """The project's own errors: a user's mistake in a config, a data file or a checkpoint.
 
-Entry points (das2f.cli) print them as ONE line naming the file, the value found and the value
+Entry points (das2f.runtime.cli) print them as ONE line naming the file, the value found and the value
 expected, and exit with status 2, without a traceback; any other exception is a bug or an
 environment failure and keeps its traceback.
 """

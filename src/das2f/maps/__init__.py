@@ -1,0 +1,1 @@
+"""Full-scene classification maps: the predictor (trainer.predict over scene windows) and the map writer and figures."""

@@ -1,0 +1,1 @@
+"""The network trained and tested: the LightningModule, its callbacks, loggers and results."""
