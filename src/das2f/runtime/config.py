@@ -23,11 +23,11 @@ def plain(cfg):
 # Classes that moved when the package was laid out by concern (0.2): a config or checkpoint naming the old
 # path still works, with a warning saying the new one (docs/reference/configuration.md lists them).
 MOVED = {
-    "das2f.training.module.": "das2f.training.module.", "das2f.training.callbacks.": "das2f.training.callbacks.",
-    "das2f.training.loggers.": "das2f.training.loggers.", "das2f.training.results.": "das2f.training.results.",
-    "das2f.maps.predictor.": "das2f.maps.predictor.", "das2f.maps.figures.": "das2f.maps.figures.",
-    "das2f.runtime.cli.": "das2f.runtime.cli.", "das2f.runtime.errors.": "das2f.runtime.errors.",
-    "das2f.runtime.threads.": "das2f.runtime.threads.", "das2f.runtime.config.": "das2f.runtime.config.",
+    "das2f.module.": "das2f.training.module.", "das2f.callbacks.": "das2f.training.callbacks.",
+    "das2f.loggers.": "das2f.training.loggers.", "das2f.results.": "das2f.training.results.",
+    "das2f.predictor.": "das2f.maps.predictor.", "das2f.maps.": "das2f.maps.figures.",
+    "das2f.cli.": "das2f.runtime.cli.", "das2f.errors.": "das2f.runtime.errors.",
+    "das2f.threads.": "das2f.runtime.threads.", "das2f.config.": "das2f.runtime.config.",
     "das2f.data.scene_datamodule.": "das2f.data.windows.",
 }
 
