@@ -14,3 +14,45 @@ class SigtermAtStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class PauseAt(L.Callback):
+    """Test-only: at a known point (after training step ``step``, or validation / test batch ``step``) writes
+    ``marker`` and waits until a stop signal has arrived (at most ``seconds``), so that a test can signal the
+    whole process group from outside, DataLoader workers running, at a point it knows. ``slow_s``: every
+    training step also sleeps this long (a long epoch in little time, for the periodic last.ckpt)."""
+
+    def __init__(self, marker: str, stage: str = "train", step: int = 1, seconds: float = 60.0, slow_s: float = 0.0,
+                 hold_s: float = 0.0):
+        self.marker, self.stage, self.step, self.seconds, self.slow_s = marker, stage, step, seconds, slow_s
+        self.hold_s = hold_s  # after the signal, the step in hand goes on this long (a long step)
+
+    def _pause(self):
+        import time
+        from pathlib import Path
+
+        from das2f.runtime import signals
+
+        if Path(self.marker).exists():  # paused once already (a resumed run carries the same callback)
+            return
+        Path(self.marker).write_text(str(os.getpid()))
+        t0 = time.monotonic()
+        while signals.received() is None and time.monotonic() - t0 < self.seconds:
+            time.sleep(0.02)
+        time.sleep(self.hold_s)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.slow_s:
+            import time
+
+            time.sleep(self.slow_s)
+        if self.stage == "train" and trainer.global_step == self.step:
+            self._pause()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.stage == "val" and not trainer.sanity_checking and batch_idx == self.step:
+            self._pause()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.stage == "test" and batch_idx == self.step:
+            self._pause()

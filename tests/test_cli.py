@@ -80,7 +80,7 @@ def test_sigterm_exits_143_and_resume_continues_the_run_in_place(tmp_path):
               "+callbacks.sigterm._target_=tests.helpers.SigtermAtStep", "+callbacks.sigterm.step=4", env=env)
     assert r.returncode == 143, r.stderr[-3000:]
     (run,) = runs(tmp_path)
-    assert f"resumable, python -m das2f.train resume={run}" in r.stdout + r.stderr
+    assert f"holds it: continue with python -m das2f.train resume={run}" in r.stdout + r.stderr
     rows_before = csv_rows(run / "csv" / "metrics.csv")
     r = das2f(tmp_path, "train", *SIZE, "ckpt_path=last")
     assert r.returncode == 2 and f"resume={run}" in r.stdout + r.stderr  # refused, with the command to type
@@ -126,7 +126,7 @@ def test_a_map_stopped_by_sigterm_exits_143_and_the_same_command_finishes_it_ide
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 143, output[-3000:]
     written = int(np.load(progress).sum())
-    assert 3 <= written < 256 and f"interrupted by SIGTERM with {written} of 256 windows" in output
+    assert 3 <= written < 256 and f"stopped by SIGTERM with {written} of 256 windows" in output
     assert f"the same command with out={cut} continues" in output and "Traceback" not in output
     again = das2f(tmp_path, "predict", *args, f"out={cut}")
     assert again.returncode == 0, again.stderr[-3000:]

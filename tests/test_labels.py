@@ -85,6 +85,23 @@ def test_inspect_lists_every_scene_and_label_value(tmp_path, capsys):
     assert not (tmp_path / "prepared").exists()
 
 
+def test_inspect_in_a_log_file_keeps_whole_lines(tmp_path):
+    """Off a terminal (a log file, a batch job) rich assumes 80 columns: the scene lines are written whole,
+    one per scene, never cut ("arbor_wood…") or wrapped."""
+    import io
+
+    from rich.console import Console
+
+    name = "arbor_woodland_with_a_long_scene_name_of_a_real_dataset"
+    scene = scene_with_labels(tmp_path, labels_0_to_3_and_15(), name=name)
+    log = io.StringIO()
+    inspect_dataset(dataset(tmp_path, [scene]), console=Console(file=log, width=80))
+    lines = log.getvalue().splitlines()
+    (line,) = [ln for ln in lines if ln.startswith(name)]
+    assert "(3, 12, 12) | (1, 48, 48)" in line and "0: 30" in line and "15: 24" in line and len(line) > 80
+    assert "…" not in log.getvalue()
+
+
 def write_tiles(root, names: dict[str, list[int]], size: int = 32) -> None:
     """RGB image tiles and label tiles image/<category>/<n>.tif, label/<category>/<n>.png: category c has value c."""
     for c, (cat, numbers) in enumerate(names.items()):

@@ -154,3 +154,19 @@ def test_load_reference_state_dict_lists_bad_keys():
     sd["classifier.classifier_2.weight"] = torch.zeros(5, 1024)
     with pytest.raises(ValueError, match=r"classifier.classifier_2.weight.*\(5, 1024\), expected \(11, 1024\)"):
         load_reference_state_dict(DAS2F(stages=1), sd)
+
+
+def test_forward_flops_counts_without_touching_the_network():
+    """The model summary's FLOPs (about 0.2 GFLOP per sample for the 1-stage model): counting changes no
+    state (BatchNorm's running statistics stayed updated by the count once: a resumed run then differed)."""
+    import copy
+
+    from das2f.models import DAS2F
+
+    net = DAS2F(stages=1, num_classes=8).train()
+    before = copy.deepcopy(net.state_dict())
+    flops = net.forward_flops()
+    assert 0.15e9 < flops < 0.25e9
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert DAS2F(stages=2, num_classes=8).forward_flops() > 1.5 * flops

@@ -90,7 +90,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
 
     cfg = make_cfg(tmp_path, "test=false", "trainer.max_epochs=2", "+callbacks.sigterm._target_=tests.helpers.SigtermAtStep",
                    "+callbacks.sigterm.step=2")
-    with pytest.raises(Interrupted, match="resumable"):
+    with pytest.raises(Interrupted, match="continue with python -m das2f.train resume="):
         run(cfg)
     last = tmp_path / "out" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 2  # saved at the step the signal came

@@ -18,12 +18,37 @@ import argparse
 import functools
 import pickle
 import sys
+import zipfile
 from pathlib import Path
 
 from .runtime.config import update_moved_targets
 from .runtime.errors import EXIT_USER_ERROR, CheckpointError, MissingFileError, UserError
 
 DATAMODULE_KEY = "MsPanDataModule"  # Lightning stores a datamodule's state_dict under its class name
+LAST, PREVIOUS = "last.ckpt", "last.prev.ckpt"  # in <run dir>/checkpoints/: the newest resumable state and the one before
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (since torch 1.6)
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """What makes a file unreadable as a checkpoint, found without unpickling anything (None: a complete zip
+    archive holding a pickled object, as torch.save writes). A file cut short by a kill, a full disk or an
+    interrupted copy has lost the zip's end record."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return "empty (0 bytes): not a checkpoint"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != ZIP_MAGIC:
+        return f"not a PyTorch checkpoint (torch.save writes a zip archive; this file of {size:,} bytes begins with {head!r})"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return f"truncated: {size / 1e6:.1f} MB of a zip archive without its end record (cut short while written or copied)"
+    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        return f"not a PyTorch checkpoint (a zip archive without data.pkl: {', '.join(names[:3])}...)"
+    return None
 
 
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
@@ -33,8 +58,13 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"ckpt_path: no checkpoint at {path}")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as err:  # a damaged archive member (torch's zip reader: CRC, sizes)
+        raise CheckpointError(f"{path}: corrupt: {str(err).splitlines()[0][:200]}") from err
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: holds Python objects that das2f does not unpickle (a checkpoint written by an older das2f, or "
@@ -78,6 +108,11 @@ def convert(old: Path, new: Path) -> None:
 
     allowed += [ListConfig, DictConfig, ContainerMetadata, Metadata, AnyNode, StringNode, IntegerNode, FloatNode,
                 BooleanNode, typing.Any, list, dict, int, float, str, bool, collections.defaultdict]
+    if not Path(old).is_file():
+        raise MissingFileError(f"{old}: no such file")
+    problem = checkpoint_problem(old)
+    if problem:
+        raise CheckpointError(f"{old}: {problem}")
     with torch.serialization.safe_globals(allowed):
         ckpt = torch.load(old, map_location="cpu", weights_only=True)
     info = ckpt.get("das2f") or {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .runtime.cli import hydra_entry
+from .runtime.cli import hydra_entry, sweep_note
 from .runtime.errors import CheckpointError, ConfigError, Interrupted, MissingFileError
 
 log = logging.getLogger("das2f.train")
@@ -54,7 +54,7 @@ def build(cfg: DictConfig):
     import lightning as L
 
     from .runtime.cli import route_lightning_logs
-    from .training.callbacks import EpochBar, RunRecord
+    from .training.callbacks import EpochBar, RunRecord, StopOnSignal
 
     route_lightning_logs()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -67,7 +67,7 @@ def build(cfg: DictConfig):
                           f"{list(cfg.dataset.classes)}; run `make prepare DATASET={cfg.dataset.name} ARGS=force=true`")
     model = hydra.utils.instantiate(cfg.model)
     overrides = [o for o in (task_overrides() or []) if not o.startswith(("resume=", "ckpt_path="))]
-    callbacks = [*instantiate_list(cfg.get("callbacks")), RunRecord(overrides)]
+    callbacks = [*instantiate_list(cfg.get("callbacks")), RunRecord(overrides), StopOnSignal()]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(EpochBar())
     loggers = instantiate_list(cfg.get("logger"))
@@ -95,23 +95,33 @@ def log_figures(trainer, out: Path) -> None:
             lg.log_image(key="test/confusion", images=[str(figure)])
 
 
-def sweep_note() -> str:
-    """In a multirun: which job stopped, and that the sweep's later jobs did not run."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return ""
-    job = HydraConfig.get().job.num
-    return (f"; this was job {job} of the sweep in {Path(HydraConfig.get().sweep.dir)}: the sweep stops here, its jobs "
-            f"after {job} did not run (run the sweep again with the remaining values)")
-
-
 def latest_resumable(log_dir: str | Path, task: str = "train") -> Path | None:
     """The newest run directory (single runs and multirun jobs) holding checkpoints/last.ckpt."""
     root = Path(log_dir) / task
     found = [*root.glob("runs/*/checkpoints/last.ckpt"), *root.glob("multiruns/*/*/checkpoints/last.ckpt")]
     return max(found, key=lambda p: p.stat().st_mtime).parents[1] if found else None
+
+
+def intact_last(run_dir: Path) -> str:
+    """The newest intact resumable checkpoint of a run: last.ckpt, else the one before it (last.prev.ckpt) when
+    last.ckpt is broken (a kill while it was written, a full disk); says which it took when it skipped one."""
+    from .checkpoint import LAST, PREVIOUS
+
+    found = [p for p in (run_dir / "checkpoints" / LAST, run_dir / "checkpoints" / PREVIOUS) if p.is_file()]
+    if not found:
+        raise MissingFileError(f"resume={run_dir}: no checkpoint at {run_dir / 'checkpoints' / LAST} (a run directory of "
+                               "das2f.train holds checkpoints/last.ckpt once its first epoch ended or it was interrupted)")
+    broken = []
+    for path in found:
+        try:
+            read_checkpoint(str(path))
+        except CheckpointError as err:
+            broken.append(str(err))
+            continue
+        if broken:
+            log.warning("resume: %s; continuing from %s, the checkpoint written before it", "; ".join(broken), path)
+        return str(path)
+    raise CheckpointError(f"resume={run_dir}: no intact checkpoint: {'; '.join(broken)}")
 
 
 def resolve_ckpt(cfg: DictConfig) -> str | None:
@@ -120,11 +130,7 @@ def resolve_ckpt(cfg: DictConfig) -> str | None:
     if resume and ckpt:
         raise ConfigError(f"resume={resume} and ckpt_path={ckpt}: give one (resume continues a run in place)")
     if resume:
-        last = Path(str(resume)) / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise MissingFileError(f"resume={resume}: no checkpoint at {last} (a run directory of das2f.train "
-                                   "holds checkpoints/last.ckpt once its first epoch ended or it was interrupted)")
-        return str(last)
+        return intact_last(Path(str(resume)))
     if ckpt == "last":
         latest = latest_resumable(cfg.paths.log_dir)
         hint = (f"the newest resumable run is {latest}: python -m das2f.train resume={latest}" if latest
@@ -177,12 +183,59 @@ def slim_checkpoint(path: str) -> None:
     for key in ("optimizer_states", "lr_schedulers"):
         ckpt.pop(key, None)
     tmp = Path(path).with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(ckpt, tmp)
+        tmp.replace(path)
+    except BaseException:  # an error or a stop signal: the full checkpoint stays, no half-written file
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def stopped(cfg: DictConfig, phase: str, trainer=None) -> Interrupted:
+    """The message and exit status of a run stopped by a signal (das2f.runtime.signals) during ``phase``."""
+    import signal
+
+    from .runtime import signals
+
+    sig = signals.received() or signal.SIGTERM
+    out = Path(cfg.paths.output_dir)
+    where = f" at epoch {trainer.current_epoch + 1}, step {trainer.global_step}" if trainer is not None else ""
+    last = out / "checkpoints" / "last.ckpt"
+    if phase == "training" and last.is_file():
+        then = f"{last} holds it: continue with python -m das2f.train resume={out}"
+    elif phase == "training" or not cfg.get("train"):
+        then = "nothing to continue from: the same command starts it again"
+    else:
+        best = trainer.checkpoint_callback.best_model_path if trainer is not None and trainer.checkpoint_callback else ""
+        then = (f"training is complete; test its best checkpoint with python -m das2f.eval ckpt_path={best} and this "
+                f"run's dataset overrides" if best else "training is complete")
+    return Interrupted(f"stopped by {signals.signal_name(sig)} while {phase}{where}: {then}{sweep_note()}",
+                       status=signals.exit_status(sig))
+
+
+class Phase:
+    """What a run is doing (for the message when a signal stops it), and its trainer once built."""
+
+    def __init__(self):
+        self.name, self.trainer = "starting", None
+
+    def __call__(self, name: str, trainer=None) -> None:
+        self.name, self.trainer = name, trainer or self.trainer
 
 
 def run(cfg: DictConfig) -> dict:
+    from .runtime import signals
+
+    phase = Phase()
+    try:
+        return _run(cfg, phase)
+    except signals.Stop as err:  # raised where no Lightning loop was running (preparation, writing results, ...)
+        raise stopped(cfg, phase.name, phase.trainer) from err
+
+
+def _run(cfg: DictConfig, at: Phase) -> dict:
     started = time.perf_counter()
+    at("checking the checkpoint")
     if not cfg.get("train") and not cfg.get("ckpt_path"):
         raise ConfigError("evaluation needs a checkpoint: ckpt_path=<run dir>/checkpoints/epoch_NNN.ckpt "
                           "(the best-on-validation checkpoint of a das2f.train run)")
@@ -190,38 +243,50 @@ def run(cfg: DictConfig) -> dict:
     saved = read_checkpoint(ckpt) if ckpt else None
     if cfg.get("resume"):
         cfg = resumed_config(cfg, ckpt, saved)
+        from .runtime.threads import configure
+
+        configure(cfg.get("threads", "auto"))  # the run's own setting (threads=1 kept a run reproducible)
     if ckpt:
         if not cfg.get("train"):
             net_from_checkpoint(cfg, ckpt, saved)
         resume_wandb_run(cfg, ckpt, saved)
+    at("preparing the data")
     datamodule, model, trainer = build(cfg)
     if ckpt:
         check_checkpoint_classes(ckpt, saved, datamodule.class_names)
     del saved
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from .runtime import signals
     from .training.results import print_results, write_results
 
     out = Path(cfg.paths.output_dir)
     try:
         if cfg.get("train"):
             log.info("training: %s", out)
+            at("training", trainer)
             try:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-            except SIGTERMException as err:
-                raise Interrupted(f"interrupted by SIGTERM at epoch {trainer.current_epoch + 1}, step "
-                                  f"{trainer.global_step}: resumable, python -m das2f.train resume={out}"
-                                  f"{sweep_note()}") from err
+            except (SIGTERMException, signals.Stop) as err:
+                raise stopped(cfg, "training", trainer) from err
+            at("finishing the training", trainer)
             if trainer.checkpoint_callback and trainer.is_global_zero:
                 slim_checkpoint(trainer.checkpoint_callback.best_model_path)
+            if signals.received():  # it came as the last step ended: training is complete, the test not begun
+                raise stopped(cfg, "finishing the training", trainer)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if cfg.get("test"):
             best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") \
                 if cfg.get("train") else ckpt  # eval: exactly the given checkpoint
             log.info("testing the best-on-validation checkpoint: %s", best or "(current weights)")
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
+            at("testing", trainer)
+            try:
+                trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
+            except (SIGTERMException, signals.Stop) as err:
+                raise stopped(cfg, "testing", trainer) from err
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
             metrics["best_checkpoint"] = best
+        at("writing the results", trainer)
         out = write_results(cfg, metrics, model, started)
         log_figures(trainer, out)
         title = "test metrics (best-on-validation checkpoint)" if cfg.get("train") else f"test metrics of {Path(str(ckpt)).name}"

@@ -35,16 +35,20 @@ class PatchWriter:
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.tmp.unlink(missing_ok=True)
         self.f = h5py.File(self.tmp, "w", track_order=True)
-        kw = dict(compression="lzf", track_times=False)
-        self.d = {
-            "ms": self.f.create_dataset("ms", (0, *ms_shape), ms_dtype, maxshape=(None, *ms_shape),
-                                        chunks=(chunk, *ms_shape), **kw),
-            "pan": self.f.create_dataset("pan", (0, *pan_shape), pan_dtype, maxshape=(None, *pan_shape),
-                                         chunks=(chunk, *pan_shape), **kw),
-            "label": self.f.create_dataset("label", (0,), np.int64, maxshape=(None,), chunks=(4096,), **kw),
-            "coord": self.f.create_dataset("coord", (0, 2), np.int32, maxshape=(None, 2), chunks=(4096, 2), **kw),
-            "scene": self.f.create_dataset("scene", (0,), np.int16, maxshape=(None,), chunks=(4096,), **kw),
-        }
+        try:
+            kw = dict(compression="lzf", track_times=False)
+            self.d = {
+                "ms": self.f.create_dataset("ms", (0, *ms_shape), ms_dtype, maxshape=(None, *ms_shape),
+                                            chunks=(chunk, *ms_shape), **kw),
+                "pan": self.f.create_dataset("pan", (0, *pan_shape), pan_dtype, maxshape=(None, *pan_shape),
+                                             chunks=(chunk, *pan_shape), **kw),
+                "label": self.f.create_dataset("label", (0,), np.int64, maxshape=(None,), chunks=(4096,), **kw),
+                "coord": self.f.create_dataset("coord", (0, 2), np.int32, maxshape=(None, 2), chunks=(4096, 2), **kw),
+                "scene": self.f.create_dataset("scene", (0,), np.int16, maxshape=(None,), chunks=(4096,), **kw),
+            }
+        except BaseException:  # an error or a stop signal while the file is being set up
+            self.abort()
+            raise
         self.n = 0
 
     def append(self, **arrays) -> None:

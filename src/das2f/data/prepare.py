@@ -172,9 +172,8 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
         write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
     ratio = int(cfg.get("ratio", 4))
     specs = scene_specs(cfg)
-    table = Table(title=f"{cfg.get('name')}: {len(specs)} scenes")
-    for col in ("scene", "split", "MS (C, H, W)", "PAN (1, H, W)", "dtype MS / PAN", "label values (value: pixels)"):
-        table.add_column(col)
+    columns = ("scene", "split", "MS (C, H, W)", "PAN (1, H, W)", "dtype MS / PAN", "label values (value: pixels)")
+    rows = []
     every: dict[int, int] = {}
     for spec in specs:
         scene = load_scene(spec, ratio)
@@ -183,10 +182,23 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
             labels.append(f"{Path(path).name}: {_counts_text(counts)}")
             for v, n in counts.items():
                 every[v] = every.get(v, 0) + n
-        table.add_row(scene.name, str(spec.get("split", "")), str(scene.ms.data.shape), str(scene.pan.data.shape),
-                      f"{scene.ms.data.dtype} / {scene.pan.data.dtype}", "\n".join(labels) or "(no labels)")
-    console.print(table)
-    console.print(f"label values over all scenes (value: pixels): {_counts_text(every) or 'none'}")
+        rows.append((scene.name, str(spec.get("split", "")), str(scene.ms.data.shape), str(scene.pan.data.shape),
+                     f"{scene.ms.data.dtype} / {scene.pan.data.dtype}", labels))
+    title = f"{cfg.get('name')}: {len(specs)} scenes"
+    if console.is_terminal:
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col)
+        for *cells, labels in rows:
+            table.add_row(*cells, "\n".join(labels) or "(no labels)")
+        console.print(table)
+    else:  # a log file: one whole line per scene (rich would squeeze a table into 80 columns, cutting names)
+        console.print(f"{title}; per scene: {', '.join(columns)}", soft_wrap=True, markup=False, highlight=False)
+        for *cells, labels in rows:
+            console.print(" | ".join([*cells, "; ".join(labels) or "(no labels)"]), soft_wrap=True, markup=False,
+                          highlight=False)
+    console.print(f"label values over all scenes (value: pixels): {_counts_text(every) or 'none'}", soft_wrap=True,
+                  highlight=False)
     try:
         _, values, ignore = class_rule(cfg)
         check_label_values(cfg, {"all scenes": every}, values, ignore, bool(cfg.get("class_values")))
@@ -264,10 +276,12 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
         log.warning("%d scenes (%.0f MB) exceed shuffle_memory_mb=%.0f: train/val are shuffled within %d groups "
                     "of scenes, not across all", len(specs), sum(m["bytes"] for m in meta) / 2**20, budget / 2**20,
                     len(groups))
-    writers = {s: PatchWriter(paths[s], *shapes) for s in SPLITS}
     stats = {"ms": RunningStats(shapes[0][0]), "pan": RunningStats(1)}
     total = sum(len(c[s]) for c in coords for s in SPLITS)
-    try:
+    writers: dict[str, PatchWriter] = {}
+    try:  # from the first file created: an error or a stop signal removes every half-written file
+        for s in SPLITS:
+            writers[s] = PatchWriter(paths[s], *shapes)
         with Progress(console=console, transient=False) as progress:
             task = progress.add_task(f"cutting {cfg['name']}", total=total)
             for g, group in enumerate(groups):

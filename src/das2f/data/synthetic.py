@@ -111,7 +111,11 @@ def write_scene(out_dir: str | Path, size: int = 192, seed: int = 0) -> dict[str
     scene = generate_scene(size, seed)
     for k, p in paths.items():
         tmp = p.with_suffix(".tmp.npy")
-        np.save(tmp, scene[k])
-        tmp.rename(p)
+        try:
+            np.save(tmp, scene[k])
+            tmp.rename(p)
+        except BaseException:  # an error or a stop signal (das2f.runtime.signals.Stop): no half-written file stays
+            tmp.unlink(missing_ok=True)
+            raise
     stamp.write_text(made_by)
     return paths

@@ -108,7 +108,7 @@ class MapWriter(BasePredictionWriter):
         if self._n % self.flush_every == 0:
             self.flush()
         threads.step()
-        if trainer.received_sigterm:  # Lightning's predict loop only notes SIGTERM; stop here, this window kept
+        if trainer.received_sigterm:  # set on SIGTERM and Ctrl-C (das2f.runtime.signals); the predict loop only notes it
             from lightning.pytorch.utilities.exceptions import SIGTERMException
 
             raise SIGTERMException
@@ -244,8 +244,9 @@ def predict(cfg: DictConfig) -> dict:
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from ..runtime import signals
     from ..runtime.cli import route_lightning_logs
-    from ..training.callbacks import AdaptThreads
+    from ..training.callbacks import AdaptThreads, StopOnSignal
     from ..training.module import Das2fClassifier
 
     route_lightning_logs()
@@ -307,16 +308,18 @@ def predict(cfg: DictConfig) -> dict:
         log.info("scene %s: MS %s, PAN %s, region %s, %d windows of %dx%d px%s", name, ms.shape, pan.shape,
                  list(region), len(todo), window, window, f", every {stride}-th pixel" if stride > 1 else "")
         writer = MapWriter(map_path, progress_path, predictor.class_values, total=len(todo))
-        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer, AdaptThreads()], logger=False,
+        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer, AdaptThreads(), StopOnSignal()], logger=False,
                                           enable_model_summary=False, default_root_dir=str(out_dir))
         t0 = time.perf_counter()
         try:
             trainer.predict(model, datamodule=SceneDataModule(windows, todo, shift, scale, cfg.num_workers),
                             return_predictions=False)
-        except SIGTERMException as err:
+        except (SIGTERMException, signals.Stop) as err:
             done = int(np.load(progress_path).sum())
-            raise Interrupted(f"scene {name}: interrupted by SIGTERM with {done} of {len(windows)} windows written to "
-                              f"{map_path}; the same command with out={out_dir} continues from there") from err
+            sig = signals.received() or 15
+            raise Interrupted(f"scene {name}: stopped by {signals.signal_name(sig)} with {done} of {len(windows)} windows "
+                              f"written to {map_path}; the same command with out={out_dir} continues from there",
+                              status=signals.exit_status(sig)) from err
         seconds = time.perf_counter() - t0
         values = np.load(map_path, mmap_mode="r+")
         if stride > 1:

@@ -89,6 +89,28 @@ class DAS2F(nn.Module):
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * grid * grid * channels, hidden),
                                         nn.Linear(hidden, num_classes))
 
+    def forward_flops(self) -> int:
+        """Floating-point operations of one sample's forward pass, counted by torch's FlopCounterMode (matmuls,
+        convolutions and the scan's batched matmuls). Counted in eval mode (BatchNorm's running statistics
+        untouched) with the parameters frozen (the counter's module tracker cannot hook outputs that are
+        parameters, the SSM's); both restored after."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        p, q = self.ms_patch, self.pan_patch
+        device = next(self.parameters()).device
+        ms, pan = torch.zeros(1, self.ms_channels, p, p, device=device), torch.zeros(1, 1, q, q, device=device)
+        wanted, training = [t.requires_grad for t in self.parameters()], self.training
+        self.requires_grad_(False)
+        self.eval()
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                self(ms, pan)
+        finally:
+            self.train(training)
+            for t, w in zip(self.parameters(), wanted):
+                t.requires_grad_(w)
+        return int(counter.get_total_flops())
+
     def check_inputs(self, ms: torch.Tensor, pan: torch.Tensor) -> None:
         p, q = self.ms_patch, self.pan_patch
         if ms.dim() != 4 or ms.shape[1:] != (self.ms_channels, p, p):

@@ -5,8 +5,8 @@
   missing key, a bad interpolation) is logged as ONE line and the process exits with status 2;
   a run directory that the failed start left holding nothing but Hydra's own files is removed.
   Any other exception is a bug or an environment failure and keeps its traceback.
-- Honest exit codes: a run interrupted by SIGTERM after saving a resumable checkpoint exits with
-  143 (128 + SIGTERM), never 0.
+- Honest exit codes: a run stopped by a signal exits with 128 + the signal (143 for SIGTERM, 130 for
+  Ctrl-C) after saving what it could, never 0 (the policy: das2f.runtime.signals).
 - Quiet consoles: known-harmless third-party messages silenced at their source (see ``quiet``).
 
 Heavy imports (torch, Lightning) happen inside the task, so ``--help`` and a config mistake
@@ -23,8 +23,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from . import signals
 from .config import CONF_DIR, update_moved_targets  # (registers the resolvers too)
-from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, Interrupted, UserError
+from .errors import EXIT_USER_ERROR, Interrupted, UserError
 
 log = logging.getLogger("das2f")
 
@@ -111,6 +112,8 @@ def hydra_entry(config_name: str) -> Callable:
         def guarded(cfg):
             quiet()
             try:
+                signals.reset()
+                signals.install()
                 update_moved_targets(cfg)  # a user's config written before the package move
                 from .threads import configure
 
@@ -118,7 +121,11 @@ def hydra_entry(config_name: str) -> Callable:
                 return task(cfg)
             except Interrupted as err:
                 log.warning("%s", err)
-                sys.exit(EXIT_INTERRUPTED)
+                sys.exit(err.status)
+            except signals.Stop as err:  # outside a training/prediction loop (preparation, start-up)
+                log.warning("%s; no half-written file is kept: the same command starts again%s", err, sweep_note())
+                remove_if_unused(_hydra_output_dir())
+                sys.exit(signals.exit_status(err.signum))
             except Exception as err:
                 mistake = user_mistake(err, OmegaConfBaseException)
                 if mistake is None:
@@ -130,6 +137,18 @@ def hydra_entry(config_name: str) -> Callable:
         return hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(guarded)
 
     return decorate
+
+
+def sweep_note() -> str:
+    """In a multirun: which job stopped, and that the sweep's later jobs did not run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return ""
+    job = HydraConfig.get().job.num
+    return (f"; this was job {job} of the sweep in {Path(HydraConfig.get().sweep.dir)}: the sweep stops here, its jobs "
+            f"after {job} did not run (run the sweep again with the remaining values)")
 
 
 def route_lightning_logs() -> None:

@@ -28,7 +28,12 @@ class CheckpointError(UserError, ValueError):
 
 
 class Interrupted(Exception):
-    """A run stopped by SIGTERM after saving a resumable checkpoint (exit status EXIT_INTERRUPTED)."""
+    """A run stopped by a signal after saving what it could; the process exits with ``status``, 128 + the
+    signal (143 for SIGTERM, 130 for SIGINT), as a shell reports a job ended by that signal."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = EXIT_INTERRUPTED if status is None else status
 
 
 EXIT_USER_ERROR = 2

@@ -1,0 +1,143 @@
+"""One signal policy for every das2f task (the table: docs/robustness.md).
+
+Schedulers (SLURM's pre-emption, ``scancel`` and time limit), ``docker stop``, Kubernetes and systemd
+send SIGTERM to EVERY process of a job, DataLoader workers included; Ctrl-C sends SIGINT to the whole
+foreground process group. So:
+
+- DataLoader workers ignore the stop signals (:func:`worker_init`): they keep serving batches until the
+  main process has saved, and end with it (torch's workers watch their parent; the loader shuts them down).
+- The main process, inside a Lightning loop (fit, validate, test, predict: :func:`attach`), only notes a
+  SIGTERM or the first SIGINT; the loop stops at its next step boundary (Lightning's own SIGTERM flag,
+  raised as ``SIGTERMException`` there), the training callbacks save ``last.ckpt``, the task exits with
+  128 + the signal (143 for SIGTERM, 130 for SIGINT) and says how to continue.
+- Outside a loop (preparation, start-up, writing results) the signal raises :class:`Stop` at once, so the
+  ``finally`` blocks run (half-written files are removed) and the exit status is the same.
+- A second Ctrl-C stops at once: exit 130 without saving more.
+- SIGUSR1 / SIGUSR2 (SLURM's ``--signal`` warning, submitit's) do not stop anything: ``last.ckpt`` is
+  written at the next training step and the run goes on, so the kill that follows loses nothing.
+- SIGKILL cannot be caught: ``last.ckpt`` is also written every few minutes (training/callbacks.py).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+log = logging.getLogger("das2f.signals")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+CHECKPOINT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+class Stop(BaseException):
+    """A stop signal taking effect where no loop can stop at a step boundary. A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(f"stopped by {signal_name(signum)}")
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def exit_status(signum: int) -> int:
+    """What a shell reports for a process ended by this signal (128 + its number): 143, 130."""
+    return 128 + int(signum)
+
+
+class _State:
+    stop: int | None = None          # the first stop signal received
+    checkpoint: int | None = None    # a SIGUSR1/2 not yet answered by a checkpoint
+    trainer = None                   # the Lightning trainer whose loop is running, if any
+    installed = False
+
+
+_state = _State()
+
+
+def _handler(signum, frame):
+    name = signal_name(signum)
+    if signum in CHECKPOINT_SIGNALS:
+        _state.checkpoint = signum
+        log.warning("%s: last.ckpt is written at the next training step; the run goes on", name)
+        return
+    if signum == signal.SIGINT and _state.stop == signal.SIGINT:
+        sys.stderr.write("\nsecond Ctrl-C: stopping at once (nothing more is saved)\n")
+        sys.stderr.flush()
+        os._exit(exit_status(signum))
+    if _state.stop is None:
+        _state.stop = signum
+    trainer = _state.trainer
+    if trainer is not None:
+        # Lightning's loops check this flag at every step boundary and raise SIGTERMException there (its own
+        # SIGTERM handler sets it too); SIGINT takes the same road instead of a KeyboardInterrupt mid-step.
+        trainer._signal_connector.received_sigterm = True
+        log.warning("%s: stopping after the step in hand%s", name,
+                    " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
+        return
+    raise Stop(signum)
+
+
+def install() -> None:
+    """The das2f handlers for SIGTERM, SIGINT, SIGUSR1, SIGUSR2 (main thread of an entry point only)."""
+    for sig in (*STOP_SIGNALS, *CHECKPOINT_SIGNALS):
+        signal.signal(sig, _handler)
+    _state.installed = True
+
+
+def reset() -> None:
+    """Forget received signals (a new job of a multirun in the same process, a test)."""
+    _state.stop = _state.checkpoint = None
+    _state.trainer = None
+
+
+def attach(trainer) -> None:
+    """From now until :func:`detach`, stop signals stop ``trainer``'s loop at its next step boundary."""
+    _state.trainer = trainer
+    if _state.stop is not None:  # arrived between two loops: stop this one at once, at its first step
+        trainer._signal_connector.received_sigterm = True
+
+
+def detach() -> None:
+    _state.trainer = None
+
+
+def received() -> int | None:
+    """The stop signal received (SIGTERM or SIGINT), if any."""
+    return _state.stop
+
+
+def take_checkpoint_request() -> int | None:
+    """A SIGUSR1/2 received since the last call (then cleared)."""
+    signum, _state.checkpoint = _state.checkpoint, None
+    return signum
+
+
+def worker_init(worker_id: int, rank: int = 0) -> None:
+    """DataLoader workers outlive a stop signal sent to the whole group: SIGINT, SIGUSR1 and SIGUSR2 are
+    ignored, and SIGTERM is obeyed only when it comes from the main process (torch and multiprocessing
+    end workers with SIGTERM at shutdown; a scheduler's SIGTERM comes from elsewhere and is ignored, so the
+    main process can finish its step and save). Then Lightning's worker seeding, as Lightning would have
+    added it (``seed_everything(workers=True)``)."""
+    import threading
+
+    for sig in (signal.SIGINT, *CHECKPOINT_SIGNALS):
+        signal.signal(sig, signal.SIG_IGN)
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # delivered to the thread below only
+    threading.Thread(target=_sigterm_from, args=(parent,), name="das2f-sigterm", daemon=True).start()
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id, rank=rank)
+
+
+def _sigterm_from(parent: int) -> None:
+    """In a DataLoader worker: waits for SIGTERM; from the main process it ends the worker at once."""
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent:
+            os._exit(exit_status(signal.SIGTERM))  # (a handler cannot be reset outside the main thread)

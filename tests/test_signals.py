@@ -1,0 +1,296 @@
+"""Interruptions as the world delivers them (das2f.runtime.signals, docs/robustness.md): signals sent from
+outside to the WHOLE process group (as SLURM, docker stop and Ctrl-C do), DataLoader workers running, at
+known points of each phase; SIGKILL; checkpoints cut short or of the wrong kind.
+
+The runs share one prepared dataset and one uninterrupted reference run (module fixtures); each signalled
+run checks several things: exit status, message, last.ckpt, no worker left behind, and that the resumed
+run ends with exactly the reference's weights."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4",
+        "model.net.d_state=4", "model.net.dt_rank=4", "model.net.hidden=32", "data.num_workers=2",
+        "data.batch_size=4", "trainer.max_epochs=2", "threads=1", "trainer.enable_progress_bar=false"]
+PAUSE = "+callbacks.pause._target_=tests.helpers.PauseAt"
+
+
+def env() -> dict:
+    e = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), e.get("PYTHONPATH", "")])
+    return e
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    """A das2f command in a session (process group) of its own, output to files (no pipe to fill)."""
+    out = open(cwd / "out.txt", "w")  # noqa: SIM115 (closed by finish)
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env(),
+                            start_new_session=True)
+
+
+def finish(p: subprocess.Popen, cwd: Path, timeout: float = 240) -> tuple[int, str]:
+    try:
+        code = p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
+    return code, (cwd / "out.txt").read_text()
+
+
+def run(cwd: Path, *args: str) -> tuple[int, str]:
+    return finish(start(cwd, *args), cwd)
+
+
+def wait_for(marker: Path, p: subprocess.Popen, cwd: Path, timeout: float = 180) -> list[psutil.Process]:
+    """Waits until the run reaches its pause point; returns its processes besides itself (DataLoader workers)."""
+    t0 = time.monotonic()
+    while not marker.exists():
+        if p.poll() is not None:
+            pytest.fail(f"the run ended ({p.returncode}) before its pause point:\n{(cwd / 'out.txt').read_text()[-3000:]}")
+        if time.monotonic() - t0 > timeout:
+            os.killpg(p.pid, signal.SIGKILL)
+            pytest.fail("the run did not reach its pause point")
+        time.sleep(0.05)
+    return psutil.Process(p.pid).children(recursive=True)
+
+
+def no_survivors(procs: list[psutil.Process]) -> bool:
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    return not alive
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One prepared dataset and the final weights of one uninterrupted 2-epoch run (seed 42) on it."""
+    root = tmp_path_factory.mktemp("signals")
+    code, out = run(root, "das2f.train", *BASE, "test=false")
+    assert code == 0, out[-3000:]
+    (run_dir,) = (root / "logs" / "train" / "runs").iterdir()
+    return root / "data", weights(run_dir / "checkpoints" / "last.ckpt")
+
+
+def test_group_sigterm_in_training_saves_then_resume_ends_as_uninterrupted(tmp_path, shared):
+    """SIGTERM to the process group of a multirun in epoch 1 (workers running): the step in hand ends,
+    last.ckpt is written, exit 143 naming the job, the sweep stops; resume= ends with the reference weights."""
+    data, reference = shared
+    marker = tmp_path / "paused"
+    p = start(tmp_path, "das2f.train", "-m", "seed=42,43", *BASE, f"paths.data_dir={data}", "test=false", PAUSE,
+              f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3")
+    workers = wait_for(marker, p, tmp_path)
+    assert len(workers) >= 2  # the training loader's workers receive the signal too
+    os.killpg(p.pid, signal.SIGTERM)
+    code, out = finish(p, tmp_path)
+    assert code == 143, out[-3000:]
+    assert "stopped by SIGTERM while training at epoch 1, step 3" in out and "resume=" in out, out[-2000:]
+    assert "this was job 0 of the sweep" in out and "jobs after 0 did not run" in out
+    assert no_survivors(workers)
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    assert not (sweep / "1").exists()
+    last = sweep / "0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    code, out = run(tmp_path, "das2f.train", f"resume={sweep / '0'}")
+    assert code == 0, out[-3000:]
+    assert "torch threads: 1 of" in out  # the run's own threads=1, not the default of the resume command
+    assert same_weights(weights(last), reference)
+
+
+def test_ctrl_c_in_validation_saves_exits_130_and_resumes_exactly(tmp_path, shared):
+    """Ctrl-C (SIGINT to the group) during epoch 1's validation: exit 130, last.ckpt, the resume command;
+    the resumed run ends with the reference weights."""
+    data, reference = shared
+    marker = tmp_path / "paused"
+    p = start(tmp_path, "das2f.train", *BASE, f"paths.data_dir={data}", "test=false", PAUSE,
+              f"+callbacks.pause.marker={marker}", "+callbacks.pause.stage=val", "+callbacks.pause.step=1")
+    workers = wait_for(marker, p, tmp_path)
+    assert len(workers) >= 2
+    os.killpg(p.pid, signal.SIGINT)
+    code, out = finish(p, tmp_path)
+    assert code == 130, out[-3000:]
+    assert "stopped by SIGINT while training at epoch 1" in out and "resume=" in out, out[-2000:]
+    assert "KeyboardInterrupt" not in out
+    assert no_survivors(workers)
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    code, out = run(tmp_path, "das2f.train", f"resume={run_dir}")
+    assert code == 0, out[-3000:]
+    assert same_weights(weights(run_dir / "checkpoints" / "last.ckpt"), reference)
+
+
+def test_second_ctrl_c_stops_at_once(tmp_path, shared):
+    """A step that would go on for 60 s after the first Ctrl-C: the second one ends the process at once, 130."""
+    data, _ = shared
+    marker = tmp_path / "paused"
+    p = start(tmp_path, "das2f.train", *BASE, f"paths.data_dir={data}", "test=false", PAUSE,
+              f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=2", "+callbacks.pause.hold_s=60")
+    workers = wait_for(marker, p, tmp_path)
+    os.killpg(p.pid, signal.SIGINT)
+    time.sleep(1.0)
+    assert p.poll() is None  # the first Ctrl-C waits for the step in hand
+    t0 = time.monotonic()
+    os.killpg(p.pid, signal.SIGINT)
+    code, out = finish(p, tmp_path, timeout=30)
+    assert code == 130 and time.monotonic() - t0 < 10, out[-2000:]
+    assert "second Ctrl-C: stopping at once" in out
+    assert no_survivors(workers)
+
+
+def test_sigkill_loses_at_most_the_interval_and_a_broken_newest_checkpoint_falls_back(tmp_path, shared):
+    """last.ckpt every second of training (every_s=1): a SIGKILL to the group loses at most that; the previous
+    checkpoint is kept; with the newest cut short (a kill while it was written) resume= takes the one before,
+    says so, and ends with the reference weights (a mid-epoch checkpoint resumes exactly)."""
+    data, reference = shared
+    marker = tmp_path / "paused"
+    p = start(tmp_path, "das2f.train", *BASE, f"paths.data_dir={data}", "test=false", "callbacks.last_checkpoint.every_s=1",
+              PAUSE, f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=9", "+callbacks.pause.slow_s=0.3")
+    workers = wait_for(marker, p, tmp_path)
+    killed = time.time()
+    os.killpg(p.pid, signal.SIGKILL)
+    finish(p, tmp_path)
+    assert no_survivors(workers)
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    last, prev = run_dir / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "last.prev.ckpt"
+    step_last = torch.load(last, weights_only=True)["global_step"]
+    step_prev = torch.load(prev, weights_only=True)["global_step"]
+    assert 0 < step_prev < step_last < 9  # written within epoch 1 (12 steps), before the kill at step 9
+    assert killed - last.stat().st_mtime < 1.0 + 2.5  # the interval, plus a step and its save
+    whole = last.read_bytes()
+    last.write_bytes(whole[: len(whole) // 2])
+    code, out = run(tmp_path, "das2f.train", f"resume={run_dir}")
+    assert code == 0, out[-3000:]
+    assert "truncated" in out and f"continuing from {prev}" in out, out[-3000:]
+    assert same_weights(weights(last), reference)
+
+
+def test_group_sigterm_in_test_phase_keeps_the_trained_checkpoint(tmp_path, shared):
+    data, _ = shared
+    marker = tmp_path / "paused"
+    p = start(tmp_path, "das2f.train", *BASE, f"paths.data_dir={data}", "trainer.max_epochs=1", PAUSE,
+              f"+callbacks.pause.marker={marker}", "+callbacks.pause.stage=test", "+callbacks.pause.step=1")
+    wait_for(marker, p, tmp_path)
+    os.killpg(p.pid, signal.SIGTERM)
+    code, out = finish(p, tmp_path)
+    assert code == 143, out[-3000:]
+    assert "stopped by SIGTERM while testing" in out and "training is complete" in out and "das2f.eval ckpt_path=" in out
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    assert (run_dir / "checkpoints" / "epoch_000.ckpt").is_file() and not (run_dir / "metrics.json").exists()
+
+
+def test_group_sigterm_during_preparation_leaves_no_half_written_file(tmp_path):
+    data = tmp_path / "data"
+    p = start(tmp_path, "das2f.prepare", "dataset.generate.size=192", f"paths.data_dir={data}")
+    t0 = time.monotonic()
+    while not list(data.rglob("*.tmp")) and p.poll() is None and time.monotonic() - t0 < 120:
+        time.sleep(0.01)
+    assert p.poll() is None, "preparation ended before it was signalled"
+    os.killpg(p.pid, signal.SIGTERM)
+    code, out = finish(p, tmp_path)
+    assert code == 143, out[-3000:]
+    assert "stopped by SIGTERM" in out and "no half-written file is kept" in out
+    assert not [f for f in data.rglob("*") if ".tmp" in f.name]
+    assert not list(data.rglob("*.h5"))
+
+
+def test_writing_last_ckpt_is_atomic_under_sigkill(tmp_path):
+    """A process writing last.ckpt (with its rotation) over and over, killed at random moments: both files
+    are always complete checkpoints."""
+    script = tmp_path / "writer.py"
+    script.write_text(f'''
+import lightning as L, torch
+from das2f.training.callbacks import LastCheckpoint
+
+class M(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(4_000_000))
+    def training_step(self, batch, i):
+        return self.w.sum() * 0
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+    def train_dataloader(self):
+        return [torch.zeros(1)] * 2
+    def on_train_start(self):
+        cb = LastCheckpoint({str(tmp_path / "ckpt")!r}, every_s=None)
+        while True:
+            cb.save(self.trainer)
+
+L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+          enable_model_summary=False).fit(M())
+''')
+    from das2f.checkpoint import checkpoint_problem
+
+    for delay in (0.4, 0.9, 1.7):
+        p = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env(), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        last = tmp_path / "ckpt" / "last.ckpt"
+        t0 = time.monotonic()
+        while not (tmp_path / "ckpt" / "last.prev.ckpt").exists():
+            assert p.poll() is None, p.stderr.read().decode()[-2000:]
+            assert time.monotonic() - t0 < 120
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        for f in (last, tmp_path / "ckpt" / "last.prev.ckpt"):
+            assert checkpoint_problem(f) is None
+            assert torch.load(f, weights_only=True)["state_dict"]["w"].numel() == 4_000_000
+
+
+def test_broken_checkpoints_are_one_line_and_exit_2(tmp_path, shared):
+    """Truncated, not a checkpoint, an archive without a pickle, another project's checkpoint: ONE line naming
+    the file and what is wrong, exit 2, from ckpt_path=, resume=, eval, predict and the converter."""
+    from das2f.checkpoint import checkpoint_problem, load_checkpoint
+    from das2f.runtime.errors import CheckpointError
+
+    data, reference = shared
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {**reference, "big": torch.zeros(2_000_000)}, "hyper_parameters": {}}, good)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[:3_000_000])
+    text = tmp_path / "notes.ckpt"
+    text.write_text("this is not a checkpoint\n")
+    archive = tmp_path / "archive.ckpt"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("readme.txt", "hello")
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, other)
+    assert checkpoint_problem(truncated) == "truncated: 3.0 MB of a zip archive without its end record (cut short while " \
+                                           "written or copied)"
+    assert checkpoint_problem(text).startswith("not a PyTorch checkpoint (torch.save writes a zip archive")
+    assert checkpoint_problem(archive).startswith("not a PyTorch checkpoint (a zip archive without data.pkl")
+    assert checkpoint_problem(other) is None
+    with pytest.raises(CheckpointError, match=r"other.ckpt: not a das2f checkpoint"):
+        load_checkpoint(other)
+    (tmp_path / "empty").touch()
+    assert checkpoint_problem(tmp_path / "empty").startswith("empty (0 bytes)")
+    broken_run = tmp_path / "run"
+    (broken_run / "checkpoints").mkdir(parents=True)
+    (broken_run / "checkpoints" / "last.ckpt").write_bytes(truncated.read_bytes())
+    for args, file in ((["das2f.train", f"ckpt_path={truncated}"], truncated),
+                       (["das2f.train", f"resume={broken_run}"], broken_run / "checkpoints" / "last.ckpt"),
+                       (["das2f.eval", f"ckpt_path={text}"], text),
+                       (["das2f.predict", f"ckpt_path={archive}"], archive),
+                       (["das2f.checkpoint", str(truncated), str(tmp_path / "new.ckpt")], truncated)):
+        code, out = run(tmp_path, *args)
+        lines = [ln for ln in out.splitlines() if ln.strip() and "[INFO]" not in ln]  # the error, and nothing else
+        assert code == 2, out[-2000:]
+        assert len(lines) == 1 and str(file) in lines[0] and "Traceback" not in out, out[-2000:]
+        assert "truncated" in lines[0] or "not a PyTorch checkpoint" in lines[0]
