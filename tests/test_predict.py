@@ -181,10 +181,18 @@ def check_data_module_restores(tmp_path, ckpt_path):
 
 
 def test_the_project_never_unpickles_a_checkpoint():
+    """No load of a checkpoint with torch's unsafe unpickler (torch.load, load_from_checkpoint, ... with
+    weights_only=False). Saving is not loading: Lightning's save_checkpoint(weights_only=False) means "the
+    full state, not only the weights"."""
+    import re
+
     root = Path(__file__).resolve().parents[1]
+    unsafe = re.compile(r"load\w*\((?:[^()]|\([^()]*\))*weights_only\s*=\s*" + "False")
     offenders = [str(p) for d in ("src", "tests", "experiments") for p in (root / d).rglob("*") if p.suffix in (".py", ".sh")
-                 if "weights_only=" + "False" in p.read_text()]
+                 if unsafe.search(p.read_text())]
     assert not offenders
+    assert unsafe.search("torch.load(path, map_location='cpu', weights_only=" + "False)")
+    assert not unsafe.search("trainer.save_checkpoint(self.path, weights_only=" + "False)")
 
 
 def test_windows_cut_exactly_the_whole_scene_patches_and_read_only_their_region(tmp_path, monkeypatch):
