@@ -80,9 +80,23 @@ def test_cli_multirun_and_report(tmp_path):
     r = subprocess.run([sys.executable, "-m", "das2f.report", "--latest"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     lines = (multirun / "report.md").read_text().splitlines()
-    rows = [ln for ln in lines if ln.startswith("| synthetic")]
+    assert lines[0].startswith("| fusion | seeds | oa |")  # the one key that varies besides the seed
+    rows = [ln for ln in lines if ln.startswith(("| aalf |", "| sum |"))]
     assert len(rows) == 2 and all("| 2 |" in ln and "±" in ln for ln in rows)
+    assert "4 of 4 jobs finished" in "\n".join(lines)
     assert "oa_std" in (multirun / "report.csv").read_text().splitlines()[0]
+
+
+def test_a_sweep_with_a_failing_job_exits_non_zero_and_its_report_lists_it(tmp_path):
+    args = [sys.executable, "-m", "das2f.train", "-m", "model.optimizer.lr=-1,0.01", *SMALL]
+    r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0, r.stderr[-3000:]
+    (multirun,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    assert "Invalid learning rate" in (multirun / "0" / "error.txt").read_text()
+    r = subprocess.run([sys.executable, "-m", "das2f.report", "--latest"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = (multirun / "report.md").read_text()
+    assert "1 of 2 jobs finished" in text and "model.optimizer.lr=-1" in text and "Invalid learning rate" in text
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):

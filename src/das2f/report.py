@@ -1,14 +1,26 @@
-"""`python -m das2f.report DIR [DIR ...] | --latest`: the paper's tables from multirun outputs.
+"""`python -m das2f.report DIR [DIR ...] | --latest [--baseline KEY=VALUE]`: the tables of sweeps.
 
-One row per configuration (dataset, backbone, fusion, cmda, stages, dominant), mean ± std over
-seeds of OA, AA, kappa and per-class accuracy; the best mean of each column in bold. Writes
-report.md and report.csv into the first directory (or --out).
+A row is a configuration: the runs are grouped by EVERY config key in which their resolved configs
+(each run's config.yaml) differ, taken from the runs themselves, except the keys that say where or how a
+job ran rather than what it computed (``IGNORED``) and the seed, the only key averaged over. Each varying
+key is a column. A row gives mean ± std over its distinct seeds (one seed: the value alone); runs that
+share a seed and a configuration are flagged, never averaged as if they were seeds. Jobs that failed or
+left no metrics are listed under the table with their overrides and the first line of their error, and
+the report says "N of M jobs finished", M taken from the sweep itself (its multirun.yaml: the sweep's
+values, or an Optuna sweep's trial count). An Optuna sweep's trials are sorted by the objective.
+
+Against a baseline row (the first, or ``--baseline KEY=VALUE``) each row gets its paired difference in
+test OA over the seeds both share: mean and 95 % confidence interval (Student's t), and whether the
+interval includes zero (no difference shown).
+
+Writes report.md and report.csv into the first directory (or --out).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -16,39 +28,186 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import METRICS, format_metric, metric_scale
-from .runtime.errors import EXIT_USER_ERROR, MissingFileError, UserError
+from .runtime.errors import EXIT_USER_ERROR, ConfigError, MissingFileError, UserError
 
-KEYS = ("dataset", "backbone", "fusion", "cmda", "stages", "dominant")
+SEED_KEYS = ("seed", "data.seed")  # the seed and the data module's copy of it: what a row averages over
+# Keys that say where or how a job ran, not what it computed: never a reason for a separate row.
+IGNORED = (
+    "paths.", "hydra.", "logger.", "callbacks.", "threads", "data.num_workers", "model.net.scan_backend",
+    "model.compile", "trainer.enable_progress_bar", "trainer.default_root_dir", "trainer.accelerator",
+    "trainer.log_every_n_steps", "task_name", "tags", "resume", "ckpt_path", "dataset.raw_dir",
+    "dataset.prepared_dir", "dataset.source_dir", "dataset.scenes", "dataset.tiles.root", "dataset.layout",
+    "dataset.lock_timeout_s", "dataset.shuffle_memory_mb",
+)
+MAIN = "test/oa"  # the metric of the paired differences
 
 
-def collect(dirs: list[Path]) -> list[dict]:
-    runs = []
+def ignored(key: str) -> bool:
+    return key in SEED_KEYS or any(key == p.rstrip(".") or key.startswith(p) for p in IGNORED)
+
+
+def flatten(node, prefix: str = "") -> dict[str, str]:
+    """A resolved config as {dotted key: value as text}."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else str(node)}
+
+
+def job_dirs(d: Path) -> list[Path]:
+    """The job directories of a multirun (0, 1, ...), or the directory itself for a single run."""
+    jobs = sorted((p for p in d.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    return jobs or [d]
+
+
+def load_run(job: Path) -> dict:
+    """One job: its metrics (None when it left none), flattened config, overrides and error."""
+    from omegaconf import OmegaConf
+
+    run: dict = {"dir": job, "metrics": None, "config": {}, "overrides": [], "error": None}
+    overrides = job / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        run["overrides"] = list(OmegaConf.load(overrides))
+    if (job / "metrics.json").is_file():
+        summary = json.loads((job / "metrics.json").read_text())
+        run.update(metrics=summary["metrics"], class_names=summary.get("class_names", []),
+                   wall_seconds=summary.get("wall_seconds"), machine=summary.get("machine"), seed=summary.get("seed"))
+    if (job / "config.yaml").is_file():
+        config = OmegaConf.to_container(OmegaConf.load(job / "config.yaml"), resolve=False)
+        run["config"] = flatten(config)
+        run["seed"] = run.get("seed", config.get("seed"))
+    if (job / "error.txt").is_file():
+        lines = (job / "error.txt").read_text().strip().splitlines()
+        run["error"] = lines[0] if lines else "failed"
+    return run
+
+
+def sweep_size(d: Path) -> tuple[int | None, bool]:
+    """(the number of jobs the sweep asked for, whether it is an Optuna sweep) from its multirun.yaml."""
+    from omegaconf import OmegaConf
+
+    path = d / "multirun.yaml"
+    if not path.is_file():
+        return None, False
+    hydra = OmegaConf.load(path).hydra
+    sweeper = OmegaConf.to_container(hydra.sweeper, resolve=False) if "sweeper" in hydra else {}
+    if "optuna" in str(sweeper.get("_target_", "")).lower():
+        return int(sweeper.get("n_trials") or 0) or None, True
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    texts = list(hydra.overrides.task) + [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    try:
+        overrides = OverridesParser.create().parse_overrides(texts)
+        return math.prod(len(list(o.sweep_string_iterator())) for o in overrides if o.is_sweep_override()), False
+    except Exception:  # a sweep this parser cannot expand (glob over a config group): count the jobs instead
+        return None, False
+
+
+def collect(dirs: list[Path]) -> tuple[list[dict], int, bool]:
+    """Every job of the given multiruns, the number of jobs they asked for, whether they are Optuna sweeps."""
+    runs, asked, optuna = [], 0, False
     for d in dirs:
-        runs += [json.loads(p.read_text()) for p in sorted(Path(d).rglob("metrics.json"))]
-    if not runs:
+        if not Path(d).is_dir():
+            raise MissingFileError(f"{d}: no such directory (a multirun directory of das2f.train)")
+        jobs = job_dirs(Path(d))
+        runs += [load_run(j) for j in jobs]
+        size, is_optuna = sweep_size(Path(d))
+        optuna |= is_optuna
+        asked += max(size or 0, len(jobs))  # (a job directory added by hand counts too)
+    if not any(r["metrics"] is not None for r in runs):
         raise MissingFileError(f"no metrics.json under {[str(d) for d in dirs]}: did the runs finish their test?")
-    return runs
+    return runs, asked, optuna
 
 
-def table(runs: list[dict]) -> tuple[list[str], list[list]]:
-    groups = defaultdict(list)
+def varying_keys(runs: list[dict]) -> list[str]:
+    """The config keys in which the finished runs differ, minus the ignored ones, in config order, each partition of
+    the runs once."""
+    keys: dict[str, None] = {}
     for r in runs:
-        groups[tuple(r[k] for k in KEYS)].append(r)
-    class_names = runs[0]["class_names"]
-    metrics = [f"test/{m}" for m in METRICS] + [f"test/acc_{c}" for c in class_names]
-    header = [*KEYS, "seeds", *(m.split("/")[1] for m in metrics)]
+        keys.update(dict.fromkeys(r["config"]))
+    varying, partitions = [], set()
+    for k in keys:
+        values = [r["config"].get(k) for r in runs]
+        if ignored(k) or len(set(values)) < 2:
+            continue
+        first: dict = {}
+        partition = tuple(first.setdefault(v, len(first)) for v in values)
+        if partition not in partitions:  # a key that splits the runs exactly as an earlier one (fusion.name and
+            partitions.add(partition)    # model.net.fusion, cmda.name and model.net.swap) is the same column
+            varying.append(k)
+    return varying
+
+
+def metric_names(runs: list[dict], optuna: bool) -> list[str]:
+    class_names = next((r["class_names"] for r in runs if r.get("class_names")), [])
+    names = [f"test/{m}" for m in METRICS] + [f"test/acc_{c}" for c in class_names]
+    present = [m for m in names if any(m in r["metrics"] for r in runs)]
+    objective = [m for m in ("val/oa_best",) if any(m in r["metrics"] for r in runs)]
+    return objective + present if optuna or not present else present
+
+
+def table(runs: list[dict], optuna: bool = False) -> tuple[list[str], list[dict]]:
+    """(the varying keys, one row per configuration: key values, runs, distinct seeds, mean/std per metric)."""
+    done = [r for r in runs if r["metrics"] is not None]
+    keys = varying_keys(done)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in done:
+        groups[tuple(r["config"].get(k, "") for k in keys)].append(r)
+    metrics = metric_names(done, optuna)
     rows = []
-    for key, rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        row = [*key, len(rs)]
-        for m in metrics:
-            vals = np.array([r["metrics"][m] for r in rs if r["metrics"].get(m) is not None], dtype=float)
-            row.append((vals.mean(), vals.std(ddof=1) if len(vals) > 1 else float("nan")) if len(vals) else None)
+    for values, rs in groups.items():
+        by_seed: dict = defaultdict(list)
+        for r in rs:
+            by_seed[r.get("seed")].append(r)
+        row = {"values": values, "runs": rs, "seeds": sorted(by_seed, key=str),
+               "duplicates": {s: len(v) for s, v in by_seed.items() if len(v) > 1}, "stats": {}}
+        for m in metrics:  # over distinct seeds: runs sharing a seed count once (the first), and are flagged
+            vals = np.array([v[0]["metrics"][m] for v in by_seed.values() if v[0]["metrics"].get(m) is not None], float)
+            row["stats"][m] = (vals.mean(), vals.std(ddof=1) if len(vals) > 1 else None) if len(vals) else None
         rows.append(row)
-    return header, rows
+    if optuna and metrics:
+        rows.sort(key=lambda r: -(r["stats"][metrics[0]] or (-math.inf,))[0])
+    else:
+        rows.sort(key=lambda r: [str(v) for v in r["values"]])
+    return keys, rows
 
 
-def provenance(dirs: list[Path], runs: list[dict]) -> list[str]:
-    """How the table was made: the sweep command(s) (from Hydra's multirun.yaml), date, machine, wall time."""
+def paired(rows: list[dict], keys: list[str], baseline: str | None, metric: str = MAIN) -> tuple[dict | None, list]:
+    """Each row's difference to the baseline row over the seeds both have: (baseline, [(row, n, mean, lo, hi)])."""
+    if len(rows) < 2 or not any(metric in r["runs"][0]["metrics"] for r in rows):
+        return None, []
+    base = rows[0]
+    if baseline:
+        key, _, value = baseline.partition("=")
+        if key not in keys:
+            raise ConfigError(f"--baseline {baseline}: {key!r} is not a key in which these runs differ ({keys})")
+        matches = [r for r in rows if r["values"][keys.index(key)] == value]
+        if not matches:
+            found = sorted({r["values"][keys.index(key)] for r in rows})
+            raise ConfigError(f"--baseline {baseline}: no row has {key}={value} (found {found})")
+        base = matches[0]
+    from scipy import stats
+
+    per_seed = lambda r: {r2.get("seed"): r2["metrics"].get(metric) for r2 in reversed(r["runs"])}  # noqa: E731
+    b = per_seed(base)
+    out = []
+    for r in rows:
+        if r is base:
+            continue
+        mine = per_seed(r)
+        diffs = np.array([mine[s] - b[s] for s in mine if s in b and mine[s] is not None and b[s] is not None], float)
+        if len(diffs) < 2:
+            out.append((r, len(diffs), diffs.mean() if len(diffs) else None, None, None))
+            continue
+        half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
+        out.append((r, len(diffs), diffs.mean(), diffs.mean() - half, diffs.mean() + half))
+    return base, out
+
+
+def provenance(dirs: list[Path], runs: list[dict], asked: int) -> list[str]:
+    """How the table was made: the sweep command(s), how many jobs finished, date, machine, wall time."""
     from omegaconf import OmegaConf
 
     lines = []
@@ -57,45 +216,90 @@ def provenance(dirs: list[Path], runs: list[dict]) -> list[str]:
         if mr.is_file():
             overrides = OmegaConf.load(mr).hydra.overrides.task
             lines.append(f"- command: `python -m das2f.train -m {' '.join(overrides)}`")
-    walls = [r["wall_seconds"] for r in runs if r.get("wall_seconds")]
-    stamps = [p.stat().st_mtime for d in dirs for p in Path(d).rglob("metrics.json")]
+    done = [r for r in runs if r["metrics"] is not None]
+    lines.append(f"- {len(done)} of {asked} jobs finished")
+    stamps = [(r["dir"] / "metrics.json").stat().st_mtime for r in done]
     if stamps:
         import datetime as dt
 
-        lines.append(f"- finished: {dt.datetime.fromtimestamp(max(stamps)):%Y-%m-%d %H:%M}; {len(runs)} runs")
-    m = next((r["machine"] for r in runs if r.get("machine")), None)
+        lines.append(f"- finished: {dt.datetime.fromtimestamp(max(stamps)):%Y-%m-%d %H:%M}")
+    m = next((r["machine"] for r in done if r.get("machine")), None)
     if m:
         lines.append(f"- machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']} with {m['torch_threads']} threads, "
                      f"GPU: {m['gpu'] or 'none'}")
+    walls = [r["wall_seconds"] for r in done if r.get("wall_seconds")]
     if walls:
         lines.append(f"- wall time: {sum(walls) / 60:.1f} min in all, {min(walls) / 60:.1f}-{max(walls) / 60:.1f} min per run "
                      "(data preparation, training, test)")
     return lines
 
 
-def write(header, rows, out: Path, notes: list[str] | None = None) -> tuple[Path, Path]:
-    n_keys = len(KEYS) + 1
-    best = [max((r[i][0] for r in rows if r[i] is not None), default=None) for i in range(n_keys, len(header))]
-    fmt = lambda v, i: "" if v is None else format_metric(header[i], v[0], v[1])  # noqa: E731
+def short(key: str) -> str:
+    return key.removeprefix("model.net.").removeprefix("model.")
+
+
+def cell(m: str, v) -> str:
+    if v is None:
+        return ""
+    name = m.split("/")[1]
+    return format_metric(name, v[0], v[1]) if v[1] is not None else format_metric(name, v[0])
+
+
+def write(keys, rows, runs, out: Path, notes: list[str], baseline: tuple) -> tuple[Path, Path]:
+    metrics = list(rows[0]["stats"]) if rows else []
+    best = {m: max((r["stats"][m][0] for r in rows if r["stats"][m] is not None), default=None) for m in metrics}
+    header = [*(short(k) for k in keys), "seeds", *(m.split("/")[1] for m in metrics)]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [str(c) for c in r[:n_keys]]
-        for i in range(n_keys, len(header)):
-            s = fmt(r[i], i)
-            cells.append(f"**{s}**" if r[i] is not None and r[i][0] == best[i - n_keys] and len(rows) > 1 else s)
-        md.append("| " + " | ".join(cells) + " |")
-    md_path, csv_path = out / "report.md", out / "report.csv"
-    text = "\n".join(md) + "\n\nmean ± std over seeds (std: sample, n-1; nan with one seed); bold: best mean per column.\n"
+        seeds = f"{len(r['seeds'])}" + (" (!)" if r["duplicates"] else "")
+        cells = [*r["values"], seeds]
+        for m in metrics:
+            s = cell(m, r["stats"][m])
+            cells.append(f"**{s}**" if s and r["stats"][m][0] == best[m] and len(rows) > 1 else s)
+        md.append("| " + " | ".join(str(c) for c in cells) + " |")
+    text = "\n".join(md) + ("\n\nmean ± std over a row's distinct seeds (sample std, n-1); one seed: its value; "
+                            "bold: best mean per column.\n")
+    if not keys and len(rows) == 1:
+        text += "All finished runs have the same configuration (only the seed varies).\n"
+    flagged = [(r, s, n) for r in rows for s, n in r["duplicates"].items()]
+    if flagged:
+        text += "\n(!) runs with the same configuration AND the same seed (counted once, not averaged as seeds):\n"
+        text += "".join(f"- seed {s}: {n} runs ({', '.join(str(x['dir']) for x in r['runs'] if x.get('seed') == s)})\n"
+                        for r, s, n in flagged)
+    base, diffs = baseline
+    if base is not None:
+        name = ", ".join(f"{short(k)}={v}" for k, v in zip(keys, base["values"]))
+        text += (f"\nPaired difference in test OA against the baseline ({name}), over the seeds both rows have "
+                 "(mean, 95 % confidence interval, Student's t):\n\n| row | shared seeds | ΔOA (points) | 95 % CI | |\n"
+                 "|---|---|---|---|---|\n")
+        for r, n, mean, lo, hi in diffs:
+            label = ", ".join(f"{short(k)}={v}" for k, v in zip(keys, r["values"]))
+            if mean is None:
+                text += f"| {label} | 0 | | | no seed in common |\n"
+            elif lo is None:
+                text += f"| {label} | {n} | {100 * mean:+.2f} | | one shared seed: no interval |\n"
+            else:
+                verdict = "includes 0: no difference shown" if lo <= 0 <= hi else "excludes 0"
+                text += f"| {label} | {n} | {100 * mean:+.2f} | [{100 * lo:+.2f}, {100 * hi:+.2f}] | {verdict} |\n"
+    failed = [r for r in runs if r["metrics"] is None]
+    if failed:
+        text += "\nJobs without results (failed, stopped or still running):\n"
+        for r in failed:
+            text += f"- {r['dir']}: `{' '.join(r['overrides'])}`: {r['error'] or 'no metrics.json and no error.txt'}\n"
     if notes:
         text += "\n" + "\n".join(notes) + "\n"
+    md_path, csv_path = out / "report.md", out / "report.csv"
     md_path.write_text(text)
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(list(header[:n_keys]) + [f"{h}_{s}" for h in header[n_keys:] for s in ("mean", "std")])
+        w.writerow([*keys, "seeds", *(f"{m.split('/')[1]}_{s}" for m in metrics for s in ("mean", "std"))])
         for r in rows:
-            cells = zip(header[n_keys:], r[n_keys:])
-            w.writerow(list(r[:n_keys]) + [x * metric_scale(h) if v is not None else ""
-                                           for h, v in cells for x in (v if v is not None else (0, 0))])
+            vals = []
+            for m in metrics:
+                v = r["stats"][m]
+                scale = metric_scale(m.split("/")[1])
+                vals += ["", ""] if v is None else [v[0] * scale, "" if v[1] is None else v[1] * scale]
+            w.writerow([*r["values"], len(r["seeds"]), *vals])
     return md_path, csv_path
 
 
@@ -110,20 +314,22 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dirs", nargs="*", type=Path)
     ap.add_argument("--latest", action="store_true", help="the newest logs/*/multiruns/* directory")
+    ap.add_argument("--baseline", default=None, help="KEY=VALUE: the row the others are compared with (default: the first)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     try:
         dirs = args.dirs or ([latest_multirun()] if args.latest else [])
         if not dirs:
             ap.error("give multirun directories or --latest")
-        runs = collect(dirs)
+        runs, asked, optuna = collect(dirs)
+        keys, rows = table(runs, optuna=optuna)
+        baseline = paired(rows, keys, args.baseline)
     except UserError as err:
         print(f"das2f.report: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    header, rows = table(runs)
     out = args.out or dirs[0]
     out.mkdir(parents=True, exist_ok=True)
-    md, csv_path = write(header, rows, out, provenance(dirs, runs))
+    md, csv_path = write(keys, rows, runs, out, provenance(dirs, runs, asked), baseline)
     print(md.read_text())
     print(f"written: {md} and {csv_path}")
 

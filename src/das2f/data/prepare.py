@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..runtime.config import plain
 from ..runtime.errors import ConfigError, MissingFileError
+from ..runtime.locks import directory_lock
 from .hdf5 import FORMAT_VERSION, PatchFileError, PatchWriter, read_attrs
 from .patches import PatchCutter
 from .readers import SceneError
@@ -225,97 +226,99 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
     for f in files:  # every input exists before any work starts
         if not Path(f).is_file():
             raise MissingFileError(f"dataset {cfg['name']}: input file not found: {f} ({cfg.get('layout', '')})")
-    fingerprint = _fingerprint(cfg, specs, files)
-    paths = split_paths(cfg)
-    reason = "force=true" if force else "no prepared files yet"
-    if not force and all(p.exists() for p in paths.values()):
-        try:
-            stale = {p.name: read_attrs(p).get("fingerprint") for p in paths.values()}
-            if all(v == fingerprint for v in stale.values()):
-                log.info("prepared files up to date, skipping (force=true rebuilds): %s", cfg["prepared_dir"])
-                return paths
-            reason = f"inputs or rules changed (fingerprint {fingerprint}, the files have {sorted(set(stale.values()))})"
-        except PatchFileError as err:
-            reason = str(err)
-    log.info("preparing %s (%s): %d scenes -> %s", cfg["name"], reason, len(specs), cfg["prepared_dir"])
+    # one process prepares, whoever starts first; the others wait, then find the files up to date
+    with directory_lock(cfg["prepared_dir"], f"preparing dataset {cfg['name']}", float(cfg.get("lock_timeout_s", 7200))):
+        fingerprint = _fingerprint(cfg, specs, files)
+        paths = split_paths(cfg)
+        reason = "force=true" if force else "no prepared files yet"
+        if not force and all(p.exists() for p in paths.values()):
+            try:
+                stale = {p.name: read_attrs(p).get("fingerprint") for p in paths.values()}
+                if all(v == fingerprint for v in stale.values()):
+                    log.info("prepared files up to date, skipping (force=true rebuilds): %s", cfg["prepared_dir"])
+                    return paths
+                reason = f"inputs or rules changed (fingerprint {fingerprint}, the files have {sorted(set(stale.values()))})"
+            except PatchFileError as err:
+                reason = str(err)
+        log.info("preparing %s (%s): %d scenes -> %s", cfg["name"], reason, len(specs), cfg["prepared_dir"])
 
-    # pass 1: read and validate every scene, draw the split, count classes; nothing written yet
-    coords, shapes, meta = [], None, []
-    counts = {s: np.zeros(len(values), np.int64) for s in SPLITS}
-    found: dict[str, dict[int, int]] = {}
-    for spec in specs:
-        scene = load_scene(spec, ratio)
-        validate_scene(scene, ratio)
-        found.update(scene.label_values)
-        c = _coords_by_split(scene, values, cfg["split"], seed, spec.get("split"))
-        coords.append(c)
-        for s, xy in c.items():
-            if len(xy):
-                v = _map_for(scene, s)[xy[:, 0], xy[:, 1]]
-                counts[s] += np.array([(v == x).sum() for x in values])
-        ms_shape = (scene.ms.data.shape[0], cfg["ms_patch"], cfg["ms_patch"])
-        if shapes and shapes[0] != ms_shape:
-            raise SceneError(f"scene {scene.name}: {ms_shape[0]} MS bands, the first scene has {shapes[0][0]}")
-        shapes = (ms_shape, (1, cfg["ms_patch"] * ratio, cfg["ms_patch"] * ratio), scene.ms.data.dtype, scene.pan.data.dtype)
-        meta.append({"name": scene.name, "files": _spec_files(spec), "ms_size": list(scene.ms.data.shape),
-                     "bytes": int(scene.ms.data.nbytes + scene.pan.data.nbytes),
-                     "georeferenced": scene.ms.georeferenced})
-    check_label_values(cfg, found, values, ignore, values_given)  # before anything is cut or written
-    absent = [classes[k] for k in range(len(values)) if counts["train"][k] == 0]
-    if absent:
-        raise SceneError(f"dataset {cfg['name']}: classes {absent} have no training pixel; "
-                         f"every configured class must be present in train (labels {values})")
+        # pass 1: read and validate every scene, draw the split, count classes; nothing written yet
+        coords, shapes, meta = [], None, []
+        counts = {s: np.zeros(len(values), np.int64) for s in SPLITS}
+        found: dict[str, dict[int, int]] = {}
+        for spec in specs:
+            scene = load_scene(spec, ratio)
+            validate_scene(scene, ratio)
+            found.update(scene.label_values)
+            c = _coords_by_split(scene, values, cfg["split"], seed, spec.get("split"))
+            coords.append(c)
+            for s, xy in c.items():
+                if len(xy):
+                    v = _map_for(scene, s)[xy[:, 0], xy[:, 1]]
+                    counts[s] += np.array([(v == x).sum() for x in values])
+            ms_shape = (scene.ms.data.shape[0], cfg["ms_patch"], cfg["ms_patch"])
+            if shapes and shapes[0] != ms_shape:
+                raise SceneError(f"scene {scene.name}: {ms_shape[0]} MS bands, the first scene has {shapes[0][0]}")
+            shapes = (ms_shape, (1, cfg["ms_patch"] * ratio, cfg["ms_patch"] * ratio), scene.ms.data.dtype, scene.pan.data.dtype)
+            meta.append({"name": scene.name, "files": _spec_files(spec), "ms_size": list(scene.ms.data.shape),
+                         "bytes": int(scene.ms.data.nbytes + scene.pan.data.nbytes),
+                         "georeferenced": scene.ms.georeferenced})
+        check_label_values(cfg, found, values, ignore, values_given)  # before anything is cut or written
+        absent = [classes[k] for k in range(len(values)) if counts["train"][k] == 0]
+        if absent:
+            raise SceneError(f"dataset {cfg['name']}: classes {absent} have no training pixel; "
+                             f"every configured class must be present in train (labels {values})")
 
-    # pass 2: cut and write. Train and val go in a seeded random order ACROSS scenes (any window of
-    # the chunk-shuffling sampler is then a random sample of the whole split, not of one scene or
-    # tile); scenes are loaded in groups that fit `shuffle_memory_mb`, one group at a time.
-    Path(cfg["prepared_dir"]).mkdir(parents=True, exist_ok=True)
-    budget = float(cfg.get("shuffle_memory_mb", 2048)) * 2**20
-    groups = _scene_groups([m["bytes"] for m in meta], budget, seed)
-    if len(groups) > 1:
-        log.warning("%d scenes (%.0f MB) exceed shuffle_memory_mb=%.0f: train/val are shuffled within %d groups "
-                    "of scenes, not across all", len(specs), sum(m["bytes"] for m in meta) / 2**20, budget / 2**20,
-                    len(groups))
-    stats = {"ms": RunningStats(shapes[0][0]), "pan": RunningStats(1)}
-    total = sum(len(c[s]) for c in coords for s in SPLITS)
-    writers: dict[str, PatchWriter] = {}
-    try:  # from the first file created: an error or a stop signal removes every half-written file
-        for s in SPLITS:
-            writers[s] = PatchWriter(paths[s], *shapes)
-        with Progress(console=console, transient=False) as progress:
-            task = progress.add_task(f"cutting {cfg['name']}", total=total)
-            for g, group in enumerate(groups):
-                scenes = {i: load_scene(specs[i], ratio) for i in group}
-                cutters = {i: PatchCutter(sc.ms.data, sc.pan.data, cfg["ms_patch"], ratio) for i, sc in scenes.items()}
-                for s in SPLITS:
-                    items = _split_items(coords, group, s)  # (n, 3): scene, row, col
-                    if s != "test":
-                        items = items[np.random.default_rng([seed, g, SPLITS.index(s)]).permutation(len(items))]
-                    for b in range(0, len(items), BLOCK):
-                        block = items[b:b + BLOCK]
-                        ms, pan, raw = _cut_block(block, cutters, scenes, s)
-                        writers[s].append(ms=ms, pan=pan, label=np.searchsorted(np.array(values), raw),
-                                          coord=block[:, 1:].astype(np.int32), scene=block[:, 0].astype(np.int16))
-                        if s == "train":
-                            stats["ms"].update(ms)
-                            stats["pan"].update(pan)
-                        progress.advance(task, len(block))
-                del scenes, cutters
-        attrs = {"format_version": FORMAT_VERSION, "dataset": cfg["name"], "class_names": classes,
-                 "class_values": values, "ms_patch": cfg["ms_patch"], "pan_patch": cfg["ms_patch"] * ratio,
-                 "ratio": ratio, "scenes": meta, "split_seed": seed, "split_rule": dict(cfg["split"]),
-                 "fingerprint": fingerprint, **stats["ms"].as_attrs("ms"), **stats["pan"].as_attrs("pan")}
-        for s in SPLITS:
-            writers[s].close(attrs)
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-    table = Table(title=f"{cfg['name']}: samples per class and split")
-    for col in ("class", *SPLITS):
-        table.add_column(col, justify="right" if col != "class" else "left")
-    for k, name in enumerate(classes):
-        table.add_row(name, *(str(counts[s][k]) for s in SPLITS))
-    table.add_row("total", *(str(counts[s].sum()) for s in SPLITS))
-    console.print(table)
-    return paths
+        # pass 2: cut and write. Train and val go in a seeded random order ACROSS scenes (any window of
+        # the chunk-shuffling sampler is then a random sample of the whole split, not of one scene or
+        # tile); scenes are loaded in groups that fit `shuffle_memory_mb`, one group at a time.
+        Path(cfg["prepared_dir"]).mkdir(parents=True, exist_ok=True)
+        budget = float(cfg.get("shuffle_memory_mb", 2048)) * 2**20
+        groups = _scene_groups([m["bytes"] for m in meta], budget, seed)
+        if len(groups) > 1:
+            log.warning("%d scenes (%.0f MB) exceed shuffle_memory_mb=%.0f: train/val are shuffled within %d groups "
+                        "of scenes, not across all", len(specs), sum(m["bytes"] for m in meta) / 2**20, budget / 2**20,
+                        len(groups))
+        stats = {"ms": RunningStats(shapes[0][0]), "pan": RunningStats(1)}
+        total = sum(len(c[s]) for c in coords for s in SPLITS)
+        writers: dict[str, PatchWriter] = {}
+        try:  # from the first file created: an error or a stop signal removes every half-written file
+            for s in SPLITS:
+                writers[s] = PatchWriter(paths[s], *shapes)
+            with Progress(console=console, transient=False) as progress:
+                task = progress.add_task(f"cutting {cfg['name']}", total=total)
+                for g, group in enumerate(groups):
+                    scenes = {i: load_scene(specs[i], ratio) for i in group}
+                    cutters = {i: PatchCutter(sc.ms.data, sc.pan.data, cfg["ms_patch"], ratio) for i, sc in scenes.items()}
+                    for s in SPLITS:
+                        items = _split_items(coords, group, s)  # (n, 3): scene, row, col
+                        if s != "test":
+                            items = items[np.random.default_rng([seed, g, SPLITS.index(s)]).permutation(len(items))]
+                        for b in range(0, len(items), BLOCK):
+                            block = items[b:b + BLOCK]
+                            ms, pan, raw = _cut_block(block, cutters, scenes, s)
+                            writers[s].append(ms=ms, pan=pan, label=np.searchsorted(np.array(values), raw),
+                                              coord=block[:, 1:].astype(np.int32), scene=block[:, 0].astype(np.int16))
+                            if s == "train":
+                                stats["ms"].update(ms)
+                                stats["pan"].update(pan)
+                            progress.advance(task, len(block))
+                    del scenes, cutters
+            attrs = {"format_version": FORMAT_VERSION, "dataset": cfg["name"], "class_names": classes,
+                     "class_values": values, "ms_patch": cfg["ms_patch"], "pan_patch": cfg["ms_patch"] * ratio,
+                     "ratio": ratio, "scenes": meta, "split_seed": seed, "split_rule": dict(cfg["split"]),
+                     "fingerprint": fingerprint, **stats["ms"].as_attrs("ms"), **stats["pan"].as_attrs("pan")}
+            for s in SPLITS:
+                writers[s].close(attrs)
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            raise
+        table = Table(title=f"{cfg['name']}: samples per class and split")
+        for col in ("class", *SPLITS):
+            table.add_column(col, justify="right" if col != "class" else "left")
+        for k, name in enumerate(classes):
+            table.add_row(name, *(str(counts[s][k]) for s in SPLITS))
+        table.add_row("total", *(str(counts[s].sum()) for s in SPLITS))
+        console.print(table)
+        return paths

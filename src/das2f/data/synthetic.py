@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..runtime.locks import directory_lock
+
 CLASS_NAMES = ["water", "grass", "crop", "forest", "shrub", "urban", "bare_soil", "road"]
 #                 B     G     R    NIR
 SPECTRA = np.array([
@@ -105,17 +107,24 @@ def write_scene(out_dir: str | Path, size: int = 192, seed: int = 0) -> dict[str
     out_dir = Path(out_dir)
     paths = {k: out_dir / f"{k}.npy" for k in ("ms", "pan", "label")}
     stamp, made_by = out_dir / "generate.json", json.dumps({"size": int(size), "seed": int(seed)})
-    if all(p.exists() for p in paths.values()) and stamp.is_file() and stamp.read_text() == made_by:
+
+    def ready() -> bool:
+        return all(p.exists() for p in paths.values()) and stamp.is_file() and stamp.read_text() == made_by
+
+    if ready():
         return paths  # generated before with the same size and seed (another size or seed regenerates)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scene = generate_scene(size, seed)
-    for k, p in paths.items():
-        tmp = p.with_suffix(".tmp.npy")
-        try:
-            np.save(tmp, scene[k])
-            tmp.rename(p)
-        except BaseException:  # an error or a stop signal (das2f.runtime.signals.Stop): no half-written file stays
-            tmp.unlink(missing_ok=True)
-            raise
-    stamp.write_text(made_by)
+    with directory_lock(out_dir, "generating the synthetic scene"):  # jobs started together generate it once
+        if ready():
+            return paths
+        stamp.unlink(missing_ok=True)  # the stamp is written last: files without it are never taken as done
+        scene = generate_scene(size, seed)
+        for k, p in paths.items():
+            tmp = p.with_suffix(".tmp.npy")
+            try:
+                np.save(tmp, scene[k])
+                tmp.rename(p)
+            except BaseException:  # an error or a stop signal (das2f.runtime.signals.Stop): no half-written file stays
+                tmp.unlink(missing_ok=True)
+                raise
+        stamp.write_text(made_by)
     return paths

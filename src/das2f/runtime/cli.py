@@ -71,11 +71,26 @@ def _hydra_output_dir() -> Path | None:
         return None
 
 
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failure(text: str) -> None:
+    """The job's error.txt: why it ended without results (the report lists it under the sweep's table)."""
+    out = _hydra_output_dir()
+    if out is not None and out.is_dir():
+        (out / "error.txt").write_text(text.strip() + "\n")
+
+
 def remove_if_unused(out: Path | None) -> None:
-    """A run dir holding only Hydra's own files (.hydra/, the job log) after a failed start goes away."""
-    if out is None or not out.is_dir():
+    """A run dir holding only Hydra's own files (.hydra/, the job log, error.txt) after a failed start goes away,
+    except a multirun job's: the sweep's report lists it, with its error."""
+    if out is None or not out.is_dir() or in_multirun():
         return
-    if all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
+    if all(p.name in (".hydra", "error.txt") or p.suffix == ".log" for p in out.iterdir()):
         shutil.rmtree(out)
 
 
@@ -121,16 +136,20 @@ def hydra_entry(config_name: str) -> Callable:
                 return task(cfg)
             except Interrupted as err:
                 log.warning("%s", err)
+                record_failure(str(err))
                 sys.exit(err.status)
             except signals.Stop as err:  # outside a training/prediction loop (preparation, start-up)
                 log.warning("%s; no half-written file is kept: the same command starts again%s", err, sweep_note())
+                record_failure(str(err))
                 remove_if_unused(_hydra_output_dir())
                 sys.exit(signals.exit_status(err.signum))
             except Exception as err:
                 mistake = user_mistake(err, OmegaConfBaseException)
                 if mistake is None:
+                    record_failure(f"{type(err).__name__}: {err}")
                     raise
                 report_user_error(mistake)
+                record_failure(" ".join(str(mistake).split()) or type(mistake).__name__)
                 remove_if_unused(_hydra_output_dir())
                 sys.exit(EXIT_USER_ERROR)
 
@@ -142,9 +161,8 @@ def hydra_entry(config_name: str) -> Callable:
 def sweep_note() -> str:
     """In a multirun: which job stopped, and that the sweep's later jobs did not run."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_multirun():
         return ""
     job = HydraConfig.get().job.num
     return (f"; this was job {job} of the sweep in {Path(HydraConfig.get().sweep.dir)}: the sweep stops here, its jobs "
