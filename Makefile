@@ -12,7 +12,7 @@ ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow train eval predict prepare sweep report bench bench-deps gpu-wheels gpu-check gpu-deps experiment-gid5 experiment-wv2 clean
+.PHONY: help install test test-slow docs docs-serve train eval predict prepare sweep report bench bench-deps gpu-wheels gpu-check gpu-deps experiment-gid5 experiment-wv2 clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,12 +29,19 @@ $(STAMP): $(ROOT)/pyproject.toml
 	$(PY) -m pip install -q -e "$(ROOT)[dev,sweep,tensorboard]"
 	@touch $(STAMP)
 
-test: $(STAMP) ## the linter, then the test suite (CI runs exactly this); slow and GPU tests left out
+test: $(STAMP) ## the linter, the strict docs build, then the test suite (CI runs exactly this); slow and GPU tests left out
 	cd $(ROOT) && $(PY) -m ruff check src tests
+	cd $(ROOT) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir $$(mktemp -d)
 	cd $(ROOT) && $(PY) -m pytest -q
 
 test-slow: $(STAMP) ## the slow tests too (DDP simulation, longer trainings)
 	cd $(ROOT) && $(PY) -m pytest -q -m "slow or not slow"
+
+docs: $(STAMP) ## the documentation (docs/), built strictly into site/: a broken link or a page left out fails
+	cd $(ROOT) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP) ## the documentation served at http://127.0.0.1:8000, rebuilt on every change
+	cd $(ROOT) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 train: $(STAMP) ## train + test (default: the main job on the generated synthetic scene)
 	$(PY) -m das2f.train dataset=$(DATASET) $(ARGS)
@@ -49,8 +56,11 @@ prepare: $(STAMP) ## cut a dataset's scenes into HDF5 patch pairs (ARGS=inspect=
 	$(PY) -m das2f.prepare dataset=$(DATASET) $(ARGS)
 
 sweep: $(STAMP) ## a ready sweep from conf/experiment/ (EXP=ablation|seeds|compare), ends with its report
-	$(PY) -m das2f.train -m experiment=$(EXP) dataset=$(DATASET) $(ARGS)
-	$(PY) -m das2f.report --latest
+	@# the report also after a failed job (it lists the job and its error); the sweep's exit status is kept
+	@before=$$(ls -td logs/train/multiruns/* 2>/dev/null | head -1); \
+	$(PY) -m das2f.train -m experiment=$(EXP) dataset=$(DATASET) $(ARGS); status=$$?; \
+	after=$$(ls -td logs/train/multiruns/* 2>/dev/null | head -1); \
+	if [ -n "$$after" ] && [ "$$after" != "$$before" ]; then $(PY) -m das2f.report "$$after"; fi; exit $$status
 
 report: $(STAMP) ## Markdown + CSV table of multirun outputs: ARGS="path/to/multirun/dir ..."
 	$(PY) -m das2f.report $(ARGS)

@@ -1,6 +1,6 @@
-"""Every command the README shows, run as a user types it (from a temporary working directory, with
-size limits appended and nothing else: no path override). A README command this file cannot run or
-does not know fails the test, so the README and the code cannot drift apart.
+"""Every command the README and the docs (docs/*.md) show, run as a user types it (from a temporary
+working directory, with size limits appended and nothing else: no path override). A command this file
+cannot run or does not know fails the test, so the README, the docs and the code cannot drift apart.
 
 Placeholders in the README are capitals: NAME (a dataset: the generated `synthetic`), CKPT (a
 checkpoint), RUN_DIR (a run directory), DIR (a multirun directory); they are filled in from the runs
@@ -18,7 +18,8 @@ import pytest
 from .conftest import SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README = "\n".join(p.read_text() for p in PAGES)  # the README and every docs page
 
 SIZE = {  # size limits only, per entry point
     "train": ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4",
@@ -29,6 +30,7 @@ SIZE = {  # size limits only, per entry point
     "predict": ["dataset.generate.size=48", "num_workers=0"],
     "prepare": ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4"],
     "report": [],
+    "checkpoint": [],
 }
 GID5_SIZE = ["dataset.tiles.pattern=*/1.tif", "model.net.d_state=4", "model.net.dt_rank=4", "model.net.hidden=32",
              "data.num_workers=0", "data.batch_size=16", "trainer.max_epochs=1", "trainer.limit_train_batches=5",
@@ -56,20 +58,25 @@ NOT_RUN = {  # README commands the test suite does not run, and why
     "python -m das2f.checkpoint OLD.ckpt NEW.ckpt": "needs a checkpoint of an older das2f: "
                                                     "test_predict.test_checkpoints_describe_themselves_and_load_safely",
     "make sweep EXP=ablation": "48 jobs: slow, see test_ablation_sweep_as_typed",
+    "make docs-serve": "serves the docs until stopped (make test builds them with --strict)",
+    "make train ARGS=\"trainer=gpu trainer.precision=bf16-mixed\"": "needs a GPU (make gpu-check runs the main job there)",
+    "das2f checkpoint OLD NEW": "needs a checkpoint of an older das2f: "
+                                "test_predict.test_checkpoints_describe_themselves_and_load_safely",
     "make sweep": "EXP=ablation by default, 48 jobs: slow, see test_ablation_sweep_as_typed",
 }
 
 
 def readme_commands() -> list[str]:
-    """`make ...` and `python -m das2f...` commands in the README's code blocks and inline code."""
+    """`make ...`, `python -m das2f...` and `das2f ...` commands in the code blocks and inline code of the
+    README and the docs."""
     found = []
     for block in re.findall(r"```bash\n(.*?)```", README, re.S):
-        found += [ln.split("#")[0].strip() for ln in block.splitlines()]
-    found += re.findall(r"`((?:make|python -m das2f)[^`]*)`", README)
+        found += [ln.split("  #")[0].strip() for ln in block.splitlines()]
+    found += re.findall(r"`((?:make|python -m das2f|das2f) [^`]*|das2f --help)`", README)
     out = []
     for c in found:
         c = " ".join(c.replace("\\|", "|").split())
-        if c.startswith(("make", "python -m das2f")) and c not in out:
+        if c.startswith(("make", "python -m das2f", "das2f ")) and c not in out:
             out.append(c)
     return out
 
@@ -128,6 +135,10 @@ def as_run(command: str, cwd: Path) -> list[str]:
     gid5 = any(a in ("DATASET=gid5", "dataset=gid5") for a in argv)
     if gid5 and not (SHARED / "gid5").is_dir():
         pytest.skip("../shared/data/gid5 not present")
+    if argv[0] == "das2f":  # the console command installed with the package
+        exe = str(Path(sys.prefix) / "bin" / "das2f")
+        task = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
+        return [exe, *argv[1:], *(SIZE[task] if task else [])]
     if argv[0] == "make":
         target = next(a for a in argv[1:] if not a.startswith("-") and "=" not in a and not a.endswith("Makefile"))
         task = TARGET_TASK.get(target)
@@ -177,3 +188,13 @@ def test_ablation_sweep_as_typed(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     (multirun,) = (tmp_path / "logs" / "train" / "multiruns").glob("*")
     assert len(list(multirun.glob("*/metrics.json"))) == 48 and (multirun / "report.md").is_file()
+
+
+def test_readme_is_short_and_every_docs_page_is_linked():
+    """The README says what das2f is, the two commands, a tour and links: at most 15,000 bytes; every docs
+    page is reachable from the README's list or the docs' own nav (mkdocs.yml; `make test` builds it strictly)."""
+    readme = (ROOT / "README.md").read_bytes()
+    assert len(readme) <= 15_000, len(readme)
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for page in (ROOT / "docs").glob("*.md"):
+        assert page.name in nav, f"{page.name} is not in mkdocs.yml's nav"
