@@ -107,22 +107,24 @@ def test_a_map_stopped_by_sigterm_exits_143_and_the_same_command_finishes_it_ide
     (run,) = runs(tmp_path)
     (ckpt,) = (run / "checkpoints").glob("epoch_*.ckpt")
     # one pixel per window: 256 windows, so the map is still running when the signal comes
+    # num_workers=0: with DataLoader workers a group SIGTERM to a map still ends with exit 1 (a worker dies of the
+    # signal at shutdown; open in #25), so this test signals the group of a map without workers
     args = [f"ckpt_path={ckpt}", "dataset.generate.size=48", "num_workers=0", "region=[0,16,0,16]", "window=1"]
     whole = das2f(tmp_path, "predict", *args, f"out={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
     cut = tmp_path / "cut"
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
     proc = subprocess.Popen([sys.executable, "-m", "das2f.predict", *args, f"out={cut}"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     progress, deadline, written = cut / "synthetic_map.progress.npy", time.time() + 300, 0
-    while written < 3:  # a few windows written, then SIGTERM from outside (as a scheduler sends it)
+    while written < 3:  # a few windows written, then SIGTERM to the whole group (as a scheduler sends it)
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
         try:
             written = int(np.load(progress).sum())
         except (FileNotFoundError, ValueError, EOFError):  # not created yet, or being created
             pass
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 143, output[-3000:]
     written = int(np.load(progress).sum())

@@ -2,6 +2,7 @@
 AA definition, one fingerprint for prepare and train. The silent-wrong-label cases come first."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,14 +156,15 @@ def test_aa_averages_over_the_classes_present_in_the_truth():
 def test_report_averages_the_defined_values_only():
     from das2f.report import table
 
-    def run(oa, acc_b):
+    def run(seed, oa, acc_b):
         metrics = {"test/oa": oa, "test/aa": oa, "test/kappa": 0.5, "test/f1": oa, "test/acc_a": oa, "test/acc_b": acc_b}
-        return {"dataset": "d", "backbone": "spvm", "fusion": "aalf", "cmda": "swap", "stages": 1, "dominant": False,
+        return {"dir": Path(f"/runs/{seed}"), "seed": seed, "config": {"seed": str(seed), "fusion": "aalf"},
                 "class_names": ["a", "b"], "metrics": metrics}
 
-    header, rows = table([run(0.8, None), run(0.9, 0.6)])  # class b absent from the first run's test truth
-    row = dict(zip(header, rows[0]))
-    assert row["seeds"] == 2 and row["oa"][0] == pytest.approx(0.85) and row["acc_b"][0] == 0.6
+    keys, rows = table([run(1, 0.8, None), run(2, 0.9, 0.6)])  # class b absent from the first run's test truth
+    (row,) = rows
+    assert keys == [] and row["seeds"] == [1, 2]
+    assert row["stats"]["test/oa"][0] == pytest.approx(0.85) and row["stats"]["test/acc_b"] == (0.6, None)
 
 
 def test_prepare_then_train_prepares_once(tmp_path):

@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from das2f.data.hdf5 import read_attrs
 from das2f.runtime.errors import DataError
-from das2f.runtime.locks import LOCK_NAME, directory_lock
+from das2f.runtime.locks import directory_lock, lock_path
 
 from .conftest import small_dataset_cfg
 
@@ -44,7 +43,7 @@ def test_a_waiter_names_the_lock_and_gives_up_after_its_timeout(tmp_path):
     with directory_lock(cfg["prepared_dir"], "holding it in a test"):
         # another process holds it (flock locks are per open file: a second FileLock object in this process waits too)
         t0 = time.monotonic()
-        with pytest.raises(DataError, match=rf"{tmp_path / 'prepared' / LOCK_NAME}: another process has been preparing "
+        with pytest.raises(DataError, match=rf"{tmp_path / '.prepared.das2f.lock'}: another process has been preparing "
                                             r"dataset synthetic for more than 0 s"):
             prepare_dataset(cfg)
         assert time.monotonic() - t0 < 30
@@ -62,4 +61,4 @@ def test_a_lock_of_a_killed_process_is_free(tmp_path):
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     with directory_lock(tmp_path, "testing", timeout_s=5) as path:
-        assert path == Path(tmp_path) / LOCK_NAME
+        assert path == lock_path(tmp_path) == tmp_path.parent / f".{tmp_path.name}.das2f.lock"

@@ -72,6 +72,7 @@ def test_seeds_are_averaged_duplicates_flagged_and_the_paired_difference_tested(
     assert rows[0]["seeds"] == [1, 2, 3, 4] and rows[0]["duplicates"] == {4: 2}
     assert rows[0]["stats"]["test/oa"][0] == pytest.approx((0.80 + 0.82 + 0.79 + 0.81) / 4)  # not the 0.50 duplicate
     base, diffs = paired(rows, keys, "model.optimizer.lr=0.001")
+    assert paired(rows, keys, "optimizer.lr=0.001")[0] is base  # the column's name works too
     (r2, n2, m2, lo2, hi2), (r3, n3, m3, lo3, hi3) = diffs
     assert n2 == 4 and m2 == pytest.approx(0.10) and lo2 > 0  # a real improvement (the 0.50 duplicate not taken)
     assert lo3 < 0 < hi3  # within the seed spread: no difference shown

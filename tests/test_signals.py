@@ -180,6 +180,22 @@ def test_sigkill_loses_at_most_the_interval_and_a_broken_newest_checkpoint_falls
     assert same_weights(weights(last), reference)
 
 
+def test_a_warning_signal_writes_last_ckpt_and_training_goes_on(tmp_path, shared):
+    """SIGUSR2 (submitit's warning before the time limit; SIGUSR1: SLURM's --signal) to the group: last.ckpt
+    at the step in hand, nobody stops (the workers ignore it), the run ends normally."""
+    data, _ = shared
+    marker = tmp_path / "paused"
+    p = start(tmp_path, "das2f.train", *BASE, f"paths.data_dir={data}", "test=false", "trainer.max_epochs=1", PAUSE,
+              f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=2", "+callbacks.pause.seconds=3")
+    workers = wait_for(marker, p, tmp_path)
+    os.killpg(p.pid, signal.SIGUSR2)
+    code, out = finish(p, tmp_path)
+    assert code == 0, out[-3000:]
+    assert "SIGUSR2: last.ckpt is written at the next training step; the run goes on" in out
+    assert "last.ckpt (SIGUSR2 received) at epoch 1, step 2" in out, out[-3000:]
+    assert no_survivors(workers)
+
+
 def test_group_sigterm_in_test_phase_keeps_the_trained_checkpoint(tmp_path, shared):
     data, _ = shared
     marker = tmp_path / "paused"

@@ -180,13 +180,15 @@ def paired(rows: list[dict], keys: list[str], baseline: str | None, metric: str 
         return None, []
     base = rows[0]
     if baseline:
-        key, _, value = baseline.partition("=")
-        if key not in keys:
-            raise ConfigError(f"--baseline {baseline}: {key!r} is not a key in which these runs differ ({keys})")
+        name, _, value = baseline.partition("=")
+        key = next((k for k in keys if name in (k, short(k))), None)  # the column's name or the full dotted key
+        if key is None:
+            raise ConfigError(f"--baseline {baseline}: {name!r} is not a key in which these runs differ "
+                              f"({', '.join(short(k) for k in keys) or 'none: they differ only in the seed'})")
         matches = [r for r in rows if r["values"][keys.index(key)] == value]
         if not matches:
             found = sorted({r["values"][keys.index(key)] for r in rows})
-            raise ConfigError(f"--baseline {baseline}: no row has {key}={value} (found {found})")
+            raise ConfigError(f"--baseline {baseline}: no row has {name}={value} (found {found})")
         base = matches[0]
     from scipy import stats
 

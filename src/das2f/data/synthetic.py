@@ -116,6 +116,7 @@ def write_scene(out_dir: str | Path, size: int = 192, seed: int = 0) -> dict[str
     with directory_lock(out_dir, "generating the synthetic scene"):  # jobs started together generate it once
         if ready():
             return paths
+        out_dir.mkdir(parents=True, exist_ok=True)
         stamp.unlink(missing_ok=True)  # the stamp is written last: files without it are never taken as done
         scene = generate_scene(size, seed)
         for k, p in paths.items():

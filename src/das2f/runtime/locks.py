@@ -1,7 +1,8 @@
 """Cross-process locks: jobs that start together (a SLURM array, a parallel sweep, two terminals) prepare a
 dataset or generate a scene once; the others wait, then find the files ready.
 
-The lock is an OS file lock (``filelock.FileLock``: flock), held on ``<directory>/.das2f.lock``: the kernel
+The lock is an OS file lock (``filelock.FileLock``: flock), held on ``.<name>.das2f.lock`` beside the directory
+(so that a preparation refused for bad input leaves no prepared directory behind): the kernel
 releases it when its holder dies, however it dies, so a killed process never leaves a stale lock. It
 works across the nodes of a cluster where the shared filesystem supports locks (NFSv4, Lustre with
 ``flock``, GPFS).
@@ -16,18 +17,21 @@ from pathlib import Path
 from .errors import DataError
 
 log = logging.getLogger("das2f.locks")
-LOCK_NAME = ".das2f.lock"
+
+
+def lock_path(directory: str | Path) -> Path:
+    directory = Path(directory)
+    return directory.parent / f".{directory.name}.das2f.lock"
 
 
 @contextmanager
 def directory_lock(directory: str | Path, doing: str, timeout_s: float = 7200.0) -> Iterator[Path]:
-    """Holds the lock of ``directory`` (created if needed) while the block runs. A waiter logs the lock file
-    it waits for, and gives up after ``timeout_s`` seconds with that path in the message."""
+    """Holds the lock of ``directory`` while the block runs (its parent is created if needed). A waiter logs the
+    lock file it waits for, and gives up after ``timeout_s`` seconds with that path in the message."""
     from filelock import FileLock, Timeout
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK_NAME
+    path = lock_path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path)
     try:
         lock.acquire(timeout=0)
