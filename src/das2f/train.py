@@ -102,9 +102,10 @@ def latest_resumable(log_dir: str | Path, task: str = "train") -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime).parents[1] if found else None
 
 
-def intact_last(run_dir: Path) -> str:
-    """The newest intact resumable checkpoint of a run: last.ckpt, else the one before it (last.prev.ckpt) when
-    last.ckpt is broken (a kill while it was written, a full disk); says which it took when it skipped one."""
+def intact_last(run_dir: Path) -> tuple[str, dict]:
+    """The newest intact resumable checkpoint of a run and its contents: last.ckpt, else the one before it
+    (last.prev.ckpt) when last.ckpt is broken (a kill while it was written, a full disk); says which it took when
+    it skipped one."""
     from .checkpoint import LAST, PREVIOUS
 
     found = [p for p in (run_dir / "checkpoints" / LAST, run_dir / "checkpoints" / PREVIOUS) if p.is_file()]
@@ -114,18 +115,19 @@ def intact_last(run_dir: Path) -> str:
     broken = []
     for path in found:
         try:
-            read_checkpoint(str(path))
+            ckpt = read_checkpoint(str(path))
         except CheckpointError as err:
             broken.append(str(err))
             continue
         if broken:
             log.warning("resume: %s; continuing from %s, the checkpoint written before it", "; ".join(broken), path)
-        return str(path)
+        return str(path), ckpt
     raise CheckpointError(f"resume={run_dir}: no intact checkpoint: {'; '.join(broken)}")
 
 
-def resolve_ckpt(cfg: DictConfig) -> str | None:
-    """The checkpoint a run starts from: ``resume=<run dir>`` -> its last.ckpt; ``ckpt_path=<file>``."""
+def resolve_ckpt(cfg: DictConfig) -> tuple[str | None, dict | None]:
+    """The checkpoint a run starts from and its contents, read once: ``resume=<run dir>`` -> its newest intact
+    last.ckpt; ``ckpt_path=<file>``; (None, None) for a new run."""
     resume, ckpt = cfg.get("resume"), cfg.get("ckpt_path")
     if resume and ckpt:
         raise ConfigError(f"resume={resume} and ckpt_path={ckpt}: give one (resume continues a run in place)")
@@ -139,7 +141,7 @@ def resolve_ckpt(cfg: DictConfig) -> str | None:
                           f"resume=<its run dir>; {hint}")
     if ckpt and not Path(str(ckpt)).is_file():
         raise MissingFileError(f"ckpt_path: no checkpoint at {ckpt}")
-    return str(ckpt) if ckpt else None
+    return (str(ckpt), read_checkpoint(str(ckpt))) if ckpt else (None, None)
 
 
 def resumed_config(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> DictConfig:
@@ -195,12 +197,13 @@ def stopped(cfg: DictConfig, phase: str, trainer=None) -> Interrupted:
     """The message and exit status of a run stopped by a signal (das2f.runtime.signals) during ``phase``."""
     import signal
 
+    from .checkpoint import LAST
     from .runtime import signals
 
     sig = signals.received() or signal.SIGTERM
     out = Path(cfg.paths.output_dir)
     where = f" at epoch {trainer.current_epoch + 1}, step {trainer.global_step}" if trainer is not None else ""
-    last = out / "checkpoints" / "last.ckpt"
+    last = out / "checkpoints" / LAST
     if phase == "training" and last.is_file():
         then = f"{last} holds it: continue with python -m das2f.train resume={out}"
     elif phase == "training" or not cfg.get("train"):
@@ -239,8 +242,7 @@ def _run(cfg: DictConfig, at: Phase) -> dict:
     if not cfg.get("train") and not cfg.get("ckpt_path"):
         raise ConfigError("evaluation needs a checkpoint: ckpt_path=<run dir>/checkpoints/epoch_NNN.ckpt "
                           "(the best-on-validation checkpoint of a das2f.train run)")
-    ckpt = resolve_ckpt(cfg)
-    saved = read_checkpoint(ckpt) if ckpt else None
+    ckpt, saved = resolve_ckpt(cfg)
     if cfg.get("resume"):
         cfg = resumed_config(cfg, ckpt, saved)
         from .runtime.threads import configure

@@ -52,7 +52,6 @@ class _State:
     stop: int | None = None          # the first stop signal received
     checkpoint: int | None = None    # a SIGUSR1/2 not yet answered by a checkpoint
     trainer = None                   # the Lightning trainer whose loop is running, if any
-    installed = False
 
 
 _state = _State()
@@ -85,7 +84,6 @@ def install() -> None:
     """The das2f handlers for SIGTERM, SIGINT, SIGUSR1, SIGUSR2 (main thread of an entry point only)."""
     for sig in (*STOP_SIGNALS, *CHECKPOINT_SIGNALS):
         signal.signal(sig, _handler)
-    _state.installed = True
 
 
 def reset() -> None:
