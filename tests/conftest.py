@@ -63,3 +63,17 @@ def tiny_scene(tmp_path):
     for name, arr in (("ms", ms), ("pan", pan), ("label", label)):
         np.save(tmp_path / f"{name}.npy", arr)
     return tmp_path, ms, pan, label
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+    """One prepared dataset and the final weights of an uninterrupted serial sweep of two 2-epoch runs (seeds 42 and
+    43) on it, shared by the signal and launcher tests: {seed: state_dict}."""
+    from tests.procs import BASE, run, weights
+
+    root = tmp_path_factory.mktemp("signals")
+    code, out = run(root, "das2f.train", "-m", "seed=42,43", *BASE, "test=false")
+    assert code == 0, out[-3000:]
+    (sweep,) = (root / "logs" / "train" / "multiruns").iterdir()
+    return root / "data", {seed: weights(sweep / str(job) / "checkpoints" / "last.ckpt")
+                           for job, seed in enumerate((42, 43))}

@@ -18,7 +18,7 @@ class SigtermAtStep(L.Callback):
 
 class PauseAt(L.Callback):
     """Test-only: at a known point (after training step ``step``, or validation / test batch ``step``) writes
-    ``marker`` and waits until a stop signal has arrived (at most ``seconds``), so that a test can signal the
+    ``marker`` and waits until a stop or warning signal has arrived (at most ``seconds``), so that a test can signal the
     whole process group from outside, DataLoader workers running, at a point it knows. ``slow_s``: every
     training step also sleeps this long (a long epoch in little time, for the periodic last.ckpt)."""
 
@@ -37,7 +37,7 @@ class PauseAt(L.Callback):
             return
         Path(self.marker).write_text(str(os.getpid()))
         t0 = time.monotonic()
-        while signals.received() is None and time.monotonic() - t0 < self.seconds:
+        while signals.received() is None and signals._state.checkpoint is None and time.monotonic() - t0 < self.seconds:
             time.sleep(0.02)
         time.sleep(self.hold_s)
 
@@ -56,3 +56,25 @@ class PauseAt(L.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.stage == "test" and batch_idx == self.step:
             self._pause()
+
+
+class Barrier(L.Callback):
+    """Test-only: at the start of training, each run of a sweep announces itself in ``folder`` and waits until
+    ``n`` runs have: the runs of a parallel sweep all pass; a sweep that runs its jobs one after another fails
+    here (its first job waits alone for ``seconds``)."""
+
+    def __init__(self, folder: str, n: int = 2, seconds: float = 120.0):
+        self.folder, self.n, self.seconds = folder, n, seconds
+
+    def on_train_start(self, trainer, pl_module):
+        import time
+        from pathlib import Path
+
+        folder = Path(self.folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / str(os.getpid())).write_text("")
+        t0 = time.monotonic()
+        while len(list(folder.iterdir())) < self.n:
+            if time.monotonic() - t0 > self.seconds:
+                raise RuntimeError(f"Barrier: {len(list(folder.iterdir()))} of {self.n} runs started together")
+            time.sleep(0.05)

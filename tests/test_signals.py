@@ -13,85 +13,18 @@ import subprocess
 import sys
 import time
 import zipfile
-from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4",
-        "model.net.d_state=4", "model.net.dt_rank=4", "model.net.hidden=32", "data.num_workers=2",
-        "data.batch_size=4", "trainer.max_epochs=2", "threads=1", "trainer.enable_progress_bar=false"]
-PAUSE = "+callbacks.pause._target_=tests.helpers.PauseAt"
-
-
-def env() -> dict:
-    e = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), e.get("PYTHONPATH", "")])
-    return e
-
-
-def start(cwd: Path, *args: str) -> subprocess.Popen:
-    """A das2f command in a session (process group) of its own, output to files (no pipe to fill)."""
-    out = open(cwd / "out.txt", "w")  # noqa: SIM115 (closed by finish)
-    return subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env(),
-                            start_new_session=True)
-
-
-def finish(p: subprocess.Popen, cwd: Path, timeout: float = 240) -> tuple[int, str]:
-    try:
-        code = p.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        raise
-    return code, (cwd / "out.txt").read_text()
-
-
-def run(cwd: Path, *args: str) -> tuple[int, str]:
-    return finish(start(cwd, *args), cwd)
-
-
-def wait_for(marker: Path, p: subprocess.Popen, cwd: Path, timeout: float = 180) -> list[psutil.Process]:
-    """Waits until the run reaches its pause point; returns its processes besides itself (DataLoader workers)."""
-    t0 = time.monotonic()
-    while not marker.exists():
-        if p.poll() is not None:
-            pytest.fail(f"the run ended ({p.returncode}) before its pause point:\n{(cwd / 'out.txt').read_text()[-3000:]}")
-        if time.monotonic() - t0 > timeout:
-            os.killpg(p.pid, signal.SIGKILL)
-            pytest.fail("the run did not reach its pause point")
-        time.sleep(0.05)
-    return psutil.Process(p.pid).children(recursive=True)
-
-
-def no_survivors(procs: list[psutil.Process]) -> bool:
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    return not alive
-
-
-def weights(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One prepared dataset and the final weights of one uninterrupted 2-epoch run (seed 42) on it."""
-    root = tmp_path_factory.mktemp("signals")
-    code, out = run(root, "das2f.train", *BASE, "test=false")
-    assert code == 0, out[-3000:]
-    (run_dir,) = (root / "logs" / "train" / "runs").iterdir()
-    return root / "data", weights(run_dir / "checkpoints" / "last.ckpt")
+from tests.procs import BASE, PAUSE, env, finish, no_survivors, run, same_weights, start, wait_for, weights
 
 
 def test_group_sigterm_in_training_saves_then_resume_ends_as_uninterrupted(tmp_path, shared):
     """SIGTERM to the process group of a multirun in epoch 1 (workers running): the step in hand ends,
     last.ckpt is written, exit 143 naming the job, the sweep stops; resume= ends with the reference weights."""
-    data, reference = shared
+    data, references = shared
+    reference = references[42]
     marker = tmp_path / "paused"
     p = start(tmp_path, "das2f.train", "-m", "seed=42,43", *BASE, f"paths.data_dir={data}", "test=false", PAUSE,
               f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3")
@@ -116,7 +49,8 @@ def test_group_sigterm_in_training_saves_then_resume_ends_as_uninterrupted(tmp_p
 def test_ctrl_c_in_validation_saves_exits_130_and_resumes_exactly(tmp_path, shared):
     """Ctrl-C (SIGINT to the group) during epoch 1's validation: exit 130, last.ckpt, the resume command;
     the resumed run ends with the reference weights."""
-    data, reference = shared
+    data, references = shared
+    reference = references[42]
     marker = tmp_path / "paused"
     p = start(tmp_path, "das2f.train", *BASE, f"paths.data_dir={data}", "test=false", PAUSE,
               f"+callbacks.pause.marker={marker}", "+callbacks.pause.stage=val", "+callbacks.pause.step=1")
@@ -157,7 +91,8 @@ def test_sigkill_loses_at_most_the_interval_and_a_broken_newest_checkpoint_falls
     """last.ckpt every second of training (every_s=1): a SIGKILL to the group loses at most that; the previous
     checkpoint is kept; with the newest cut short (a kill while it was written) resume= takes the one before,
     says so, and ends with the reference weights (a mid-epoch checkpoint resumes exactly)."""
-    data, reference = shared
+    data, references = shared
+    reference = references[42]
     marker = tmp_path / "paused"
     p = start(tmp_path, "das2f.train", *BASE, f"paths.data_dir={data}", "test=false", "callbacks.last_checkpoint.every_s=1",
               PAUSE, f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=9", "+callbacks.pause.slow_s=0.3")
@@ -276,7 +211,8 @@ def test_broken_checkpoints_are_one_line_and_exit_2(tmp_path, shared):
     from das2f.checkpoint import checkpoint_problem, load_checkpoint
     from das2f.runtime.errors import CheckpointError
 
-    data, reference = shared
+    data, references = shared
+    reference = references[42]
     good = tmp_path / "good.ckpt"
     torch.save({"state_dict": {**reference, "big": torch.zeros(2_000_000)}, "hyper_parameters": {}}, good)
     truncated = tmp_path / "truncated.ckpt"

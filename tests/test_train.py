@@ -160,7 +160,14 @@ def test_sweep_configs_compose():
         slurm = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper") and optuna.optimized_metric.startswith("val/")
     assert "model.optimizer.lr" in optuna.hydra.sweeper.params and optuna.test is False
-    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.gpus_per_node == 1
+    assert slurm.hydra.launcher._target_ == "hydra_plugins.das2f_launchers.launchers.SlurmLauncher"
+    assert slurm.hydra.launcher.gpus_per_node == 1 and slurm.hydra.launcher.max_num_timeout > 0
+    # Hydra instantiates launchers only from its plugin registry: both must be found there
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+
+    found = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Launcher)}
+    assert {slurm.hydra.launcher._target_, "hydra_plugins.das2f_launchers.launchers.LocalLauncher"} <= found
 
 
 @pytest.mark.slow
@@ -176,3 +183,16 @@ def test_fast_dev_run_trains_and_tests_one_batch(tmp_path):
     out = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "train/loss_epoch" in metrics and "test/oa" in metrics
     assert sum(map(sum, out["test_confusion"])) == 16  # fast_dev_run: exactly one test batch of 16
+
+
+def test_resume_overrides_merge_without_a_second_append():
+    """A resumed run composes its own overrides then the command's: a key given again takes the new value, and a
+    `+key` said again (a requeued sweep job repeats its overrides) is not refused as a second append."""
+    from das2f.train import merged_overrides
+
+    saved = ["seed=42", "+callbacks.pause.step=3", "model.optimizer.lr=0.01"]
+    assert merged_overrides(saved, ["+callbacks.pause.step=3", "seed=43", "resume=/r"]) == \
+        ["model.optimizer.lr=0.01", "++callbacks.pause.step=3", "seed=43", "resume=/r"]
+    assert merged_overrides(saved, ["callbacks.pause.step=5"]) == \
+        ["seed=42", "model.optimizer.lr=0.01", "++callbacks.pause.step=5"]
+    assert merged_overrides(saved, []) == saved

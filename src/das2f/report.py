@@ -116,8 +116,9 @@ def collect(dirs: list[Path]) -> tuple[list[dict], int, bool]:
         size, is_optuna = sweep_size(Path(d))
         optuna |= is_optuna
         asked += max(size or 0, len(jobs))  # (a job directory added by hand counts too)
-    if not any(r["metrics"] is not None for r in runs):
-        raise MissingFileError(f"no metrics.json under {[str(d) for d in dirs]}: did the runs finish their test?")
+    if not runs:
+        raise MissingFileError(f"no job directory (with .hydra/) under {[str(d) for d in dirs]}: not a multirun of "
+                               "das2f.train, or its jobs never started")
     return runs, asked, optuna
 
 
@@ -260,7 +261,7 @@ def write(keys, rows, runs, out: Path, notes: list[str], baseline: tuple) -> tup
             cells.append(f"**{s}**" if s and r["stats"][m][0] == best[m] and len(rows) > 1 else s)
         md.append("| " + " | ".join(str(c) for c in cells) + " |")
     text = "\n".join(md) + ("\n\nmean ± std over a row's distinct seeds (sample std, n-1); one seed: its value; "
-                            "bold: best mean per column.\n")
+                            "bold: best mean per column.\n") if rows else "No job finished: nothing to compare.\n"
     if not keys and len(rows) == 1:
         text += "All finished runs have the same configuration (only the seed varies).\n"
     flagged = [(r, s, n) for r in rows for s, n in r["duplicates"].items()]
@@ -324,8 +325,9 @@ def main(argv=None) -> None:
         if not dirs:
             ap.error("give multirun directories or --latest")
         runs, asked, optuna = collect(dirs)
-        keys, rows = table(runs, optuna=optuna)
-        baseline = paired(rows, keys, args.baseline)
+        finished = any(r["metrics"] is not None for r in runs)  # none: the report lists the failed jobs only
+        keys, rows = table(runs, optuna=optuna) if finished else ([], [])
+        baseline = paired(rows, keys, args.baseline) if finished else (None, [])
     except UserError as err:
         print(f"das2f.report: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

@@ -159,7 +159,19 @@ def resumed_config(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> DictConfig:
     now = task_overrides() or []
     log.info("resuming %s with its overrides %s%s", Path(ckpt_path).parents[1], saved,
              f" then {now}" if now else "")
-    return compose(config_name=HydraConfig.get().job.config_name, overrides=[*saved, *now])
+    return compose(config_name=HydraConfig.get().job.config_name, overrides=merged_overrides(saved, now))
+
+
+def merged_overrides(saved: list[str], now: list[str]) -> list[str]:
+    """The run's own overrides, then this command's: a key given again takes this command's value (its ``+key=``
+    said again would be refused by Hydra as a second append; a ``+key`` of the run set anew becomes ``++key``)."""
+    def key(o: str) -> str:
+        return o.split("=", 1)[0].lstrip("+~")
+
+    again = {key(o) for o in now}
+    added = {key(o) for o in saved if o.startswith("+")}
+    kept = [o for o in saved if key(o) not in again]
+    return kept + [f"++{o.lstrip('+')}" if key(o) in added and not o.startswith("~") else o for o in now]
 
 
 def net_from_checkpoint(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> None:
@@ -272,6 +284,7 @@ def _run(cfg: DictConfig, at: Phase) -> dict:
             except (SIGTERMException, signals.Stop) as err:
                 raise stopped(cfg, "training", trainer) from err
             at("finishing the training", trainer)
+            signals.answer_pending()  # a scheduler's warning that came after the last step: requeue now
             if trainer.checkpoint_callback and trainer.is_global_zero:
                 slim_checkpoint(trainer.checkpoint_callback.best_model_path)
             if signals.received():  # it came as the last step ended: training is complete, the test not begun

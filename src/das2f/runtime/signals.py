@@ -15,6 +15,10 @@ foreground process group. So:
 - A second Ctrl-C stops at once: exit 130 without saving more.
 - SIGUSR1 / SIGUSR2 (SLURM's ``--signal`` warning, submitit's) do not stop anything: ``last.ckpt`` is
   written at the next training step and the run goes on, so the kill that follows loses nothing.
+  Under submitit (a sweep job of ``hydra/launcher=slurm`` or ``local``) the warning signal also REQUEUES
+  the job once that checkpoint is written (or at once where no training loop runs): submitit's own handler,
+  which das2f's replaced, is called then; the requeued job continues from ``last.ckpt`` in the same run
+  directory (``hydra_plugins.das2f_launchers``).
 - SIGKILL cannot be caught: ``last.ckpt`` is also written every few minutes (training/callbacks.py).
 """
 from __future__ import annotations
@@ -49,9 +53,11 @@ def exit_status(signum: int) -> int:
 
 
 class _State:
-    stop: int | None = None          # the first stop signal received
-    checkpoint: int | None = None    # a SIGUSR1/2 not yet answered by a checkpoint
-    trainer = None                   # the Lightning trainer whose loop is running, if any
+    def __init__(self):
+        self.stop: int | None = None        # the first stop signal received
+        self.checkpoint: int | None = None  # a SIGUSR1/2 not yet answered by a checkpoint
+        self.trainer = None                 # the Lightning trainer whose loop is running, if any
+        self.requeue: dict = {}             # signal -> submitit's handler that checkpoints the job's call, requeues it
 
 
 _state = _State()
@@ -60,8 +66,11 @@ _state = _State()
 def _handler(signum, frame):
     name = signal_name(signum)
     if signum in CHECKPOINT_SIGNALS:
+        if signum in _state.requeue and not _fitting():
+            requeue(signum)  # nothing to save first (preparation, test, a map): requeued as it stands
         _state.checkpoint = signum
-        log.warning("%s: last.ckpt is written at the next training step; the run goes on", name)
+        then = "then the job is requeued" if signum in _state.requeue else "the run goes on"
+        log.warning("%s: last.ckpt is written at the next training step; %s", name, then)
         return
     if signum == signal.SIGINT and _state.stop == signal.SIGINT:
         sys.stderr.write("\nsecond Ctrl-C: stopping at once (nothing more is saved)\n")
@@ -81,15 +90,46 @@ def _handler(signum, frame):
 
 
 def install() -> None:
-    """The das2f handlers for SIGTERM, SIGINT, SIGUSR1, SIGUSR2 (main thread of an entry point only)."""
+    """The das2f handlers for SIGTERM, SIGINT, SIGUSR1, SIGUSR2 (main thread of an entry point only). Where
+    submitit had installed its requeueing handler (a job of a submitit launcher), it is kept for :func:`requeue`."""
     for sig in (*STOP_SIGNALS, *CHECKPOINT_SIGNALS):
-        signal.signal(sig, _handler)
+        previous = signal.signal(sig, _handler)
+        if sig in CHECKPOINT_SIGNALS and previous is not _handler and \
+                str(getattr(previous, "__module__", "")).startswith("submitit"):
+            _state.requeue[sig] = previous
+
+
+def _fitting() -> bool:
+    trainer = _state.trainer
+    return trainer is not None and trainer.state.fn == "fit"
+
+
+def requeue(signum: int) -> None:
+    """Under submitit: checkpoint the job's call (our launchers add ``resume=<run dir>`` to it) and requeue it,
+    through submitit's own handler; it ends this process (SystemExit). Elsewhere nothing happens."""
+    handler = _state.requeue.get(signum)
+    if handler is None:
+        return
+    log.warning("%s: requeueing this job through submitit; it continues from its last.ckpt", signal_name(signum))
+    handler(signum, None)
+
+
+def checkpoint_written(signum: int) -> None:
+    """A SIGUSR1/2 has been answered by ``last.ckpt``: requeue the job where submitit runs it."""
+    requeue(signum)
+
+
+def answer_pending() -> None:
+    """After a fit: a warning signal that came too late for a training step is answered now (requeue)."""
+    if _state.checkpoint is not None and _state.checkpoint in _state.requeue:
+        requeue(take_checkpoint_request())
 
 
 def reset() -> None:
     """Forget received signals (a new job of a multirun in the same process, a test)."""
     _state.stop = _state.checkpoint = None
     _state.trainer = None
+    _state.requeue = {}
 
 
 def attach(trainer) -> None:

@@ -1,0 +1,303 @@
+"""das2f's Hydra launchers, on submitit (Hydra requires launcher plugins to live in ``hydra_plugins``).
+
+``hydra/launcher=local`` (:class:`LocalLauncher`, ``make sweep JOBS=N``): a sweep's jobs run at most
+``jobs`` at a time on this machine, each in a process of its own started by submitit's local executor
+(a fresh process per job: CUDA sees only the job's GPUs, torch only its cores). A thin layer over
+submitit does what its local executor does not: it caps the jobs running at once (submitit starts them
+all) and gives each job its slot: its own GPU(s) on a GPU machine (``CUDA_VISIBLE_DEVICES``, taken in
+turn from the visible GPUs, several jobs per GPU when ``jobs`` exceeds them) and its share of the cores
+(CPU affinity and ``OMP_NUM_THREADS``; das2f's thread policy then uses exactly those cores).
+
+``hydra/launcher=slurm`` (:class:`SlurmLauncher`): Hydra's submitit SLURM launcher, plus the requeue
+that continues: on submitit's warning signal the job writes ``last.ckpt`` (das2f.runtime.signals), then
+submitit requeues it through :meth:`checkpoint`, which adds ``resume=<its run dir>`` to the job's
+overrides, so the requeued job continues that checkpoint in the same directory and W&B run.
+
+Signals to the whole process group (Ctrl-C, ``docker stop``, a scheduler): the jobs get them and stop
+as a single run does (last.ckpt, exit 128 + the signal); the launcher starts no new job, waits for the
+running ones, names each stopped job and exits with the same status. submitit's local controller
+processes are started ignoring SIGINT (which they would answer by killing their job one second later,
+before it saved) and forward SIGTERM as they do.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from omegaconf import OmegaConf, open_dict
+
+log = logging.getLogger("das2f.launcher")
+
+# the shell submitit's local executor runs before each job's controller: the controller (and the shell) then
+# ignore Ctrl-C and the warning signals; the job's own process installs das2f's handlers for all of them.
+IGNORE_IN_CONTROLLER = "trap '' INT TERM USR1 USR2"
+SAFE_VALUE = re.compile(r"^[\w/.\-:+@%~]+$")
+
+
+def resume_override(run_dir: Path) -> str:
+    value = str(run_dir)
+    return f"resume={value}" if SAFE_VALUE.match(value) else "resume='" + value.replace("'", "\\'") + "'"
+
+
+class ContinuesAfterRequeue:
+    """submitit calls ``checkpoint`` with the job's arguments when its warning signal requeues the job: the
+    requeued call gets ``resume=<run dir>`` when the run has a checkpoint to continue (das2f.train), so it goes
+    on from there in the same directory instead of starting over."""
+
+    def checkpoint(self, sweep_overrides: list[str], *args: Any) -> Any:
+        import submitit
+        from hydra.core.hydra_config import HydraConfig
+
+        from das2f.checkpoint import LAST, PREVIOUS
+
+        out = Path(HydraConfig.get().runtime.output_dir)
+        overrides = [o for o in sweep_overrides if not o.startswith("resume=")]
+        if any((out / "checkpoints" / name).is_file() for name in (LAST, PREVIOUS)):
+            overrides.append(resume_override(out))
+            log.warning("requeued: the job continues from %s", out / "checkpoints" / LAST)
+        else:
+            log.warning("requeued: the job has no checkpoint yet and starts again in %s", out)
+        return submitit.helpers.DelayedSubmission(self, overrides, *args)
+
+
+class SlurmLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
+    _EXECUTOR = "slurm"
+
+
+class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
+    """At most ``jobs`` sweep jobs at once on this machine, each on its own GPU(s) and share of the cores.
+
+    ``jobs``: how many at once (null: one per ``gpus_per_job`` visible GPUs, else 1); ``gpus_per_job``:
+    GPUs each job sees (0: none; ignored without GPUs); ``gpus``: the GPU ids to share out (null: all visible);
+    ``timeout_min``, ``signal_delay_s``: submitit's local time limit and the warning before it (USR2: the job
+    saves last.ckpt and is requeued in place).
+    """
+
+    _EXECUTOR = "local"
+
+    def __init__(self, jobs: int | None = None, gpus_per_job: int = 1, gpus: Sequence[int] | None = None,
+                 poll_s: float = 0.5, **params: Any) -> None:
+        super().__init__(**params)
+        if jobs is not None and int(jobs) < 1:
+            from das2f.runtime.errors import ConfigError
+
+            raise ConfigError(f"hydra.launcher.jobs={jobs}: expected a number >= 1 (jobs at once), or null")
+        self.jobs, self.gpus_per_job, self.poll_s = jobs, int(gpus_per_job or 0), float(poll_s)
+        self.gpus = None if gpus is None else [int(g) for g in gpus]
+
+    # ---- slots: which GPUs and cores a job gets
+    def visible_gpus(self) -> list[int]:
+        if self.gpus is not None:
+            return list(self.gpus)
+        if self.gpus_per_job == 0:
+            return []
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if env is not None:
+            return [int(x) for x in env.split(",") if x.strip().isdigit()]
+        try:
+            import torch
+
+            return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        except ImportError:
+            return []
+
+    def slots(self) -> list[dict]:
+        gpus = self.visible_gpus()
+        per = self.gpus_per_job if gpus else 0
+        n = int(self.jobs) if self.jobs is not None else max(1, len(gpus) // per) if per else 1
+        cpus = sorted(os.sched_getaffinity(0))
+        share = max(1, len(cpus) // n)
+        out = []
+        for k in range(n):
+            start = (k * share) % len(cpus)
+            out.append({
+                "gpus": [gpus[(k * per + j) % len(gpus)] for j in range(per)] if per else [],
+                "cpus": cpus[start:start + share] or cpus[:share],
+            })
+        return out
+
+    @staticmethod
+    def describe(slot: dict) -> str:
+        cpus = slot["cpus"]
+        where = f"CPU {cpus[0]}" if len(cpus) == 1 else f"CPUs {cpus[0]}-{cpus[-1]}" \
+            if cpus == list(range(cpus[0], cpus[-1] + 1)) else f"CPUs {','.join(map(str, cpus))}"
+        return (f"GPU {','.join(map(str, slot['gpus']))}, " if slot["gpus"] else "") + where
+
+    # ---- the launch
+    def executor(self, folder: str):
+        import submitit
+
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=int(self.params.get("max_num_timeout", 3)))
+        executor.update_parameters(
+            timeout_min=float(self.params.get("timeout_min", 10080)),
+            signal_delay_s=int(self.params.get("signal_delay_s", 120)),
+            tasks_per_node=1,
+            stderr_to_stdout=bool(self.params.get("stderr_to_stdout", False)),
+            setup=[*(self.params.get("setup") or []), IGNORE_IN_CONTROLLER],
+        )
+        return executor
+
+    @contextmanager
+    def slot_environment(self, slot: dict):
+        """What the job's process inherits: the slot's cores (affinity, OMP_NUM_THREADS)."""
+        affinity, omp = os.sched_getaffinity(0), os.environ.get("OMP_NUM_THREADS")
+        os.sched_setaffinity(0, slot["cpus"])
+        os.environ["OMP_NUM_THREADS"] = str(len(slot["cpus"]))
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, affinity)
+            if omp is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = omp
+
+    def job_dir(self, overrides: Sequence[str], idx: int) -> Path:
+        assert self.hydra_context is not None and self.config is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg.hydra.job):
+            cfg.hydra.job.num = idx
+        return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        slots = self.slots()
+        executor = self.executor(str(self.params.get("submitit_folder", sweep_dir / ".submitit/%j")))
+        log.info("local launcher: %d job(s), at most %d at once, in %s: %s", len(job_overrides), len(slots), sweep_dir,
+                 "; ".join(f"slot {k}: {self.describe(s)}" for k, s in enumerate(slots)))
+        pending = deque((initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides))
+        free = deque(range(len(slots)))
+        running: dict[int, tuple[int, list[str], Any, Path, float]] = {}  # slot -> (job, overrides, job, dir, t0)
+        results: dict[int, JobReturn] = {}
+        stopped: list[int] = []
+        not_started: list[int] = []
+        with _StopSignals(lambda: [job for _, _, job, _, _ in running.values()]) as stop:
+            while pending or running:
+                for k, (idx, overrides, job, out, t0) in list(running.items()):
+                    if job.done():
+                        del running[k]
+                        free.append(k)
+                        results[idx] = self.outcome(idx, overrides, job, out, t0)
+                        if results[idx].status != JobStatus.COMPLETED and stop.signum is not None:
+                            stopped.append(idx)
+                while pending and free and stop.signum is None:
+                    k = free.popleft()
+                    idx, overrides = pending.popleft()
+                    out = self.job_dir(overrides, idx)
+                    executor.update_parameters(gpus_per_node=len(slots[k]["gpus"]), visible_gpus=slots[k]["gpus"])
+                    with self.slot_environment(slots[k]):
+                        job = executor.submit(self, overrides, "hydra.sweep.dir", idx, f"job_id_for_{idx}",
+                                              Singleton.get_state())
+                    running[k] = (idx, overrides, job, out, time.monotonic())
+                    log.info("job %d started (%s): %s", idx, self.describe(slots[k]),
+                             " ".join(filter_overrides(overrides)) or "(no overrides)")
+                if stop.signum is not None and not stop.answered:
+                    stop.answered = True
+                    log.warning("%s: no more jobs are started; waiting for the %d running one(s) to save and stop",
+                                signal.Signals(stop.signum).name, len(running))
+                    not_started = [i for i, _ in pending]
+                    pending.clear()
+                    stop.forward()
+                if pending or running:
+                    time.sleep(self.poll_s)
+        if stop.signum is not None:
+            status, left = 128 + stop.signum, not_started
+            log.error("sweep stopped by %s: job(s) %s stopped (each says how to continue in its error.txt)%s",
+                      signal.Signals(stop.signum).name, ", ".join(map(str, stopped)) or "none",
+                      f"; job(s) {', '.join(map(str, left))} not started" if left else "")
+            sys.exit(status)
+        return [results[initial_job_idx + i] for i in range(len(job_overrides))]
+
+    def outcome(self, idx: int, overrides: list[str], job: Any, out: Path, t0: float) -> JobReturn:
+        took = time.monotonic() - t0
+        why = "no result"
+        if job.paths.result_pickle.exists():
+            try:
+                ret = job.results()[0]
+            except Exception as err:  # submitit's own failure (its pickled traceback): its last line
+                why = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            else:
+                if ret.status == JobStatus.COMPLETED:
+                    log.info("job %d finished after %.0f s: %s", idx, took, out)
+                else:
+                    log.error("job %d failed after %.0f s: %s", idx, took, first_line(out / "error.txt") or
+                              f"{type(ret._return_value).__name__}: {ret._return_value}")
+                return ret
+        if first_line(out / "error.txt"):
+            why = first_line(out / "error.txt")
+        elif job.paths.stderr.is_file():
+            lines = [ln for ln in job.paths.stderr.read_text(errors="replace").splitlines() if ln.strip()]
+            why = lines[-1] if lines else why
+        log.error("job %d ended without results after %.0f s: %s (its log: %s)", idx, took, why, job.paths.stdout)
+        return JobReturn(overrides=overrides, working_dir=str(out), task_name=str(self.config.hydra.job.name),
+                         status=JobStatus.FAILED, _return_value=JobFailed(f"job {idx} ({' '.join(overrides)}): {why}"),
+                         cfg=OmegaConf.create(), hydra_cfg=OmegaConf.create())
+
+
+def first_line(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines() if path.is_file() else []
+    return lines[0] if lines else ""
+
+
+class JobFailed(RuntimeError):
+    """A sweep job that ended without results (its error.txt, or the last line of its log)."""
+
+
+class _StopSignals:
+    """In the launching process: SIGTERM and Ctrl-C are noted (sent to the whole group, the jobs got them too: they
+    save and stop), the warning signals ignored; a second Ctrl-C exits at once. A SIGTERM sent to this process
+    alone (``docker stop`` signals only the container's first process) is passed on to the running jobs."""
+
+    def __init__(self, running):
+        self.running = running
+
+    def forward(self) -> None:
+        if self.signum != signal.SIGTERM:
+            return  # Ctrl-C reaches the jobs from the terminal; a second one passed on would stop them at once
+        for job in self.running():
+            process = getattr(job, "_process", None)  # the shell that runs submitit's controller
+            if process is None:
+                continue
+            try:  # the controller (the shell's child) passes SIGTERM on to the job's process
+                children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+            except OSError:
+                continue
+            for pid in children:
+                try:
+                    os.kill(int(pid), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def __enter__(self):
+        self.signum: int | None = None
+        self.answered = False
+        self.saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
+        signal.signal(signal.SIGTERM, self.note)
+        signal.signal(signal.SIGINT, self.note)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        return self
+
+    def note(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            os._exit(128 + signum)
+        if self.signum is None:
+            self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.saved.items():
+            signal.signal(s, h)
