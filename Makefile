@@ -32,10 +32,10 @@ $(STAMP): $(ROOT)/pyproject.toml
 test: $(STAMP) ## the linter, the strict docs build, then the test suite (CI runs exactly this); slow and GPU tests left out
 	cd $(ROOT) && $(PY) -m ruff check src tests
 	cd $(ROOT) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir $$(mktemp -d)
-	cd $(ROOT) && $(PY) -m pytest -q
+	cd $(ROOT) && $(PY) -m pytest -q -n auto --dist loadfile
 
 test-slow: $(STAMP) ## the slow tests too (DDP simulation, longer trainings)
-	cd $(ROOT) && $(PY) -m pytest -q -m "slow or not slow"
+	cd $(ROOT) && $(PY) -m pytest -q -n auto --dist loadfile -m "slow or not slow"
 
 docs: $(STAMP) ## the documentation (docs/), built strictly into site/: a broken link or a page left out fails
 	cd $(ROOT) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict

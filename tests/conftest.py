@@ -77,3 +77,19 @@ def shared(tmp_path_factory):
     (sweep,) = (root / "logs" / "train" / "multiruns").iterdir()
     return root / "data", {seed: weights(sweep / str(job) / "checkpoints" / "last.ckpt")
                            for job, seed in enumerate((42, 43))}
+
+
+# Run in parallel by `make test` (pytest-xdist, one worker per core, --dist loadfile: a test file runs on one
+# worker, in order, so its module fixtures are made once and the README commands build on the ones before them).
+# Each worker's own torch work runs one thread (two workers with torch's default threads on 2 cores slow each other
+# many times over). The longest files go first. (pytest-xdist's finer --dist loadgroup does not group with pytest 9:
+# its node-id suffix is ignored; the session fixture `shared` is then made once per worker that needs it.)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+FIRST = ("test_readme.py", "test_signals.py", "test_cli.py", "test_launcher.py", "test_predict.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    order = {name: k for k, name in enumerate(FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(FIRST)))  # (stable: the order within a file kept)

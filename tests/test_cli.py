@@ -67,35 +67,6 @@ def test_eval_rebuilds_the_network_from_the_checkpoint(tmp_path):
     assert "optimizer_states" in torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def csv_rows(path: Path) -> set:
-    import csv
-
-    with open(path, newline="") as f:
-        return {tuple(sorted((k, v) for k, v in row.items() if v)) for row in csv.DictReader(f)}
-
-
-def test_sigterm_exits_143_and_resume_continues_the_run_in_place(tmp_path):
-    env = {"PYTHONPATH": str(ROOT)}  # the test callback that sends SIGTERM lives in tests/
-    r = das2f(tmp_path, "train", *SIZE, "trainer.max_epochs=2", "fusion=sum",
-              "+callbacks.sigterm._target_=tests.helpers.SigtermAtStep", "+callbacks.sigterm.step=4", env=env)
-    assert r.returncode == 143, r.stderr[-3000:]
-    (run,) = runs(tmp_path)
-    assert f"holds it: continue with python -m das2f.train resume={run}" in r.stdout + r.stderr
-    rows_before = csv_rows(run / "csv" / "metrics.csv")
-    r = das2f(tmp_path, "train", *SIZE, "ckpt_path=last")
-    assert r.returncode == 2 and f"resume={run}" in r.stdout + r.stderr  # refused, with the command to type
-    r = das2f(tmp_path, "train", f"resume={run}", env=env)  # no other override: the run's own are reused
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert runs(tmp_path) == [run]  # continued in place
-    import json
-
-    done = json.loads((run / "metrics.json").read_text())
-    assert done["fusion"] == "sum" and "test/oa" in done["metrics"]
-    rows_after = csv_rows(run / "csv" / "metrics.csv")
-    assert len(rows_after) > len(rows_before) and rows_before <= rows_after  # the epochs before SIGTERM kept
-    assert "epoch 2/2" in r.stdout + r.stderr
-
-
 def test_a_map_stopped_by_sigterm_exits_143_and_the_same_command_finishes_it_identically(tmp_path):
     import signal
     import time
@@ -106,10 +77,9 @@ def test_a_map_stopped_by_sigterm_exits_143_and_the_same_command_finishes_it_ide
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = runs(tmp_path)
     (ckpt,) = (run / "checkpoints").glob("epoch_*.ckpt")
-    # one pixel per window: 256 windows, so the map is still running when the signal comes
-    # num_workers=0: with DataLoader workers a group SIGTERM to a map still ends with exit 1 (a worker dies of the
-    # signal at shutdown; open in #25), so this test signals the group of a map without workers
-    args = [f"ckpt_path={ckpt}", "dataset.generate.size=48", "num_workers=0", "region=[0,16,0,16]", "window=1"]
+    # one pixel per window: 128 windows, so the map is still running when the signal comes; two DataLoader workers
+    # get the group's SIGTERM too (before the fix a worker died of it and the map ended with exit 1)
+    args = [f"ckpt_path={ckpt}", "dataset.generate.size=48", "num_workers=2", "region=[0,8,0,16]", "window=1"]
     whole = das2f(tmp_path, "predict", *args, f"out={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
     cut = tmp_path / "cut"
@@ -128,13 +98,13 @@ def test_a_map_stopped_by_sigterm_exits_143_and_the_same_command_finishes_it_ide
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 143, output[-3000:]
     written = int(np.load(progress).sum())
-    assert 3 <= written < 256 and f"stopped by SIGTERM with {written} of 256 windows" in output
+    assert 3 <= written < 128 and f"stopped by SIGTERM with {written} of 128 windows" in output
     assert f"the same command with out={cut} continues" in output and "Traceback" not in output
     again = das2f(tmp_path, "predict", *args, f"out={cut}")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"continuing an interrupted map, {written} of 256 windows done" in again.stdout + again.stderr
+    assert f"continuing an interrupted map, {written} of 128 windows done" in again.stdout + again.stderr
     final, reference = np.load(cut / "synthetic_map.npy"), np.load(tmp_path / "whole" / "synthetic_map.npy")
-    assert (final[:16, :16] >= 1).all() and np.array_equal(final, reference)  # identical to the uninterrupted map
+    assert (final[:8, :16] >= 1).all() and np.array_equal(final, reference)  # identical to the uninterrupted map
 
 
 def test_progress_lines_without_a_terminal_and_one_based_epochs(tmp_path):
@@ -161,14 +131,3 @@ def test_make_help_prints_no_make_variables():
 def test_report_latest_without_runs_is_one_line(tmp_path):
     r = das2f(tmp_path, "report", "--latest")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no multirun directory under logs" in r.stderr
-
-
-def test_an_interrupted_sweep_exits_143_and_says_which_jobs_did_not_run(tmp_path):
-    env = {"PYTHONPATH": str(ROOT)}
-    r = das2f(tmp_path, "train", "-m", "seed=1,2", *SIZE, "+callbacks.sigterm._target_=tests.helpers.SigtermAtStep",
-              "+callbacks.sigterm.step=1", env=env)
-    assert r.returncode == 143, r.stderr[-3000:]
-    out = r.stdout + r.stderr
-    assert "this was job 0 of the sweep" in out and "jobs after 0 did not run" in out
-    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").glob("*")
-    assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file() and not (sweep / "1").exists()

@@ -72,21 +72,3 @@ def test_compiled_network_equals_eager():
     floor = 1e-6 * max(p.grad.abs().max() for p in eager.parameters())
     for (name, p), p_c in zip(eager.named_parameters(), compiled.parameters()):
         assert (p_c.grad - p.grad).abs().max() <= 1e-4 * p.grad.abs().max() + floor, name
-
-
-def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch):
-    """`make gpu-check`'s benchmark at toy sizes on the CPU: every code path but CUDA's timers, so a rare
-    GPU session does not find a broken script. The table has a row per backend x precision x batch."""
-    from das2f.bench import gpu as bench_gpu
-
-    monkeypatch.chdir(tmp_path)
-    bench_gpu.main(["--device", "cpu", "--tiny", "--no-compile", "--workers", "0", "--out", str(tmp_path / "res")])
-    (report,) = (tmp_path / "res").glob("gpu-*.md")
-    text = report.read_text()
-    backends = bench_gpu.available_backends(torch.device("cpu"))
-    assert backends[-1] == "torch"
-    for backend in backends:  # the scan rows: triton too where its interpreter runs (not through the network)
-        assert f"| {backend} | float32 |" in text and f"| {backend} | bfloat16 |" in text
-    for precision in ("32-true", "bf16-mixed"):
-        assert f"| torch | {precision} | no | 4 |" in text
-    assert "Data loader" in text

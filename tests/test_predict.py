@@ -23,11 +23,29 @@ def predict_cfg(tmp_path: Path, ckpt: str, *overrides: str):
                       output="pred")
 
 
-def test_predict_maps_every_pixel_like_the_test_pass(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """One tiny trained run (no test) whose checkpoints the map tests read: {"best": epoch_*.ckpt, "last": last.ckpt}."""
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:  # W&B offline: the maps test checks they join the run's W&B run
+        mp.delenv("WANDB_API_KEY", raising=False)
+        mp.delenv("WANDB_MODE", raising=False)
+        metrics = run(make_cfg(root, "logger=wandb"))
+    ckpts = root / "out" / "checkpoints"
+    return {"best": metrics["best_checkpoint"], "last": str(ckpts / "last.ckpt"), "data": root / "data", "root": root}
+
+
+def beside(tmp_path: Path, trained: dict) -> dict:
+    """A test's own directory with the trained run's generated and prepared data (read only) at data/."""
+    (tmp_path / "data").symlink_to(trained["data"], target_is_directory=True)
+    return trained
+
+
+def test_predict_maps_every_pixel_like_the_test_pass(tmp_path, monkeypatch, trained):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    metrics = run(make_cfg(tmp_path, "logger=wandb"))
-    summary = predict(predict_cfg(tmp_path, metrics["best_checkpoint"], "window=10", "wandb=true"))
+    tmp_path = trained["root"]  # the run's own directory: its metrics, its W&B run, its prepared test set
+    summary = predict(predict_cfg(tmp_path, trained["best"], "window=10", "wandb=true"))
     entry = summary["scenes"]["synthetic"]
     values = np.load(entry["map"])
     assert values.shape == (48, 48) and set(np.unique(values)) <= set(range(1, 9))  # label values 1..8
@@ -47,9 +65,9 @@ def test_predict_maps_every_pixel_like_the_test_pass(tmp_path, monkeypatch):
     assert pred_run.name.rsplit("-", 1)[1] == train_run.name.rsplit("-", 1)[1]
 
 
-def test_predict_refuses_other_classes_and_unknown_scenes(tmp_path):
-    run(make_cfg(tmp_path, "test=false"))
-    ckpt = str(tmp_path / "out" / "checkpoints" / "last.ckpt")
+def test_predict_refuses_other_classes_and_unknown_scenes(tmp_path, trained):
+    trained = beside(tmp_path, trained)
+    ckpt = trained["last"]
     cfg = predict_cfg(tmp_path, ckpt, "scenes=[nowhere]")
     with pytest.raises(ValueError, match=r"scenes: \['nowhere'\] not in dataset synthetic"):
         predict(cfg)
@@ -220,12 +238,11 @@ def test_windows_cut_exactly_the_whole_scene_patches_and_read_only_their_region(
     assert len(item["coord"]) == 16 and max(reads) <= (4 * (4 + 15)) ** 2
 
 
-def test_map_resumes_preview_fills_and_bad_requests_are_refused(tmp_path):
+def test_map_resumes_preview_fills_and_bad_requests_are_refused(tmp_path, trained):
+    trained = beside(tmp_path, trained)
     from das2f.runtime.errors import ConfigError
 
-    metrics = run(make_cfg(tmp_path, "test=false"))
-    ckpt = metrics.get("best_checkpoint") or str(tmp_path / "out" / "checkpoints" / "last.ckpt")
-    ckpt = str(next((tmp_path / "out" / "checkpoints").glob("epoch_*.ckpt")))
+    ckpt = trained["best"]
     out = tmp_path / "maps"
     full = predict(predict_cfg(tmp_path, ckpt, f"out={out}", "region=[8,40,4,36]", "window=8"))
     map_path = out / "synthetic_map.npy"
@@ -257,20 +274,20 @@ def test_map_resumes_preview_fills_and_bad_requests_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_map_is_identical_to_one_process(tmp_path):
-    run(make_cfg(tmp_path, "test=false"))
-    ckpt = str(next((tmp_path / "out" / "checkpoints").glob("epoch_*.ckpt")))
+def test_ddp_map_is_identical_to_one_process(tmp_path, trained):
+    trained = beside(tmp_path, trained)
+    ckpt = trained["best"]
     predict(predict_cfg(tmp_path, ckpt, f"out={tmp_path / 'one'}", "region=[0,24,0,24]", "window=8"))
     predict(predict_cfg(tmp_path, ckpt, f"out={tmp_path / 'two'}", "region=[0,24,0,24]", "window=8", "trainer=ddp_sim"))
     one, two = (np.load(tmp_path / d / "synthetic_map.npy") for d in ("one", "two"))
     assert (one[:24, :24] >= 1).all() and np.array_equal(one, two)
 
 
-def test_a_region_of_a_large_scene_reads_only_that_region(tmp_path, monkeypatch):
+def test_a_region_of_a_large_scene_reads_only_that_region(tmp_path, monkeypatch, trained):
+    trained = beside(tmp_path, trained)
     from das2f.data.windows import LazyImage
 
-    run(make_cfg(tmp_path, "test=false"))
-    ckpt = str(next((tmp_path / "out" / "checkpoints").glob("epoch_*.ckpt")))
+    ckpt = trained["best"]
     h = 1000  # 1000 x 1000 MS, 4000 x 4000 PAN on disk
     rng = np.random.default_rng(0)
     np.save(tmp_path / "big_ms.npy", rng.integers(0, 1000, (h, h, 4), dtype=np.uint16))

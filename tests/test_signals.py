@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +47,13 @@ def test_group_sigterm_in_training_saves_then_resume_ends_as_uninterrupted(tmp_p
     assert same_weights(weights(last), reference)
 
 
+def csv_rows(path: Path) -> set:
+    import csv
+
+    with open(path, newline="") as f:
+        return {tuple(sorted((k, v) for k, v in row.items() if v)) for row in csv.DictReader(f)}
+
+
 def test_ctrl_c_in_validation_saves_exits_130_and_resumes_exactly(tmp_path, shared):
     """Ctrl-C (SIGINT to the group) during epoch 1's validation: exit 130, last.ckpt, the resume command;
     the resumed run ends with the reference weights."""
@@ -64,9 +72,16 @@ def test_ctrl_c_in_validation_saves_exits_130_and_resumes_exactly(tmp_path, shar
     assert no_survivors(workers)
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    code, out = run(tmp_path, "das2f.train", f"resume={run_dir}")
+    rows_before = csv_rows(run_dir / "csv" / "metrics.csv")
+    code, out = run(tmp_path, "das2f.train", *BASE, f"paths.data_dir={data}", "ckpt_path=last")
+    assert code == 2 and f"resume={run_dir}" in out, out[-2000:]  # refused, with the command to type
+    code, out = run(tmp_path, "das2f.train", f"resume={run_dir}")  # no other override: the run's own are reused
     assert code == 0, out[-3000:]
     assert same_weights(weights(run_dir / "checkpoints" / "last.ckpt"), reference)
+    assert [d.name for d in (tmp_path / "logs" / "train" / "runs").iterdir()] == [run_dir.name]  # in place
+    rows_after = csv_rows(run_dir / "csv" / "metrics.csv")
+    assert len(rows_after) > len(rows_before) and rows_before <= rows_after  # the logged epochs before it kept
+    assert "epoch 2/2" in out
 
 
 def test_second_ctrl_c_stops_at_once(tmp_path, shared):

@@ -10,7 +10,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from das2f.runtime.config import CONF_DIR
-from das2f.runtime.errors import Interrupted
 from das2f.train import run
 
 from .conftest import compose_in
@@ -68,22 +67,22 @@ def test_unknown_group_option_is_refused_before_training():
 
 def test_cli_multirun_and_report(tmp_path):
     # as typed, from a directory that is not the project root, with no path override (size limits only)
-    args = [sys.executable, "-m", "das2f.train", "-m", "fusion=aalf,sum", "seed=1,2", *SMALL, "logger=many"]
+    args = [sys.executable, "-m", "das2f.train", "-m", "fusion=aalf,sum", *SMALL, "logger=many"]
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
     r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     (multirun,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
     # separate jobs, separate logger runs: one offline W&B run per job, all in the sweep's group
-    runs = [list((multirun / str(j) / "wandb").glob("offline-run-*")) for j in range(4)]
-    assert all(len(r) == 1 for r in runs) and len({r[0].name.rsplit("-", 1)[1] for r in runs}) == 4
-    assert all((multirun / str(j) / "tensorboard").is_dir() and (multirun / str(j) / "csv").is_dir() for j in range(4))
+    runs = [list((multirun / str(j) / "wandb").glob("offline-run-*")) for j in range(2)]
+    assert all(len(r) == 1 for r in runs) and len({r[0].name.rsplit("-", 1)[1] for r in runs}) == 2
+    assert all((multirun / str(j) / "tensorboard").is_dir() and (multirun / str(j) / "csv").is_dir() for j in range(2))
     r = subprocess.run([sys.executable, "-m", "das2f.report", "--latest"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     lines = (multirun / "report.md").read_text().splitlines()
     assert lines[0].startswith("| fusion | seeds | oa |")  # the one key that varies besides the seed
     rows = [ln for ln in lines if ln.startswith(("| aalf |", "| sum |"))]
-    assert len(rows) == 2 and all("| 2 |" in ln and "±" in ln for ln in rows)
-    assert "4 of 4 jobs finished" in "\n".join(lines)
+    assert len(rows) == 2 and all("| 1 |" in ln and "±" not in ln for ln in rows)  # one seed: values, no "± nan"
+    assert "2 of 2 jobs finished" in "\n".join(lines)
     assert "oa_std" in (multirun / "report.csv").read_text().splitlines()[0]
 
 
@@ -97,27 +96,6 @@ def test_a_sweep_with_a_failing_job_exits_non_zero_and_its_report_lists_it(tmp_p
     assert r.returncode == 0, r.stderr
     text = (multirun / "report.md").read_text()
     assert "1 of 2 jobs finished" in text and "model.optimizer.lr=-1" in text and "Invalid learning rate" in text
-
-
-def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
-    import torch
-
-    cfg = make_cfg(tmp_path, "test=false", "trainer.max_epochs=2", "+callbacks.sigterm._target_=tests.helpers.SigtermAtStep",
-                   "+callbacks.sigterm.step=2")
-    with pytest.raises(Interrupted, match="continue with python -m das2f.train resume="):
-        run(cfg)
-    last = tmp_path / "out" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 2  # saved at the step the signal came
-    metrics = run(make_cfg(tmp_path, "test=false", "trainer.max_epochs=2", f"ckpt_path={last}"))
-    ckpt = torch.load(last, weights_only=True)
-    assert (ckpt["epoch"], ckpt["global_step"]) == (1, 6) and "val/oa_best" in metrics
-    # exactly where it stopped: the same weights as a run that was never interrupted
-    cfg = make_cfg(tmp_path / "whole", "test=false", "trainer.max_epochs=2")
-    with open_dict(cfg):
-        cfg.paths.data_dir = str(tmp_path / "data")
-    run(cfg)
-    whole = torch.load(tmp_path / "whole" / "out" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert all(torch.equal(whole[k], ckpt["state_dict"][k]) for k in whole)
 
 
 def test_same_seed_reproduces_metrics_and_weights(tmp_path):

@@ -1,7 +1,6 @@
 """Streaming HDF5 patch pairs into batches: lazy per-worker handles, chunk-shuffled contiguous reads."""
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from pathlib import Path
@@ -14,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..runtime.config import plain
 from ..runtime.errors import CheckpointError, ConfigError
-from ..runtime.signals import worker_init
+from ..runtime.signals import loader_options
 from .hdf5 import read_attrs
 from .prepare import prepare_dataset, split_paths
 from .transforms import joint_flip_rotate, normalize_pair, shift_scale
@@ -237,7 +236,7 @@ class MsPanDataModule(L.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer is not None else 0
         return DataLoader(ds, batch_size=None, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
-                          worker_init_fn=functools.partial(worker_init, rank=rank))
+                          **loader_options(self.num_workers, rank))
 
     def train_dataloader(self):
         loader = self._loader("train", True)

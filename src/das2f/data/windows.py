@@ -9,7 +9,6 @@ worker opens the files itself.
 """
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..runtime.signals import worker_init
+from ..runtime.signals import loader_options
 from .patches import PatchCutter
 from .readers import _channels_first, mat_key, read_raster
 from .scenes import wald_from_rgb
@@ -200,7 +199,7 @@ class SceneDataModule(L.LightningDataModule):
         mine = [int(i) for i in self.todo[rank::world]]
         return DataLoader(self.windows, batch_size=None, sampler=mine, num_workers=self.num_workers,
                           persistent_workers=False, pin_memory=torch.cuda.is_available(),
-                          worker_init_fn=functools.partial(worker_init, rank=rank))
+                          **loader_options(self.num_workers, rank))
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         batch["ms"], batch["pan"] = normalize_pair(batch["ms"], batch["pan"], self.shift, self.scale)

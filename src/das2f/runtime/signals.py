@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+from multiprocessing.context import ForkContext, ForkProcess
 
 log = logging.getLogger("das2f.signals")
 
@@ -152,6 +153,41 @@ def take_checkpoint_request() -> int | None:
     """A SIGUSR1/2 received since the last call (then cleared)."""
     signum, _state.checkpoint = _state.checkpoint, None
     return signum
+
+
+def loader_options(num_workers: int, rank: int = 0) -> dict:
+    """The DataLoader arguments that put its workers under this policy: :func:`worker_init`, and on Linux a fork
+    context that starts each worker with SIGTERM already blocked (:class:`_WorkerProcess`)."""
+    import functools
+
+    if num_workers <= 0:
+        return {}
+    return {"worker_init_fn": functools.partial(worker_init, rank=rank), "multiprocessing_context": _worker_context()}
+
+
+class _WorkerProcess(ForkProcess):
+    """Forks with SIGTERM blocked in the forking thread: the worker, and every thread it starts before
+    worker_init runs (torch's, a reader library's), inherit the block, so a scheduler's SIGTERM to the
+    group can only reach worker_init's waiting thread, never kill the worker by its default action."""
+
+    def start(self):
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGTERM that came meanwhile is delivered now
+
+
+class _WorkerContext(ForkContext):
+    Process = _WorkerProcess
+
+
+def _worker_context() -> _WorkerContext | None:
+    import multiprocessing
+
+    if sys.platform != "linux" or multiprocessing.get_start_method(allow_none=True) not in (None, "fork"):
+        return None  # (macOS's spawn, a start method the user chose: torch's default road, worker_init alone)
+    return _WorkerContext()
 
 
 def worker_init(worker_id: int, rank: int = 0) -> None:

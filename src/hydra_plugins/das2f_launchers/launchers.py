@@ -106,6 +106,8 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
         env = os.environ.get("CUDA_VISIBLE_DEVICES")
         if env is not None:
             return [int(x) for x in env.split(",") if x.strip().isdigit()]
+        if sys.platform == "linux" and not Path("/proc/driver/nvidia/gpus").is_dir():
+            return []  # no NVIDIA driver: no GPU (and no torch import in the launching process)
         try:
             import torch
 
