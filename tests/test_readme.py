@@ -27,7 +27,7 @@ SIZE = {  # size limits only, per entry point
               "data.batch_size=16", "trainer.max_epochs=1"],
     "eval": ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4",
              "data.num_workers=0"],
-    "predict": ["dataset.generate.size=48", "num_workers=0"],
+    "predict": ["dataset.generate.size=48", "num_workers=0", "region=[0,16,0,16]"],  # a corner: 256 of 2304 px
     "prepare": ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4"],
     "report": [],
     "checkpoint": [],

@@ -86,6 +86,7 @@ def test_cli_multirun_and_report(tmp_path):
     assert "oa_std" in (multirun / "report.csv").read_text().splitlines()[0]
 
 
+@pytest.mark.slow  # the same with the parallel launcher runs by default (test_launcher)
 def test_a_sweep_with_a_failing_job_exits_non_zero_and_its_report_lists_it(tmp_path):
     args = [sys.executable, "-m", "das2f.train", "-m", "model.optimizer.lr=-1,0.01", *SMALL]
     r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)

@@ -34,8 +34,9 @@ class PatchWriter:
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.tmp.unlink(missing_ok=True)
-        self.f = h5py.File(self.tmp, "w", track_order=True)
+        self.f = None
         try:
+            self.f = h5py.File(self.tmp, "w", track_order=True)
             kw = dict(compression="lzf", track_times=False)
             self.d = {
                 "ms": self.f.create_dataset("ms", (0, *ms_shape), ms_dtype, maxshape=(None, *ms_shape),
@@ -67,8 +68,11 @@ class PatchWriter:
         return self.path
 
     def abort(self) -> None:
-        self.f.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            if self.f is not None:
+                self.f.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def _numeric_list(v) -> bool:

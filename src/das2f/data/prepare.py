@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ..runtime import signals
 from ..runtime.config import plain
 from ..runtime.errors import ConfigError, MissingFileError
 from ..runtime.locks import directory_lock
@@ -282,6 +283,7 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
         stats = {"ms": RunningStats(shapes[0][0]), "pan": RunningStats(1)}
         total = sum(len(c[s]) for c in coords for s in SPLITS)
         writers: dict[str, PatchWriter] = {}
+        closed: list[Path] = []  # the splits renamed into place by this preparation
         try:  # from the first file created: an error or a stop signal removes every half-written file
             for s in SPLITS:
                 writers[s] = PatchWriter(paths[s], *shapes)
@@ -295,6 +297,7 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
                         if s != "test":
                             items = items[np.random.default_rng([seed, g, SPLITS.index(s)]).permutation(len(items))]
                         for b in range(0, len(items), BLOCK):
+                            signals.check()  # a stop signal whose Stop was lost (see signals.check)
                             block = items[b:b + BLOCK]
                             ms, pan, raw = _cut_block(block, cutters, scenes, s)
                             writers[s].append(ms=ms, pan=pan, label=np.searchsorted(np.array(values), raw),
@@ -308,11 +311,19 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
                      "class_values": values, "ms_patch": cfg["ms_patch"], "pan_patch": cfg["ms_patch"] * ratio,
                      "ratio": ratio, "scenes": meta, "split_seed": seed, "split_rule": dict(cfg["split"]),
                      "fingerprint": fingerprint, **stats["ms"].as_attrs("ms"), **stats["pan"].as_attrs("pan")}
+            signals.check()
             for s in SPLITS:
-                writers[s].close(attrs)
+                closed.append(writers[s].close(attrs))
         except BaseException:
-            for w in writers.values():
-                w.abort()
+            try:
+                for w in writers.values():
+                    w.abort()
+            finally:  # also a writer whose construction the signal cut short (its .tmp created, the writer not kept),
+                # and the splits already renamed when the set was cut short: no half of a preparation stays
+                for s in SPLITS:
+                    paths[s].with_name(paths[s].name + ".tmp").unlink(missing_ok=True)
+                for done in closed:
+                    done.unlink(missing_ok=True)
             raise
         table = Table(title=f"{cfg['name']}: samples per class and split")
         for col in ("class", *SPLITS):

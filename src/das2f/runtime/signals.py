@@ -77,7 +77,8 @@ def _handler(signum, frame):
         sys.stderr.write("\nsecond Ctrl-C: stopping at once (nothing more is saved)\n")
         sys.stderr.flush()
         os._exit(exit_status(signum))
-    if _state.stop is None:
+    first = _state.stop is None
+    if first:
         _state.stop = signum
     trainer = _state.trainer
     if trainer is not None:
@@ -87,7 +88,18 @@ def _handler(signum, frame):
         log.warning("%s: stopping after the step in hand%s", name,
                     " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
         return
-    raise Stop(signum)
+    if first:
+        raise Stop(signum)
+    # the same stop again (a scheduler's SIGTERM to the group, then forwarded by a launcher): the first one is being
+    # answered (its cleanup running); raising again there would interrupt that cleanup
+
+
+def check() -> None:
+    """Between the steps of long work outside a Lightning loop (preparation): raise :class:`Stop` if a stop signal
+    came. The handler's own Stop is raised wherever the signal lands, and Python drops an exception raised inside a
+    weakref callback or a ``__del__`` ("Exception ignored in ..."): this catches such a lost one at the next step."""
+    if _state.stop is not None and _state.trainer is None:
+        raise Stop(_state.stop)
 
 
 def install() -> None:
