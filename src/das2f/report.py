@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import METRICS, format_metric, metric_scale
+from .runtime.cli import recorded_failure
 from .runtime.errors import EXIT_USER_ERROR, ConfigError, MissingFileError, UserError
 
 SEED_KEYS = ("seed", "data.seed")  # the seed and the data module's copy of it: what a row averages over
@@ -78,9 +79,9 @@ def load_run(job: Path) -> dict:
         config = OmegaConf.to_container(OmegaConf.load(job / "config.yaml"), resolve=False)
         run["config"] = flatten(config)
         run["seed"] = run.get("seed", config.get("seed"))
-    if (job / "error.txt").is_file():
-        lines = (job / "error.txt").read_text().strip().splitlines()
-        run["error"] = lines[0] if lines else "failed"
+    error = recorded_failure(job)
+    if error is not None:
+        run["error"] = error or "failed"
     return run
 
 

@@ -85,6 +85,15 @@ def record_failure(text: str) -> None:
         (out / "error.txt").write_text(text.strip() + "\n")
 
 
+def recorded_failure(job_dir: Path) -> str | None:
+    """The first line of a job's error.txt (:func:`record_failure`): "" for an empty one, None without one."""
+    path = Path(job_dir) / "error.txt"
+    if not path.is_file():
+        return None
+    lines = path.read_text(errors="replace").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def remove_if_unused(out: Path | None) -> None:
     """A run dir holding only Hydra's own files (.hydra/, the job log, error.txt) after a failed start goes away,
     except a multirun job's: the sweep's report lists it, with its error."""

@@ -127,11 +127,6 @@ def requeue(signum: int) -> None:
     handler(signum, None)
 
 
-def checkpoint_written(signum: int) -> None:
-    """A SIGUSR1/2 has been answered by ``last.ckpt``: requeue the job where submitit runs it."""
-    requeue(signum)
-
-
 def answer_pending() -> None:
     """After a fit: a warning signal that came too late for a training step is answered now (requeue)."""
     if _state.checkpoint is not None and _state.checkpoint in _state.requeue:

@@ -92,7 +92,7 @@ class LastCheckpoint(Checkpoint):
         asked = signals.take_checkpoint_request()
         if asked is not None:
             self.save(trainer, f"{signals.signal_name(asked)} received")
-            signals.checkpoint_written(asked)  # under submitit: requeued now, this process ends
+            signals.requeue(asked)  # answered: under submitit the job is requeued now (this process ends)
         elif self.every_s is not None and time.monotonic() - self._last >= self.every_s:
             self.save(trainer, f"every {self.every_s:g} s")
 

@@ -183,7 +183,7 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
                  "; ".join(f"slot {k}: {self.describe(s)}" for k, s in enumerate(slots)))
         pending = deque((initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides))
         free = deque(range(len(slots)))
-        running: dict[int, tuple[int, list[str], Any, Path, float]] = {}  # slot -> (job, overrides, job, dir, t0)
+        running: dict[int, tuple[int, list[str], Any, Path, float]] = {}  # slot -> (idx, overrides, job, dir, t0)
         results: dict[int, JobReturn] = {}
         stopped: list[int] = []
         not_started: list[int] = []
@@ -225,7 +225,9 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
         return [results[initial_job_idx + i] for i in range(len(job_overrides))]
 
     def outcome(self, idx: int, overrides: list[str], job: Any, out: Path, t0: float) -> JobReturn:
-        took = time.monotonic() - t0
+        from das2f.runtime.cli import recorded_failure
+
+        took, error = time.monotonic() - t0, recorded_failure(out)
         why = "no result"
         if job.paths.result_pickle.exists():
             try:
@@ -236,11 +238,11 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
                 if ret.status == JobStatus.COMPLETED:
                     log.info("job %d finished after %.0f s: %s", idx, took, out)
                 else:
-                    log.error("job %d failed after %.0f s: %s", idx, took, first_line(out / "error.txt") or
-                              f"{type(ret._return_value).__name__}: {ret._return_value}")
+                    log.error("job %d failed after %.0f s: %s", idx, took,
+                              error or f"{type(ret._return_value).__name__}: {ret._return_value}")
                 return ret
-        if first_line(out / "error.txt"):
-            why = first_line(out / "error.txt")
+        if error:
+            why = error
         elif job.paths.stderr.is_file():
             lines = [ln for ln in job.paths.stderr.read_text(errors="replace").splitlines() if ln.strip()]
             why = lines[-1] if lines else why
@@ -248,11 +250,6 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
         return JobReturn(overrides=overrides, working_dir=str(out), task_name=str(self.config.hydra.job.name),
                          status=JobStatus.FAILED, _return_value=JobFailed(f"job {idx} ({' '.join(overrides)}): {why}"),
                          cfg=OmegaConf.create(), hydra_cfg=OmegaConf.create())
-
-
-def first_line(path: Path) -> str:
-    lines = path.read_text(errors="replace").strip().splitlines() if path.is_file() else []
-    return lines[0] if lines else ""
 
 
 class JobFailed(RuntimeError):
