@@ -24,13 +24,16 @@ Backends
                memory is O(B*D*N*(L/chunk + chunk)) instead of O(B*D*N*L) (none of the
                chunk starts without gradients). No closed form over a chunk (no
                ``exp(cumsum)``), hence no float32 overflow for large deltas.
+``cpu``        one autograd node around two numba kernels (``scan_cpu.py``): the
+               whole recurrence with delta * u and D * u in one compiled, vectorised pass per
+               call, forward and backward, parallel over (batch, group) blocks. The CPU default.
 ``reference``  the obvious sequential loop with autograd, for tests (run it in float64).
 ``triton``     two Triton kernels, forward and reverse-scan backward (``scan_triton.py``): the
                fast GPU scan with no CUDA build; CPU tensors only under Triton's interpreter
                (``TRITON_INTERPRET=1``), which is how CI checks it.
 ``mamba_ssm``  mamba-ssm's CUDA kernel; only where it imports and the tensors are on CUDA.
 ``auto``       on CUDA: ``mamba_ssm`` if it imports, else ``triton`` if it imports, else ``torch``;
-               elsewhere ``torch``. Logs its choice and the reason once.
+               on CPU: ``cpu`` if numba imports, else ``torch``. Logs its choice and the reason once.
 
 Precision: every backend but ``reference`` keeps the state and its exponentials in float32 whatever
 the inputs' dtype (bfloat16 / float16 inputs, or autocast around the call) and returns y in u's dtype.
@@ -44,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from ..runtime.errors import ConfigError
-from . import scan_triton
+from . import scan_cpu, scan_triton
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +295,21 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     return _SelectiveScanTorch.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk, False)
 
 
+# --------------------------------------------------------------------------- cpu (numba)
+def selective_scan_cpu(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, time_major=False):
+    """The scan with numba's fused kernels (``scan_cpu.py``); CPU tensors only. Where they cannot run
+    (numba does not import; float64 inputs, which they would compute in float32) the torch backend
+    computes it, and the log says why, once."""
+    if u.device.type != "cpu":
+        raise RuntimeError(f"scan backend 'cpu' needs CPU tensors, got device {u.device}; use auto, triton or torch")
+    why = scan_cpu.IMPORT_ERROR or (u.dtype == torch.float64 and "float64 inputs (its state is float32)")
+    if why:
+        _announce("torch", f"the cpu backend cannot run: {why}",
+                  logging.WARNING if scan_cpu.IMPORT_ERROR else logging.INFO)
+        return _SelectiveScanTorch.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, DEFAULT_CHUNK, time_major)
+    return scan_cpu.SelectiveScanCPU.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, time_major)
+
+
 # --------------------------------------------------------------------------- mamba-ssm
 @functools.lru_cache(maxsize=1)
 def _mamba_ssm_fn():
@@ -321,10 +339,10 @@ def selective_scan_mamba_ssm(u, delta, A, B, C, D=None, delta_bias=None, delta_s
 _announced: set[tuple[str, str]] = set()
 
 
-def _announce(backend: str, why: str) -> None:
+def _announce(backend: str, why: str, level: int = logging.INFO) -> None:
     if (backend, why) not in _announced:
         _announced.add((backend, why))
-        log.info("selective scan backend: %s (%s)", backend, why)
+        log.log(level, "selective scan backend: %s (%s)", backend, why)
 
 
 def check_backend(backend: str) -> None:
@@ -338,6 +356,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     check_backend(backend)
     if backend != "auto":
         return backend
+    if device.type == "cpu":
+        if scan_cpu.IMPORT_ERROR is None:
+            _announce("cpu", "tensors on cpu: numba's fused kernels")
+            return "cpu"
+        _announce("torch", f"tensors on cpu and the cpu backend cannot run: {scan_cpu.IMPORT_ERROR}", logging.WARNING)
+        return "torch"
     if device.type != "cuda":
         _announce("torch", f"tensors on {device.type}; mamba-ssm and triton run on CUDA only")
         return "torch"
@@ -355,6 +379,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 # The registry of scan implementations (mamba-ssm's layout); "auto" picks one per device (resolve_backend).
 BACKENDS = {
     "torch": selective_scan_torch,
+    "cpu": selective_scan_cpu,
     "reference": selective_scan_reference,
     "mamba_ssm": selective_scan_mamba_ssm,
     "triton": scan_triton.selective_scan_triton,
@@ -394,6 +419,8 @@ def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_
     name = resolve_backend(backend, u.device)
     if name == "torch":
         return _SelectiveScanTorch.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, DEFAULT_CHUNK, True)
+    if name == "cpu":
+        return selective_scan_cpu(u, delta, A, B, C, D, delta_bias, delta_softplus, time_major=True)
     # the triton kernels read the views through their strides and write y time-major (no copy either way)
     layout = {"y_time_major": True} if name == "triton" else {}
     y = BACKENDS[name](u.permute(1, 2, 0), delta.permute(1, 2, 0), A, B.permute(1, 2, 3, 0), C.permute(1, 2, 3, 0),
