@@ -1,4 +1,7 @@
-"""The torch scan backend against the float64 sequential reference: outputs and every gradient."""
+"""The torch and cpu scan backends against the float64 sequential reference: outputs and every gradient."""
+import logging
+
+import numpy as np
 import pytest
 import torch
 
@@ -23,12 +26,13 @@ def make_inputs(b, d, g, n, length, regime, seed):
 
 @pytest.mark.parametrize("shape", [(2, 8, 2, 4, 37), (3, 16, 4, 5, 50), (1, 4, 1, 3, 16), (2, 8, 8, 6, 301)])
 @pytest.mark.parametrize("regime", ["init", "stress"])
-def test_torch_backend_matches_reference(shape, regime):
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_backend_matches_reference(shape, regime, backend):
     x64 = make_inputs(*shape, regime=regime, seed=sum(shape))
     x64 = {k: v.requires_grad_() for k, v in x64.items()}
     x32 = {k: v.detach().float().requires_grad_() for k, v in x64.items()}
     y_ref = selective_scan(**x64, delta_softplus=True, backend="reference")
-    y = selective_scan(**x32, delta_softplus=True, backend="torch")
+    y = selective_scan(**x32, delta_softplus=True, backend=backend)
     assert y.dtype == torch.float32 and y.shape == y_ref.shape
     torch.testing.assert_close(y.double(), y_ref, rtol=RTOL, atol=RTOL * y_ref.abs().max().item())
     w = torch.randn_like(y_ref)
@@ -40,15 +44,16 @@ def test_torch_backend_matches_reference(shape, regime):
         assert err < RTOL, f"gradient of {name}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("grad_of", [None, "u", "A"])
-def test_inference_path_equals_training_path(grad_of):
+@pytest.mark.parametrize("grad_of", [None, "u", "A", "D"])
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_inference_path_equals_training_path(grad_of, backend):
     """Without gradients the scan keeps only its running state; the output must not change, and
     a gradient through any single input must still keep the chunk checkpoints it needs."""
     x = {k: v.float() for k, v in make_inputs(2, 8, 2, 4, 37, regime="stress", seed=3).items()}
     with torch.no_grad():
-        y_inf = selective_scan(**x, delta_softplus=True, backend="torch")
+        y_inf = selective_scan(**x, delta_softplus=True, backend=backend)
     xs = {k: v.clone().requires_grad_(k == grad_of) for k, v in x.items()}
-    y = selective_scan(**xs, delta_softplus=True, backend="torch")
+    y = selective_scan(**xs, delta_softplus=True, backend=backend)
     torch.testing.assert_close(y_inf, y.detach(), rtol=0, atol=0)
     if grad_of is not None:
         xr = {k: v.double().requires_grad_(k == grad_of) for k, v in x.items()}
@@ -57,12 +62,20 @@ def test_inference_path_equals_training_path(grad_of):
         assert (g.double() - g_ref).abs().max() / g_ref.abs().max() < RTOL
 
 
-def test_without_optional_terms_and_softplus():
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_without_optional_terms_and_softplus(backend):
     x = make_inputs(2, 8, 4, 4, 20, "init", 0)
     x["delta"] = torch.rand_like(x["delta"]) * 0.1  # positive without softplus
     ref = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend="reference")
-    got = selective_scan(*(x[k].float() for k in ("u", "delta", "A", "B", "C")), backend="torch")
+    x32 = [x[k].float().requires_grad_() for k in ("u", "delta", "A", "B", "C")]
+    got = selective_scan(*x32, backend=backend)
     torch.testing.assert_close(got.double(), ref, rtol=RTOL, atol=1e-5)
+    # gradients without D, delta_bias and softplus, against the torch backend
+    got.square().sum().backward()
+    x32t = [t.detach().clone().requires_grad_() for t in x32]
+    selective_scan(*x32t, backend="torch").square().sum().backward()
+    for a, b in zip(x32, x32t):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5 * b.grad.abs().max().item())
 
 
 def test_reference_matches_hand_computation():
@@ -74,12 +87,12 @@ def test_reference_matches_hand_computation():
     C = torch.tensor([[[[5.0, 6.0]]]], dtype=torch.float64)
     h1 = 0.5 * 3 * 1
     h2 = torch.exp(torch.tensor(-0.5)).item() * h1 + 0.25 * 4 * 2
-    for backend in ("reference", "torch"):
+    for backend in ("reference", "torch", "cpu"):
         y = selective_scan(u, delta, A, B, C, D=torch.tensor([0.5], dtype=torch.float64), backend=backend)
         torch.testing.assert_close(y.flatten().double(), torch.tensor([5 * h1 + 0.5, 6 * h2 + 1.0], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["torch", "cpu", "reference"])
 def test_time_major_entry_equals_the_mamba_layout(backend):
     """SS2D's entry point (time-major in and out) computes the same scan, outputs and gradients."""
     x = {k: v.float().requires_grad_() for k, v in make_inputs(2, 8, 2, 4, 37, "stress", 5).items()}
@@ -111,13 +124,90 @@ def test_bad_shapes_raise():
         selective_scan_time_major(**{**tm, "A": x["A"][:4]})
 
 
-def test_auto_uses_torch_off_gpu_and_says_why(caplog):
+def test_auto_uses_the_cpu_backend_off_gpu_and_says_why(caplog):
     caplog.set_level("INFO", logger="das2f.models.scan")
     from das2f.models import scan
 
     scan._announced.clear()
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
-    assert "selective scan backend: torch (tensors on cpu" in caplog.text
+    assert resolve_backend("auto", torch.device("cpu")) == "cpu"
+    assert "selective scan backend: cpu (tensors on cpu" in caplog.text
     with pytest.raises(RuntimeError, match="needs CUDA tensors|does not import"):
         x = make_inputs(1, 4, 1, 2, 3, "init", 0)
         selective_scan(**x, backend="mamba_ssm")
+
+
+# --------------------------------------------------------------------------- the cpu backend's own cases
+def test_exp2_polynomial_is_float32_exact():
+    from das2f.models.scan_cpu import exp2_array
+
+    x = np.linspace(-125.9, 127.0, 1_000_003, dtype=np.float32)
+    got = np.empty_like(x)
+    exp2_array(x, got)
+    exact = np.exp2(x.astype(np.float64))
+    assert np.max(np.abs(got - exact) / exact) < 2e-7
+    tiny = np.array([-126.5, -300.0, -1e30], dtype=np.float32)  # below float32's normal range: 2**-126, not garbage
+    exp2_array(tiny, out := np.empty_like(tiny))
+    assert np.all(out == np.float32(2.0**-126))
+
+
+def test_cpu_backend_result_does_not_depend_on_the_thread_count():
+    """Blocks are split over threads, each computed alone: bit-identical results with 1 or 3 threads."""
+    x = {k: v.float().requires_grad_() for k, v in make_inputs(3, 16, 4, 5, 50, "stress", 1).items()}
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            y = selective_scan(**x, delta_softplus=True, backend="cpu")
+            results.append([y, *torch.autograd.grad(y.square().sum(), list(x.values()))])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_cpu_backend_takes_bf16_inputs_with_a_float32_state():
+    """bfloat16 inputs (what bf16-mixed feeds it): y and gradients in bfloat16, computed like the torch
+    backend's float32 state (the two differ by bfloat16 rounding at most)."""
+    x = {k: v.to(torch.bfloat16) for k, v in make_inputs(2, 8, 2, 4, 37, "stress", 2).items()}
+    out = {}
+    for backend in ("torch", "cpu"):
+        xs = {k: v.clone().requires_grad_() for k, v in x.items()}
+        y = selective_scan(**xs, delta_softplus=True, backend=backend)
+        out[backend] = [y, *torch.autograd.grad(y.float().square().sum(), list(xs.values()))]
+    for name, a, b in zip(["y", *x], out["cpu"], out["torch"]):
+        assert a.dtype == torch.bfloat16, name
+        assert (a.float() - b.float()).abs().max() <= 2 * 2**-8 * b.float().abs().max(), name
+
+
+def test_cpu_backend_falls_back_to_torch_and_says_why(caplog, monkeypatch):
+    from das2f.models import scan, scan_cpu
+
+    caplog.set_level("INFO", logger="das2f.models.scan")
+    scan._announced.clear()
+    x = make_inputs(2, 8, 2, 4, 10, "init", 0)  # float64: the cpu kernels' state is float32
+    torch.testing.assert_close(selective_scan(**x, backend="cpu"), selective_scan(**x, backend="torch"))
+    assert "the cpu backend cannot run: float64 inputs" in caplog.text
+    monkeypatch.setattr(scan_cpu, "IMPORT_ERROR", "numba does not import (ImportError: test)")
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned and "numba does not import (ImportError: test)" in warned[-1].getMessage()
+
+
+def test_cpu_backend_network_logits_and_training_step_equal_torch():
+    """The whole network: logits and every parameter's gradient of one step with the cpu backend equal the
+    torch backend's (two float32 computations of the same recurrence, summed in other orders)."""
+    from das2f.models import DAS2F
+
+    torch.manual_seed(0)
+    nets = {b: DAS2F(stages=1, d_state=6, dt_rank=4, scan_backend=b) for b in ("torch", "cpu")}
+    nets["cpu"].load_state_dict(nets["torch"].state_dict())
+    ms, pan, label = torch.randn(6, 4, 16, 16), torch.randn(6, 1, 64, 64), torch.randint(0, 11, (6,))
+    logits = {}
+    for b, net in nets.items():
+        logits[b] = net(ms, pan)
+        torch.nn.functional.cross_entropy(logits[b], label).backward()
+    torch.testing.assert_close(logits["cpu"], logits["torch"], rtol=1e-5, atol=1e-5 * logits["torch"].abs().max().item())
+    floor = 1e-6 * max(p.grad.abs().max() for p in nets["torch"].parameters())
+    for (name, p), q in zip(nets["torch"].named_parameters(), nets["cpu"].parameters()):
+        assert (q.grad - p.grad).abs().max() <= 1e-4 * p.grad.abs().max() + floor, name

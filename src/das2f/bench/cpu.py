@@ -1,10 +1,12 @@
 """`python -m das2f.bench` (make bench): side-by-side timings in ONE run, as ratios.
 
 1. One selective scan at the model's size (batch 64, 4 directions x 64 channels, N=24, L=256),
-   forward and forward+backward, time and peak memory: our torch backend, our reference loop,
-   mamba-ssm's selective_scan_ref (loaded without its CUDA module) and mambapy's pscan, where
-   installed (`make bench-deps`).
-2. The whole network: training step and inference, samples/s at batch 64.
+   forward and forward+backward, time and peak memory: our cpu (numba) and torch backends, our
+   reference loop, mamba-ssm's selective_scan_ref (loaded without its CUDA module) and mambapy's
+   pscan, where installed (`make bench-deps`); this machine's own float32 matmul GFLOP/s, measured
+   in the same run, and each scan's share of it.
+2. The whole network with each CPU backend: training step and inference, samples/s at batch 64, the
+   matmul-and-convolution GFLOP/s that reaches, and the scan's share of an inference pass.
 3. The data loader: samples/s from the prepared synthetic train file with 2 workers; bytes per
    sample on disk against raw float32.
 4. Threads on a shared machine (das2f.bench.threads): each thread setting alone and beside a copy
@@ -34,6 +36,7 @@ from omegaconf import OmegaConf
 from ..models import DAS2F
 from ..models.scan import (
     DEFAULT_CHUNK,
+    selective_scan_cpu,
     selective_scan_reference,
     selective_scan_time_major,
     selective_scan_torch,
@@ -159,12 +162,36 @@ def _torch_chunk(chunk: int, **k):
     return selective_scan_torch(**k, delta_softplus=True, chunk=chunk)
 
 
+TORCH_ROW = f"das2f torch (chunk {DEFAULT_CHUNK})"
+# the scan's arithmetic, counted as in docs/benchmarks.md: about 9 flops per (batch, channel, state, step)
+# forward (exponent, two multiply-adds, the output's multiply-add), about 3.4x that forward+backward (recomputed
+# states, the reverse recurrence and five gradients): the issue's "about 3 GFLOP per call forward and backward"
+SCAN_FLOPS_FWD, SCAN_FLOPS_BWD_FACTOR = 9, 3.4
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matmul rate now (torch.mm, best of ``repeats``): the yardstick of the shares."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def bench_scans(quick: bool) -> list[tuple]:
     x = scan_inputs()
     # the time-major entry gets the same scan as SS2D feeds it: contiguous (L, B, D) and (L, B, G, N)
     x_time_major = {k: v.contiguous() for k, v in time_major_arguments(x).items()}
     candidates = [
-        (f"das2f torch (default chunk {DEFAULT_CHUNK})", lambda **k: selective_scan_torch(**k, delta_softplus=True), x),
+        (TORCH_ROW, lambda **k: selective_scan_torch(**k, delta_softplus=True), x),
+        ("das2f cpu (numba; the CPU default)", lambda **k: selective_scan_cpu(**k, delta_softplus=True), x),
+        ("das2f cpu, time-major entry (as SS2D calls it)",
+         lambda **k: selective_scan_time_major(**k, delta_softplus=True, backend="cpu"), x_time_major),
         *[(f"das2f torch, chunk {c}", functools.partial(_torch_chunk, chunk=c), x)
           for c in (2, 8, 16) if c != DEFAULT_CHUNK],
         ("das2f torch, time-major entry (as SS2D calls it)",
@@ -195,9 +222,9 @@ def model_optimizer(net: torch.nn.Module) -> torch.optim.Optimizer:
         params=net.parameters())
 
 
-def bench_network(batch=64, stages=2, steps=3):
+def bench_network(batch=64, stages=2, steps=3, backend="auto"):
     torch.manual_seed(0)
-    net = DAS2F(stages=stages)
+    net = DAS2F(stages=stages, scan_backend=backend)
     opt = model_optimizer(net)
     ms, pan, y = torch.randn(batch, 4, 16, 16), torch.randn(batch, 1, 64, 64), torch.randint(0, 11, (batch,))
     times = []
@@ -216,6 +243,41 @@ def bench_network(batch=64, stages=2, steps=3):
             net(ms, pan)
             times.append(time.perf_counter() - t)
     return train, batch / min(times[1:])
+
+
+def network_flops(stages: int) -> float:
+    """Matmul-and-convolution FLOPs per sample of a training step: 3x the forward's (the backward of a matmul or
+    convolution is two of them), the forward counted by ``DAS2F.forward_flops`` with the torch scan backend."""
+    return 3 * DAS2F(stages=stages, scan_backend="torch").forward_flops()
+
+
+def scan_share_of_inference(stages: int = 1, batch: int = 64, backend: str = "auto") -> float:
+    """The share of a network inference pass spent in the selective scan (its calls timed inside the pass)."""
+    torch.manual_seed(0)
+    net = DAS2F(stages=stages, scan_backend=backend).eval()
+    ms, pan = torch.randn(batch, 4, 16, 16), torch.randn(batch, 1, 64, 64)
+    from ..models import ss2d
+
+    spent, original = [0.0], ss2d.selective_scan_time_major
+
+    def timed_scan(*args, **kwargs):
+        t = time.perf_counter()
+        y = original(*args, **kwargs)
+        spent[0] += time.perf_counter() - t
+        return y
+
+    shares = []
+    with torch.no_grad():
+        net(ms, pan)
+        ss2d.selective_scan_time_major = timed_scan
+        try:
+            for _ in range(3):
+                spent[0] = 0.0
+                total = _timed(lambda: net(ms, pan))
+                shares.append(spent[0] / total)
+        finally:
+            ss2d.selective_scan_time_major = original
+    return min(shares)
 
 
 def bench_dataset(root: Path, prepared: str, per_class: int) -> dict:
@@ -255,7 +317,7 @@ def bench_loader(root: Path, workers: int = 2, per_class: int = 2000):
     return rate, n_all / prep, disk, raw32, n_train
 
 
-def bench_predict(root: Path, size: int = 64, window: int = 16) -> tuple[float, float, int]:
+def bench_predict(root: Path, size: int = 64, window: int = 16, backend: str = "auto") -> tuple[float, float, int]:
     """A generated scene mapped by the prediction job (trainer.predict, windows, workers, writer) beside
     the same network's own inference rate at the same batch (window^2 patches): (map px/s, network
     samples/s, pixels). The checkpoint is an untrained 1-stage model: speed does not depend on weights."""
@@ -272,7 +334,8 @@ def bench_predict(root: Path, size: int = 64, window: int = 16) -> tuple[float, 
     prepare_dataset(cfg)
     dm = MsPanDataModule(cfg, prepare=False)
     dm.setup()
-    net_cfg = {"_target_": "das2f.models.DAS2F", "ms_channels": 4, "num_classes": 8, "stages": 1}
+    net_cfg = {"_target_": "das2f.models.DAS2F", "ms_channels": 4, "num_classes": 8, "stages": 1,
+               "scan_backend": backend}
     model = Das2fClassifier(net=net_cfg, num_classes=8, class_names=CLASS_NAMES)
     ckpt = root / "bench" / "map_model.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -315,34 +378,57 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     today = dt.date.today().isoformat()
+    gflops = matmul_gflops()
+    print(f"float32 matmul (torch.mm 2048): {gflops:.0f} GFLOP/s", flush=True)
     lines = [f"# das2f benchmark, {today}", "",
              f"torch {torch.__version__}, {torch.get_num_threads()} threads, {psutil.cpu_count()} CPUs; one run, side by side.",
+             f"This machine's float32 matmul (torch.mm, 2048 x 2048) in this run: {gflops:.0f} GFLOP/s.",
              "", "## Selective scan, batch 64, D = 4 x 64, N = 24, L = 256, float32", "",
-             "| implementation | fwd s | fwd+bwd s | peak MB (fwd+bwd) | fwd+bwd vs das2f torch |", "|---|---|---|---|---|"]
+             f"Scan GFLOP/s count {SCAN_FLOPS_FWD} flops per (batch, channel, state, step) forward and "
+             f"{SCAN_FLOPS_BWD_FACTOR}x that forward+backward; share = of the matmul rate above.", "",
+             "| implementation | fwd s | fwd+bwd s | peak MB (fwd+bwd) | fwd+bwd vs das2f torch | fwd+bwd GFLOP/s (share) |",
+             "|---|---|---|---|---|---|"]
     rows = bench_scans(args.quick)
-    ours = rows[0][3]
+    x = scan_inputs()
+    scan_flops = SCAN_FLOPS_FWD * SCAN_FLOPS_BWD_FACTOR * x["u"].numel() * x["A"].shape[1]
+    ours = next(r[3] for r in rows if r[0] == TORCH_ROW)
     for name, f, _fm, fb, fbm in rows:
         if f is None:
-            lines.append(f"| {name} | not installed | | | |" if "skipped" not in name else f"| {name} | | | | |")
+            lines.append(f"| {name} | not installed | | | | |" if "skipped" not in name else f"| {name} | | | | | |")
         else:
             ratio = "1.0x" if fb == ours else (f"{fb / ours:.1f}x slower" if fb > ours else f"{ours / fb:.2f}x faster")
-            lines.append(f"| {name} | {f:.3f} | {fb:.3f} | {fbm:.0f} | {ratio} |")
+            rate = scan_flops / fb / 1e9
+            lines.append(f"| {name} | {f:.3f} | {fb:.3f} | {fbm:.0f} | {ratio} | {rate:.1f} ({rate / gflops:.1%}) |")
     lines += ["", "## Whole network (DAS²F, 11 classes, 4 bands), batch 64", "",
-              "| model | train samples/s | inference samples/s |", "|---|---|---|"]
+              "GFLOP/s: matmul-and-convolution work per sample (torch's FlopCounterMode, forward x 3) times samples/s; "
+              "share = of the "
+              "matmul rate above. Scan share: the time an inference pass spends in the scan.", "",
+              "| model | scan backend | train samples/s | vs torch | train GFLOP/s (share) | inference samples/s | "
+              "vs torch | scan share of inference |", "|---|---|---|---|---|---|---|---|"]
     for stages in (2, 1):
-        tr, inf = bench_network(stages=stages)
-        print(f"stages={stages}: train {tr:.1f} samples/s, inference {inf:.1f} samples/s", flush=True)
-        lines.append(f"| stages={stages} | {tr:.1f} | {inf:.1f} |")
+        train_flops = network_flops(stages)
+        base = None
+        for backend in ("torch", "cpu"):
+            tr, inf = bench_network(stages=stages, backend=backend)
+            share = scan_share_of_inference(stages, backend=backend)
+            base = base or (tr, inf)
+            rate = tr * train_flops / 1e9
+            print(f"stages={stages} {backend}: train {tr:.1f} samples/s, inference {inf:.1f} samples/s, "
+                  f"scan {share:.0%} of inference", flush=True)
+            lines.append(f"| stages={stages} | {backend} | {tr:.1f} | {tr / base[0]:.2f}x | {rate:.1f} "
+                         f"({rate / gflops:.1%}) | {inf:.1f} | {inf / base[1]:.2f}x | {share:.0%} |")
     rate, prep, disk, raw32, _ = bench_loader(Path("."))
     lines += ["", "## Data", "", f"- loader, 2 workers, batch 256: {rate:,.0f} samples/s "
               f"({rate / max(tr, 1e-9):,.0f}x the 1-stage training rate above)",
               f"- preparation (cut + lzf write): {prep:,.0f} samples/s",
               f"- on disk: {disk:,.0f} bytes/sample vs {raw32:,} raw float32 ({raw32 / disk:.1f}x smaller)"]
-    map_rate, net_rate, pixels = bench_predict(Path("."))
-    lines += ["", "## Full-scene map (prediction job) beside the network", "",
-              f"- {pixels:,} px of the generated scene through `das2f.predict` (trainer.predict, windows of 16 x 16, "
-              f"2 workers): {map_rate:,.1f} px/s; the same 1-stage network alone at batch 256: {net_rate:,.1f} "
-              f"samples/s; map / network = {map_rate / net_rate:.2f}x"]
+    lines += ["", "## Full-scene map (prediction job) beside the network", ""]
+    for backend in ("torch", "cpu"):
+        map_rate, net_rate, pixels = bench_predict(Path("."), backend=backend)
+        print(f"map with {backend}: {map_rate:.1f} px/s", flush=True)
+        lines.append(f"- scan backend {backend}: {pixels:,} px of the generated scene through `das2f.predict` "
+                     f"(trainer.predict, windows of 16 x 16, 2 workers): {map_rate:,.1f} px/s; the same 1-stage network "
+                     f"alone at batch 256: {net_rate:,.1f} samples/s; map / network = {map_rate / net_rate:.2f}x")
     if not args.no_threads:
         from .threads import CASES, bench_threads
 

@@ -90,8 +90,9 @@ class DAS2F(nn.Module):
                                         nn.Linear(hidden, num_classes))
 
     def forward_flops(self) -> int:
-        """Floating-point operations of one sample's forward pass, counted by torch's FlopCounterMode (matmuls,
-        convolutions and the scan's batched matmuls). Counted in eval mode (BatchNorm's running statistics
+        """Floating-point operations of one sample's forward pass, counted by torch's FlopCounterMode: matmuls
+        and convolutions, and the scan only where it runs torch matmuls (the torch backend's, about 6 % more;
+        the cpu backend's kernels are not torch operations). Counted in eval mode (BatchNorm's running statistics
         untouched) with the parameters frozen (the counter's module tracker cannot hook outputs that are
         parameters, the SSM's); both restored after."""
         from torch.utils.flop_counter import FlopCounterMode

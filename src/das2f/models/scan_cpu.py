@@ -22,9 +22,11 @@ file, or in numba's per-user cache directory where that is read-only).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 try:
     import numba
+    from llvmlite import binding as llvm
     from llvmlite import ir
     from numba import types
     from numba.extending import intrinsic
@@ -43,6 +46,21 @@ try:
 except Exception as err:  # not installed, or a build that does not match this numpy / Python
     numba = None
     IMPORT_ERROR = f"numba does not import ({type(err).__name__}: {err})"
+
+
+def _full_width_vectors() -> None:
+    """On AVX-512 CPUs LLVM keeps to 256-bit vectors unless told otherwise (its 'prefer-256-bit' tuning);
+    the kernels run about 1.25x faster with 512-bit ones (`make bench`, docs/benchmarks.md). Set in numba's
+    config of this process only, where the user has set no features of their own: an environment variable
+    would travel with a SLURM job to a node with another CPU. numba keys its cache by CPU features."""
+    if numba.config.CPU_FEATURES is None and "NUMBA_CPU_FEATURES" not in os.environ:
+        host = llvm.get_host_cpu_features().flatten()
+        if "+avx512f" in host.split(","):
+            numba.config.CPU_FEATURES = host + ",-prefer-256-bit"
+
+
+if numba is not None:
+    _full_width_vectors()
 
 # steps between kept states: the backward's per-thread buffers (2 x chunk x N x E floats) stay in L2
 # and the kept states are L / chunk states (`make bench`, docs/benchmarks.md)
@@ -229,11 +247,36 @@ if numba is not None:
             _scatter(block, groups, gd, d_delta)
 
 
+# One signature per kernel, compiled (or loaded from numba's cache) at the first scan of a process: every
+# caller's layout (mamba-ssm's, time-major, contiguous or not) reaches them as strided ('A') views, so no other
+# layout combination triggers another compilation of several seconds.
+_VIEW3, _VIEW4 = "float32[:, :, :]", "float32[:, :, :, :]"
+_SIGNATURES = {
+    "_forward_kernel": f"void({_VIEW3}, {_VIEW3}, float32[:, :, ::1], {_VIEW4}, {_VIEW4}, float32[::1], {_VIEW3}, "
+                       "float32[:, :, :, :, ::1], int64, int64, int64)",
+    "_backward_kernel": f"void({_VIEW3}, {_VIEW3}, {_VIEW3}, float32[:, :, ::1], float32[:, :, ::1], {_VIEW4}, "
+                        f"{_VIEW4}, float32[::1], float32[:, :, :, :, ::1], int64, {_VIEW3}, {_VIEW3}, "
+                        f"float32[:, :, :, ::1], {_VIEW4}, {_VIEW4}, float32[:, ::1], int64, int64)",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled() -> None:
+    t = time.perf_counter()
+    for name, signature in _SIGNATURES.items():
+        kernel = globals()[name]
+        kernel.compile(signature)
+        kernel.disable_compile()
+    log.debug("cpu scan kernels ready in %.1f s (numba's cache: %s)", time.perf_counter() - t,
+              _forward_kernel.stats.cache_hits or "compiled")
+
+
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def _in_blocks(kernel, args, blocks: int) -> None:
     """Run ``kernel(*args, lo, hi)`` over [0, blocks), split over torch's thread count."""
+    _compiled()
     threads = max(1, min(torch.get_num_threads(), blocks))
     if threads == 1:
         kernel(*args, 0, blocks)
