@@ -151,7 +151,7 @@ def test_auto_on_cuda_prefers_mamba_then_triton_then_torch(monkeypatch, caplog, 
         assert "mamba-ssm does not import" in caplog.text
     if expected == "torch":
         assert "triton does not import" in caplog.text
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("auto", torch.device("cpu")) == "cpu"  # numba imports here
 
 
 # Compiles both kernels with Triton's own compiler for NVIDIA targets, down to a cubin: no GPU is needed
