@@ -94,7 +94,7 @@ def low_precision_inputs(dtype, seed=7, batch=2, channels=16):
     return low, {k: v.double() for k, v in low.items()}
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=triton_missing)])
+@pytest.mark.parametrize("backend", ["torch", "cpu", pytest.param("triton", marks=triton_missing)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_reduced_precision_inputs_keep_a_float32_state(backend, dtype):
     """bf16 / fp16 inputs: y comes back in that dtype but the state accumulated in float32, so y's error is
@@ -115,13 +115,14 @@ def test_reduced_precision_inputs_keep_a_float32_state(backend, dtype):
     assert max(errors.values()) < 2 * y_tol, errors
 
 
-def test_torch_backend_under_autocast_keeps_float32(monkeypatch):
-    """Under CPU autocast (trainer.precision=bf16-mixed) the scan's matrix products would run in bf16;
-    the backend turns autocast off inside and computes in float32."""
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_cpu_backends_under_autocast_keep_float32(backend):
+    """Under CPU autocast (trainer.precision=bf16-mixed) the scan's matrix products (and the softplus) would run in
+    bf16; the backends turn autocast off inside and compute in float32."""
     x = {k: v.float() for k, v in make_inputs(2, 16, 4, 6, 150, "stress", 3).items()}
     exact = selective_scan(**{k: v.double() for k, v in x.items()}, delta_softplus=True, backend="reference")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = selective_scan(**x, delta_softplus=True, backend="torch")
+        y = selective_scan(**x, delta_softplus=True, backend=backend)
     assert y.dtype == torch.float32
     assert ((y.double() - exact).abs().max() / exact.abs().max()).item() < RTOL
 
