@@ -72,3 +72,24 @@ def test_compiled_network_equals_eager():
     floor = 1e-6 * max(p.grad.abs().max() for p in eager.parameters())
     for (name, p), p_c in zip(eager.named_parameters(), compiled.parameters()):
         assert (p_c.grad - p.grad).abs().max() <= 1e-4 * p.grad.abs().max() + floor, name
+
+
+def test_cpu_scan_compiles_into_one_graph_with_the_eager_gradients():
+    """torch.compile(fullgraph=True) refuses any graph break: the cpu backend's two operators (custom_op) are traced
+    as opaque calls and the SS2D block around them compiles whole; outputs and parameter gradients as eager (a conv
+    bias before a BatchNorm has a zero gradient up to rounding: the floor). About 15 s of compiling."""
+    from das2f.models.ss2d import SS2D
+
+    torch.manual_seed(0)
+    block = SS2D(d_model=16, d_state=4, dt_rank=4, scan_backend="cpu")
+    x = torch.randn(2, 8, 8, 16)
+    y_c = torch.compile(block, fullgraph=True)(x)
+    y_c.square().sum().backward()
+    compiled = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    y = block(x)
+    y.square().sum().backward()
+    assert (y_c - y).abs().max() <= 1e-5 * y.abs().max()
+    floor = 1e-6 * max(p.grad.abs().max() for p in block.parameters())
+    for (name, p), g in zip(block.named_parameters(), compiled):
+        assert (g - p.grad).abs().max() <= 1e-4 * p.grad.abs().max() + floor, name

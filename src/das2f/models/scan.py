@@ -386,13 +386,25 @@ BACKENDS = {
 }
 
 
-# Both entries stay eager under torch.compile (model.compile=true): the torch backend is a Python loop of
-# L / chunk steps that dynamo would unroll into a graph of thousands of nodes, and the kernels of the others
-# are opaque to it. The graphs around the scan (projections, convolutions, norms, attention) are compiled.
-@torch.compiler.disable
+# Under torch.compile (model.compile=true) the cpu backend is two torch operators (scan_cpu.py, custom_op): dynamo
+# traces through it and the network compiles as one graph. The other backends stay eager between compiled graphs:
+# the torch backend is a Python loop of L / chunk steps that dynamo would unroll into thousands of nodes, and the
+# kernels of the others are opaque to it.
+def _compiled_cpu_scan(backend: str, u: torch.Tensor) -> bool:
+    return (torch.compiler.is_compiling() and backend in ("auto", "cpu") and u.device.type == "cpu"
+            and scan_cpu.IMPORT_ERROR is None and u.dtype != torch.float64)
+
+
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, backend: str = "auto"):
     """Selective scan with mamba-ssm's conventions (module docstring); ``backend``: auto or a key of BACKENDS."""
     _check_shapes(u, delta, A, B, C, D, delta_bias)
+    if _compiled_cpu_scan(backend, u):
+        return scan_cpu.SelectiveScanCPU.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, False)
+    return _eager_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend)
+
+
+@torch.compiler.disable
+def _eager_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend):
     return BACKENDS[resolve_backend(backend, u.device)](
         u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus
     )
@@ -406,7 +418,6 @@ def time_major_arguments(x: dict) -> dict:
     return {k: v.permute(*_TIME_MAJOR_ORDER[k]) if k in _TIME_MAJOR_ORDER else v for k, v in x.items()}
 
 
-@torch.compiler.disable
 def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
                               backend: str = "auto"):
     """The same scan on time-major sequences: u, delta (L, B, D), B, C (L, B, G, N) -> y (L, B, D).
@@ -416,6 +427,13 @@ def selective_scan_time_major(u, delta, A, B, C, D=None, delta_bias=None, delta_
     read them through their strides and write y time-major).
     """
     _check_shapes(u, delta, A, B, C, D, delta_bias, time_major=True)
+    if _compiled_cpu_scan(backend, u):
+        return scan_cpu.SelectiveScanCPU.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, True)
+    return _eager_scan_time_major(u, delta, A, B, C, D, delta_bias, delta_softplus, backend)
+
+
+@torch.compiler.disable
+def _eager_scan_time_major(u, delta, A, B, C, D, delta_bias, delta_softplus, backend):
     name = resolve_backend(backend, u.device)
     if name == "torch":
         return _SelectiveScanTorch.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, DEFAULT_CHUNK, True)

@@ -306,8 +306,59 @@ def _array(t):
     return t.detach().numpy()
 
 
-_NONE = np.empty(0, dtype=np.float32)
 _LOG2E = 1.4426950408889634  # exp(x) = 2**(x log2 e)
+
+
+def _chunks(length: int) -> int:
+    return (length + DEFAULT_CHUNK - 1) // DEFAULT_CHUNK
+
+
+# The kernels as two torch operators (torch.library.custom_op): torch.compile (model.compile=true) sees each as one
+# opaque call with known output shapes (register_fake) and compiles the graph around the scan without a break.
+@torch.library.custom_op("das2f::scan_cpu_forward", mutates_args=())
+def _forward_op(u: torch.Tensor, delta: torch.Tensor, A_t: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                D: torch.Tensor, keep: bool, time_major: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 operands in the caller's layout (delta after bias and softplus; A_t (G, N, E); D empty: none)
+    -> y in that layout and the states kept every chunk (an empty first axis without ``keep``)."""
+    u_v, delta_v, B_v, C_v = _time_major_views(time_major, u, delta, B, C)
+    length, b = u_v.shape[:2]
+    g, n, e = A_t.shape
+    kept = u.new_empty(_chunks(length) if keep else 0, b, g, n, e)
+    y = u.new_empty(u.shape)
+    (y_v,) = _time_major_views(time_major, y)
+    _in_blocks(_forward_kernel, (_array(u_v), _array(delta_v), _array(A_t * _LOG2E), _array(B_v), _array(C_v),
+                                 _array(D), _array(y_v), _array(kept), DEFAULT_CHUNK), b * g)
+    return y, kept
+
+
+@_forward_op.register_fake
+def _(u, delta, A_t, B, C, D, keep, time_major):
+    length, b = (u.shape[0], u.shape[1]) if time_major else (u.shape[2], u.shape[0])
+    return u.new_empty(u.shape), u.new_empty(_chunks(length) if keep else 0, b, *A_t.shape)
+
+
+@torch.library.custom_op("das2f::scan_cpu_backward", mutates_args=())
+def _backward_op(dy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A_t: torch.Tensor, B: torch.Tensor,
+                 C: torch.Tensor, D: torch.Tensor, kept: torch.Tensor, time_major: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of u, delta (after softplus), A_t, B, C, D (empty when D is) from dy, all float32."""
+    b = u.shape[1] if time_major else u.shape[0]
+    g, n, e = A_t.shape
+    d_u, d_delta, d_B, d_C = (t.new_empty(t.shape) for t in (u, u, B, C))
+    d_A_parts = u.new_zeros(b, g, n, e)
+    d_D_parts = u.new_zeros(b if D.numel() else 0, g * e)
+    views = _time_major_views(time_major, dy, u, delta, B, C, d_u, d_delta, d_B, d_C)
+    _in_blocks(_backward_kernel, (*map(_array, views[:3]), _array(A_t), _array(A_t * _LOG2E),
+                                  *map(_array, views[3:5]), _array(D), _array(kept), DEFAULT_CHUNK,
+                                  *map(_array, views[5:7]), _array(d_A_parts), *map(_array, views[7:]),
+                                  _array(d_D_parts)), b * g)
+    return d_u, d_delta, d_A_parts.sum(0), d_B, d_C, d_D_parts.sum(0)
+
+
+@_backward_op.register_fake
+def _(dy, u, delta, A_t, B, C, D, kept, time_major):
+    return (u.new_empty(u.shape), u.new_empty(u.shape), A_t.new_empty(A_t.shape), B.new_empty(B.shape),
+            C.new_empty(C.shape), D.new_empty(D.shape))
 
 
 class SelectiveScanCPU(torch.autograd.Function):
@@ -323,23 +374,15 @@ class SelectiveScanCPU(torch.autograd.Function):
         with torch.autocast("cpu", enabled=False):
             u, delta, A, B, C, D, delta_bias = (None if t is None else t.float() for t in
                                                 (u, delta, A, B, C, D, delta_bias))
-            if time_major:
-                (length, b, d), g = u.shape, B.shape[2]
-            else:
-                (b, d, length), g = u.shape, B.shape[1]
-            n, e = A.shape[1], d // g
+            g = B.shape[2] if time_major else B.shape[1]
+            n, e = A.shape[1], A.shape[0] // g
             x = delta if delta_bias is None else delta + (delta_bias if time_major else delta_bias[:, None])
             delta_sp = F.softplus(x) if delta_softplus else x
-            views = _time_major_views(time_major, u, delta_sp, B, C)
             A_t = A.reshape(g, e, n).transpose(1, 2).contiguous()  # (G, N, E)
+            D = u.new_empty(0) if D is None else D
             needs = ctx.needs_input_grad
             keep = any(needs[i] for i in (0, 1, 2, 3, 4, 6))  # everything but D goes through the states
-            kept = u.new_empty((length + DEFAULT_CHUNK - 1) // DEFAULT_CHUNK if keep else 0, b, g, n, e)
-            y = u.new_empty(u.shape)
-            (y_v,) = _time_major_views(time_major, y)
-            _in_blocks(_forward_kernel, (_array(views[0]), _array(views[1]), _array(A_t * _LOG2E), _array(views[2]),
-                                         _array(views[3]), _NONE if D is None else _array(D), _array(y_v),
-                                         _array(kept), DEFAULT_CHUNK), b * g)
+            y, kept = _forward_op(u, delta_sp, A_t, B, C, D, keep, time_major)
         ctx.save_for_backward(u, x if delta_softplus else None, delta_sp, A_t, B, C, D, kept)
         ctx.config = (delta_softplus, keep, delta_bias is not None, time_major)
         return y.to(ctx.dtypes[0])
@@ -356,25 +399,15 @@ class SelectiveScanCPU(torch.autograd.Function):
             if not keep:  # only D asked for a gradient
                 d_D = (dy * u).sum(dim=(0, 1) if time_major else (0, 2))
             else:
-                b = u.shape[1] if time_major else u.shape[0]
-                d_u, d_dsp, d_B, d_C = (t.new_empty(t.shape) for t in (u, u, B, C))
-                d_A_parts = u.new_zeros(b, g, n, e)
-                d_D_parts = u.new_zeros(b if D is not None else 0, g * e)
-                views = _time_major_views(time_major, dy, u, delta_sp, B, C, d_u, d_dsp, d_B, d_C)
-                _in_blocks(_backward_kernel, (*map(_array, views[:3]), _array(A_t), _array(A_t * _LOG2E),
-                                              *map(_array, views[3:5]), _NONE if D is None else _array(D),
-                                              _array(kept), DEFAULT_CHUNK, *map(_array, views[5:7]),
-                                              _array(d_A_parts), *map(_array, views[7:]), _array(d_D_parts)),
-                           b * g)
-                d_A = d_A_parts.sum(0).transpose(1, 2).reshape(g * e, n)
-                d_D = d_D_parts.sum(0) if D is not None else None
-                d_x = d_dsp.mul_(torch.sigmoid(x)) if delta_softplus else d_dsp
+                d_u, d_x, d_A_t, d_B, d_C, d_D = _backward_op(dy, u, delta_sp, A_t, B, C, D, kept, time_major)
+                d_A = d_A_t.transpose(1, 2).reshape(g * e, n)
+                if delta_softplus:
+                    d_x = d_x * torch.sigmoid(x)
                 d_delta = d_x
                 if has_bias and needs[6]:
                     d_bias = d_x.sum(dim=(0, 1) if time_major else (0, 2))
-        grads = (d_u, d_delta, d_A, d_B, d_C, d_D if needs[5] else None, d_bias)
+        grads = (d_u, d_delta, d_A, d_B, d_C, d_D if needs[5] and D.numel() else None, d_bias)
         return tuple(None if t is None else t.to(dtype) for t, dtype in zip(grads, ctx.dtypes)) + (None, None)
-
 
 
 def _time_major_views(time_major: bool, *tensors):

@@ -30,8 +30,9 @@ class Das2fClassifier(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.net = hydra.utils.instantiate(net)
         if compile:
-            # torch.compile of the network in place (its state_dict keys unchanged); the selective scan
-            # stays eager between the compiled graphs (models/scan.py). Compiled at the first batch.
+            # torch.compile of the network in place (its state_dict keys unchanged); the cpu scan backend is
+            # traced as two operators, the others stay eager between compiled graphs (models/scan.py).
+            # Compiled at the first batch.
             self.net.compile()
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
