@@ -16,6 +16,7 @@ Writes bench/results/bench-<date>.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime as dt
 import functools
@@ -172,15 +173,12 @@ SCAN_FLOPS_FWD, SCAN_FLOPS_BWD_FACTOR = 9, 3.4
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     """This machine's float32 matmul rate now (torch.mm, best of ``repeats``): the yardstick of the shares."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    times = []
+    for _ in range(repeats + 1):  # the first warms up
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times[1:]) / 1e9
 
 
 def bench_scans(quick: bool) -> list[tuple]:
@@ -223,6 +221,7 @@ def model_optimizer(net: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def bench_network(batch=64, stages=2, steps=3, backend="auto"):
+    """(train samples/s, inference samples/s, the share of the fastest inference pass spent in the scan)."""
     torch.manual_seed(0)
     net = DAS2F(stages=stages, scan_backend=backend)
     opt = model_optimizer(net)
@@ -236,48 +235,42 @@ def bench_network(batch=64, stages=2, steps=3, backend="auto"):
         times.append(time.perf_counter() - t)
     train = batch / min(times[1:])
     net.eval()
-    with torch.no_grad():
-        times = []
+    passes = []  # (time of the pass, time of its scan calls)
+    with torch.no_grad(), _timing_scans() as spent:
         for _ in range(steps + 1):
+            spent[0] = 0.0
             t = time.perf_counter()
             net(ms, pan)
-            times.append(time.perf_counter() - t)
-    return train, batch / min(times[1:])
+            passes.append((time.perf_counter() - t, spent[0]))
+    fastest, in_scan = min(passes[1:])
+    return train, batch / fastest, in_scan / fastest
 
 
-def network_flops(stages: int) -> float:
-    """Matmul-and-convolution FLOPs per sample of a training step: 3x the forward's (the backward of a matmul or
-    convolution is two of them), the forward counted by ``DAS2F.forward_flops`` with the torch scan backend."""
-    return 3 * DAS2F(stages=stages, scan_backend="torch").forward_flops()
-
-
-def scan_share_of_inference(stages: int = 1, batch: int = 64, backend: str = "auto") -> float:
-    """The share of a network inference pass spent in the selective scan (its calls timed inside the pass)."""
-    torch.manual_seed(0)
-    net = DAS2F(stages=stages, scan_backend=backend).eval()
-    ms, pan = torch.randn(batch, 4, 16, 16), torch.randn(batch, 1, 64, 64)
+@contextlib.contextmanager
+def _timing_scans():
+    """Adds up, in the list it yields, the time the network spends in its scan calls (SS2D's entry point)."""
     from ..models import ss2d
 
     spent, original = [0.0], ss2d.selective_scan_time_major
 
     def timed_scan(*args, **kwargs):
         t = time.perf_counter()
-        y = original(*args, **kwargs)
-        spent[0] += time.perf_counter() - t
-        return y
-
-    shares = []
-    with torch.no_grad():
-        net(ms, pan)
-        ss2d.selective_scan_time_major = timed_scan
         try:
-            for _ in range(3):
-                spent[0] = 0.0
-                total = _timed(lambda: net(ms, pan))
-                shares.append(spent[0] / total)
+            return original(*args, **kwargs)
         finally:
-            ss2d.selective_scan_time_major = original
-    return min(shares)
+            spent[0] += time.perf_counter() - t
+
+    ss2d.selective_scan_time_major = timed_scan
+    try:
+        yield spent
+    finally:
+        ss2d.selective_scan_time_major = original
+
+
+def network_flops(stages: int) -> float:
+    """Matmul-and-convolution FLOPs per sample of a training step: 3x the forward's (the backward of a matmul or
+    convolution is two of them), the forward counted by ``DAS2F.forward_flops`` with the torch scan backend."""
+    return 3 * DAS2F(stages=stages, scan_backend="torch").forward_flops()
 
 
 def bench_dataset(root: Path, prepared: str, per_class: int) -> dict:
@@ -401,16 +394,14 @@ def main(argv=None):
             lines.append(f"| {name} | {f:.3f} | {fb:.3f} | {fbm:.0f} | {ratio} | {rate:.1f} ({rate / gflops:.1%}) |")
     lines += ["", "## Whole network (DAS²F, 11 classes, 4 bands), batch 64", "",
               "GFLOP/s: matmul-and-convolution work per sample (torch's FlopCounterMode, forward x 3) times samples/s; "
-              "share = of the "
-              "matmul rate above. Scan share: the time an inference pass spends in the scan.", "",
+              "share = of the matmul rate above. Scan share: the time an inference pass spends in the scan.", "",
               "| model | scan backend | train samples/s | vs torch | train GFLOP/s (share) | inference samples/s | "
               "vs torch | scan share of inference |", "|---|---|---|---|---|---|---|---|"]
     for stages in (2, 1):
         train_flops = network_flops(stages)
         base = None
         for backend in ("torch", "cpu"):
-            tr, inf = bench_network(stages=stages, backend=backend)
-            share = scan_share_of_inference(stages, backend=backend)
+            tr, inf, share = bench_network(stages=stages, backend=backend)
             base = base or (tr, inf)
             rate = tr * train_flops / 1e9
             print(f"stages={stages} {backend}: train {tr:.1f} samples/s, inference {inf:.1f} samples/s, "

@@ -296,13 +296,20 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
 
 
 # --------------------------------------------------------------------------- cpu (numba)
+def _why_not_cpu_kernels(u: torch.Tensor) -> str | None:
+    """Why numba's kernels cannot compute this scan (numba does not import; float64 inputs, which they would
+    compute in float32), or None where they can."""
+    if scan_cpu.IMPORT_ERROR is not None:
+        return scan_cpu.IMPORT_ERROR
+    return "float64 inputs (its state is float32)" if u.dtype == torch.float64 else None
+
+
 def selective_scan_cpu(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, time_major=False):
     """The scan with numba's fused kernels (``scan_cpu.py``); CPU tensors only. Where they cannot run
-    (numba does not import; float64 inputs, which they would compute in float32) the torch backend
-    computes it, and the log says why, once."""
+    (:func:`_why_not_cpu_kernels`) the torch backend computes it, and the log says why, once."""
     if u.device.type != "cpu":
         raise RuntimeError(f"scan backend 'cpu' needs CPU tensors, got device {u.device}; use auto, triton or torch")
-    why = scan_cpu.IMPORT_ERROR or (u.dtype == torch.float64 and "float64 inputs (its state is float32)")
+    why = _why_not_cpu_kernels(u)
     if why:
         _announce("torch", f"the cpu backend cannot run: {why}",
                   logging.WARNING if scan_cpu.IMPORT_ERROR else logging.INFO)
@@ -392,7 +399,7 @@ BACKENDS = {
 # kernels of the others are opaque to it.
 def _compiled_cpu_scan(backend: str, u: torch.Tensor) -> bool:
     return (torch.compiler.is_compiling() and backend in ("auto", "cpu") and u.device.type == "cpu"
-            and scan_cpu.IMPORT_ERROR is None and u.dtype != torch.float64)
+            and _why_not_cpu_kernels(u) is None)
 
 
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, backend: str = "auto"):
