@@ -26,11 +26,13 @@ def env() -> dict:
     return e
 
 
-def start(cwd: Path, *args: str) -> subprocess.Popen:
-    """A das2f command in a session (process group) of its own, output to files (no pipe to fill)."""
-    out = open(cwd / "out.txt", "w")  # noqa: SIM115 (closed by finish)
-    return subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env(),
-                            start_new_session=True)
+def start(cwd: Path, *args: str):
+    """A das2f command in a session (process group) of its own, output to a file (no pipe to fill): warm where it
+    can be (tests/zygote.py: a forked process, its pid the group to signal), else ``subprocess.Popen``."""
+    from tests import zygote
+
+    with open(cwd / "out.txt", "w") as out:
+        return zygote.start([sys.executable, "-m", *args], cwd, env(), out, out)
 
 
 def finish(p: subprocess.Popen, cwd: Path, timeout: float = 240) -> tuple[int, str]:

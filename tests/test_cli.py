@@ -80,6 +80,8 @@ def test_a_map_stopped_by_sigterm_exits_143_and_the_same_command_finishes_it_ide
 
     import numpy as np
 
+    from tests import procs
+
     r = das2f(tmp_path, "train", *SIZE, "test=false")
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = runs(tmp_path)
@@ -90,20 +92,18 @@ def test_a_map_stopped_by_sigterm_exits_143_and_the_same_command_finishes_it_ide
     whole = das2f(tmp_path, "predict", *args, f"out={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
     cut = tmp_path / "cut"
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
-    proc = subprocess.Popen([sys.executable, "-m", "das2f.predict", *args, f"out={cut}"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = procs.start(tmp_path, "das2f.predict", *args, f"out={cut}")  # in a process group of its own
     progress, deadline, written = cut / "synthetic_map.progress.npy", time.time() + 300, 0
     while written < 3:  # a few windows written, then SIGTERM to the whole group (as a scheduler sends it)
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "out.txt").read_text()[-3000:]
         try:
             written = int(np.load(progress).sum())
         except (FileNotFoundError, ValueError, EOFError):  # not created yet, or being created
             pass
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGTERM)
-    output = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 143, output[-3000:]
+    code, output = procs.finish(proc, tmp_path, timeout=300)
+    assert code == 143, output[-3000:]
     written = int(np.load(progress).sum())
     assert 3 <= written < 128 and f"stopped by SIGTERM with {written} of 128 windows" in output
     assert f"the same command with out={cut} continues" in output and "Traceback" not in output
