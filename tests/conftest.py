@@ -68,12 +68,22 @@ def tiny_scene(tmp_path):
 @pytest.fixture(scope="session")
 def shared(tmp_path_factory):
     """One prepared dataset and the final weights of an uninterrupted serial sweep of two 2-epoch runs (seeds 42 and
-    43) on it, shared by the signal and launcher tests: {seed: state_dict}."""
+    43) on it, shared by the signal and launcher tests: {seed: state_dict}. Made once for the whole test run: under
+    pytest-xdist the first worker to need it makes it (under a lock) and the others read it."""
+    import fcntl
+
     from tests.procs import BASE, run, weights
 
-    root = tmp_path_factory.mktemp("signals")
-    code, out = run(root, "das2f.train", "-m", "seed=42,43", *BASE, "test=false")
-    assert code == 0, out[-3000:]
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    root.mkdir(exist_ok=True)
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # (released when the file closes)
+        done = root / "done"
+        if not done.exists():
+            code, out = run(root, "das2f.train", "-m", "seed=42,43", *BASE, "test=false")
+            assert code == 0, out[-3000:]
+            done.touch()
     (sweep,) = (root / "logs" / "train" / "multiruns").iterdir()
     return root / "data", {seed: weights(sweep / str(job) / "checkpoints" / "last.ckpt")
                            for job, seed in enumerate((42, 43))}
@@ -118,7 +128,8 @@ def pytest_sessionfinish(session):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-FIRST = ("test_readme.py", "test_signals.py", "test_cli.py", "test_launcher.py", "test_predict.py")
+FIRST = ("test_readme.py", "test_launcher.py", "test_signals.py", "test_predict.py", "test_configs.py",
+         "test_scan_triton.py", "test_train.py", "test_cli.py")
 
 
 def pytest_collection_modifyitems(config, items):

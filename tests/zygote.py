@@ -83,6 +83,10 @@ class _Server:
         self.base_env = dict(os.environ)
         for name in PRELOAD:
             __import__(name)
+        from das2f.models import scan_cpu
+
+        if scan_cpu.IMPORT_ERROR is None:  # the cpu scan's kernels, from numba's cache (0.5 s in each command)
+            scan_cpu._compiled()
         # what the imports themselves set (das2f's thread policy: OMP_NUM_THREADS, GOMP_SPINCOUNT): a fresh
         # process would set the same, unless its environment already has them
         self.import_env = {k: v for k, v in os.environ.items() if self.base_env.get(k) != v}
