@@ -23,6 +23,11 @@ def predict_cfg(tmp_path: Path, ckpt: str, *overrides: str):
                       output="pred")
 
 
+# the maps' tests cut 8x8 MS patches (32x32 PAN; a quarter of the default 16's tokens): the windows, the files and
+# the agreement with the test pass do not depend on the patch size, and each map runs the network for every pixel
+PATCH = ["dataset.ms_patch=8"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
     """One tiny trained run (no test) whose checkpoints the map tests read: {"best": epoch_*.ckpt, "last": last.ckpt}."""
@@ -30,7 +35,7 @@ def trained(tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as mp:  # W&B offline: the maps test checks they join the run's W&B run
         mp.delenv("WANDB_API_KEY", raising=False)
         mp.delenv("WANDB_MODE", raising=False)
-        metrics = run(make_cfg(root, "logger=wandb"))
+        metrics = run(make_cfg(root, "logger=wandb", *PATCH))
     ckpts = root / "out" / "checkpoints"
     return {"best": metrics["best_checkpoint"], "last": str(ckpts / "last.ckpt"), "data": root / "data", "root": root}
 
