@@ -93,10 +93,9 @@ def shared(tmp_path_factory):
 # worker, in order, so its module fixtures are made once and the README commands build on the ones before them).
 # Each worker's own torch work runs one thread (two workers with torch's default threads on 2 cores slow each other
 # many times over). The longest files go first. (pytest-xdist's finer --dist loadgroup does not group with pytest 9:
-# its node-id suffix is ignored; the session fixture `shared` is then made once per worker that needs it.)
+# its node-id suffix is ignored; the session fixture `shared` shares its work through a file lock instead.)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
-
 
 
 def pytest_sessionstart(session):

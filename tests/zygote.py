@@ -5,10 +5,11 @@ multiprocessing forkserver): a das2f command costs about 7 s of CPU in imports b
 A server per test process imports what the commands import, once, then forks a child for each command. The
 child is a real process: its own session and process group (as ``start_new_session=True``), the caller's
 stdin/stdout/stderr, working directory, environment, ``sys.argv`` and ``sys.path`` as a fresh ``python -m
-das2f.<task>`` would have them; the command then runs exactly as in a fresh interpreter (``runpy``, as
-``python -m`` does) and ends through the interpreter's normal exit (atexit handlers, flushes, exit status). Its
-DataLoader workers are its own children, in its process group: a signal to the group reaches all of them, as
-from SLURM or docker.
+das2f.<task>`` would have them; the command then runs as in a fresh interpreter (``runpy``, as ``python -m``
+does) and ends as the interpreter's exit ends it (exit status, traceback, atexit handlers, flushed streams, the C
+library's exit), all but the freeing of every module's objects (:func:`_end` says why). Its DataLoader workers are
+its own children, in its process group: a signal to the group reaches all of them, as from SLURM or docker. The
+server also loads the cpu scan's kernels from numba's cache once (the first scan of a fresh process does).
 
 Two ways in, both used by the tests unchanged in what they check:
 - :func:`start` (``tests/procs.py``): the test gets the command's own pid, a process-group leader, to signal.
@@ -269,7 +270,8 @@ def request(argv: list[str], cwd: str, env: dict, fds: tuple[int, int, int], tim
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):  # the server is still importing
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the warm-start server did not start: see {path}.log")
+            log = Path(path + ".log").read_text() if os.path.exists(path + ".log") else "(no log)"
+            raise RuntimeError(f"the warm-start server did not start in {timeout:.0f} s; its log:\n{log[-3000:]}")
         time.sleep(0.05)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     conn.connect(path)
