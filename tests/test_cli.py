@@ -114,6 +114,18 @@ def test_a_map_stopped_by_sigterm_exits_143_and_the_same_command_finishes_it_ide
     assert (final[:8, :16] >= 1).all() and np.array_equal(final, reference)  # identical to the uninterrupted map
 
 
+def test_a_bad_map_request_is_refused_before_lightning_is_imported(tmp_path):
+    """No checkpoint, a bad stats= or window=: the one-line error comes before the predictor's imports (a fresh
+    process, as a user's: Lightning alone takes about 5 s of imports)."""
+    code = ("import runpy, sys\nsys.argv = ['das2f.predict', *sys.argv[1:]]\ntry:\n"
+            "    runpy.run_module('das2f.predict', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as err:\n    print('exit', err.code, 'lightning' in sys.modules)\n")
+    for args, expected in (([], "predict needs a checkpoint"), (["ckpt_path=x", "stats=foo"], "stats must be"),
+                           (["ckpt_path=x", "window=0"], "expected whole numbers >= 1")):
+        r = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert "exit 2 False" in r.stdout and expected in r.stdout + r.stderr, (args, r.stdout, r.stderr[-2000:])
+
+
 def test_help_answers_without_importing_torch():
     code = "import sys, das2f.train, das2f.eval, das2f.predict, das2f.prepare; print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

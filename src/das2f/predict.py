@@ -11,6 +11,9 @@ from .runtime.cli import hydra_entry
 
 @hydra_entry("predict")
 def main(cfg: DictConfig) -> None:
+    from .maps.request import check_request
+
+    check_request(cfg)  # a mistake in the request answers before the predictor's imports
     from .maps.predictor import predict
 
     predict(cfg)

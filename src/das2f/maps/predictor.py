@@ -31,6 +31,7 @@ from ..runtime import threads
 from ..runtime.errors import CheckpointError, ConfigError, Interrupted
 from ..training.results import save_confusion_figure
 from .figures import class_colors, figure_step, rgb_composite, row_bands, save_map_figure, save_maps_grid, write_map
+from .request import check_request
 
 log = logging.getLogger("das2f.predict")
 
@@ -251,14 +252,7 @@ def predict(cfg: DictConfig) -> dict:
 
     route_lightning_logs()
 
-    if not cfg.get("ckpt_path"):
-        raise ConfigError("predict needs a checkpoint: ckpt_path=<run dir>/checkpoints/epoch_NNN.ckpt "
-                          "(written by das2f.train)")
-    if cfg.stats not in ("train", "scene"):
-        raise ConfigError(f"stats must be 'train' or 'scene', got {cfg.stats!r}")
-    stride, window = int(cfg.get("stride", 1)), int(cfg.get("window", 16))
-    if stride < 1 or window < 1:
-        raise ConfigError(f"stride={stride}, window={window}: expected whole numbers >= 1")
+    stride, window = check_request(cfg)
     predictor = Predictor(cfg.ckpt_path, scan_backend=cfg.get("scan_backend"))
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     if dataset.get("classes") and list(dataset["classes"]) != predictor.class_names:
