@@ -19,8 +19,9 @@ Two ways in, both used by the tests unchanged in what they check:
 
 What a warm child cannot reproduce, and so runs fresh: an environment that differs from the server's in
 anything but the keys in ``SAFE_KEYS`` (an import may read it: OMP_NUM_THREADS, NUMBA_*, ...), other
-interpreter options (``-u``, ``-X``), ``python -c`` and scripts (their import order is theirs). ``DAS2F_TEST_FRESH=1``
-runs every command fresh (``make test`` then takes longer; the tests are the same).
+interpreter options (``-u``, ``-X``), ``python -c`` and scripts (their import order is theirs). A command's
+PYTHONPATH orders its sys.path, but the modules the server preloaded stay the server's. ``DAS2F_TEST_FRESH=1`` runs
+every command fresh (``make test`` then takes longer; the tests are the same).
 """
 from __future__ import annotations
 
