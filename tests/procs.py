@@ -35,7 +35,7 @@ def start(cwd: Path, *args: str):
         return zygote.start([sys.executable, "-m", *args], cwd, env(), out, out)
 
 
-def finish(p: subprocess.Popen, cwd: Path, timeout: float = 240) -> tuple[int, str]:
+def finish(p, cwd: Path, timeout: float = 240) -> tuple[int, str]:
     try:
         code = p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

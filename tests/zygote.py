@@ -106,10 +106,14 @@ class _Server:
         # so copy) the whole inherited heap (gc.freeze's purpose: "before a fork")
         gc.freeze()
 
+    def command_env(self, request: dict) -> dict:
+        """The command's environment as a fresh process's imports would leave it: the keys they set (das2f's thread
+        policy) added where the command's environment lacks them."""
+        return {**self.import_env, **request["env"]}
+
     def refusal(self, request: dict) -> str | None:
-        # compared as each process's environment stands after its imports: the server's, and the command's as a
-        # fresh process would make it (the keys the imports set, where the command's environment lacks them)
-        env = {**self.import_env, **request["env"]}
+        # compared as each process's environment stands after its imports
+        env = self.command_env(request)
         own = {**self.base_env, **self.import_env}
         keys = {k for k in set(env) | set(own) if env.get(k) != own.get(k) and not _safe(k, env)}
         if keys:
@@ -183,9 +187,7 @@ class _Server:
             if fd > 2:
                 os.close(fd)
         os.chdir(request["cwd"])
-        env = dict(request["env"])
-        for k, v in self.import_env.items():
-            env.setdefault(k, v)
+        env = self.command_env(request)
         os.environ.clear()
         os.environ.update(env)
         kind, what, args = target(request["argv"])
@@ -325,10 +327,7 @@ def start(argv: list[str], cwd, env: dict, stdout, stderr) -> Warm | subprocess.
 def delegate():
     """For tests/warm/sitecustomize.py: this interpreter's command, run warm where it can be; returns only where
     it cannot (the interpreter then runs it itself)."""
-    try:
-        got = request(list(sys.orig_argv), os.getcwd(), dict(os.environ), (0, 1, 2))
-    except OSError:
-        return
+    got = request(list(sys.orig_argv), os.getcwd(), dict(os.environ), (0, 1, 2))  # (a server that is gone: raises)
     if got is None:
         return
     conn, pid = got

@@ -9,6 +9,7 @@ def _warm():
     argv = getattr(sys, "orig_argv", [])
     if not os.environ.get("DAS2F_TEST_WARM") or len(argv) < 2:
         return
+    # a cheap first look, so that nothing is loaded into the processes that run as usual; zygote.target decides
     if not ((argv[1] == "-m" and len(argv) > 2 and argv[2].split(".")[0] == "das2f") or argv[1].endswith("/das2f")):
         return
     import importlib.util
