@@ -34,7 +34,7 @@ from .runtime.errors import EXIT_USER_ERROR, ConfigError, MissingFileError, User
 SEED_KEYS = ("seed", "data.seed")  # the seed and the data module's copy of it: what a row averages over
 # Keys that say where or how a job ran, not what it computed: never a reason for a separate row.
 IGNORED = (
-    "paths.", "hydra.", "logger.", "callbacks.", "threads", "data.num_workers", "model.net.scan_backend",
+    "paths.", "hydra.", "logger.", "callbacks.", "threads", "deterministic", "trainer.deterministic", "data.num_workers", "model.net.scan_backend",
     "model.compile", "trainer.enable_progress_bar", "trainer.default_root_dir", "trainer.accelerator",
     "trainer.log_every_n_steps", "task_name", "tags", "resume", "ckpt_path", "dataset.raw_dir",
     "dataset.prepared_dir", "dataset.source_dir", "dataset.scenes", "dataset.tiles.root", "dataset.layout",
@@ -74,7 +74,8 @@ def load_run(job: Path) -> dict:
     if (job / "metrics.json").is_file():
         summary = json.loads((job / "metrics.json").read_text())
         run.update(metrics=summary["metrics"], class_names=summary.get("class_names", []),
-                   wall_seconds=summary.get("wall_seconds"), machine=summary.get("machine"), seed=summary.get("seed"))
+                   wall_seconds=summary.get("wall_seconds"), machine=summary.get("machine"), seed=summary.get("seed"),
+                   split=summary.get("split"), mode=reproducibility(summary))
     if (job / "config.yaml").is_file():
         config = OmegaConf.to_container(OmegaConf.load(job / "config.yaml"), resolve=False)
         run["config"] = flatten(config)
@@ -83,6 +84,16 @@ def load_run(job: Path) -> dict:
     if error is not None:
         run["error"] = error or "failed"
     return run
+
+
+def reproducibility(summary: dict) -> str | None:
+    """How a run could be repeated, in words: deterministic (same digits again) or not, and its threads."""
+    r = summary.get("reproducibility")
+    if r is None:
+        return None
+    lo, hi = r["threads"]
+    threads = f"{lo} threads" if lo == hi else f"{lo}-{hi} threads"
+    return f"{'deterministic' if r['deterministic'] else 'not deterministic'}, {threads}"
 
 
 def sweep_size(d: Path) -> tuple[int | None, bool]:
@@ -163,8 +174,11 @@ def table(runs: list[dict], optuna: bool = False) -> tuple[list[str], list[dict]
         by_seed: dict = defaultdict(list)
         for r in rs:
             by_seed[r.get("seed")].append(r)
+        overlaps = [r["split"]["overlap"]["test"] for r in rs if r.get("split")]
         row = {"values": values, "runs": rs, "seeds": sorted(by_seed, key=str),
-               "duplicates": {s: len(v) for s, v in by_seed.items() if len(v) > 1}, "stats": {}}
+               "duplicates": {s: len(v) for s, v in by_seed.items() if len(v) > 1}, "stats": {},
+               "overlap": (min(overlaps), max(overlaps)) if overlaps else None,
+               "modes": sorted({r["mode"] for r in rs if r.get("mode")})}
         for m in metrics:  # over distinct seeds: runs sharing a seed count once (the first), and are flagged
             vals = np.array([v[0]["metrics"][m] for v in by_seed.values() if v[0]["metrics"].get(m) is not None], float)
             row["stats"][m] = (vals.mean(), vals.std(ddof=1) if len(vals) > 1 else None) if len(vals) else None
@@ -231,11 +245,24 @@ def provenance(dirs: list[Path], runs: list[dict], asked: int) -> list[str]:
     if m:
         lines.append(f"- machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']} with {m['torch_threads']} threads, "
                      f"GPU: {m['gpu'] or 'none'}")
+    modes = [r.get("mode") for r in done]
+    if any(modes):
+        fixed = sum(1 for m in modes if m and m.startswith("deterministic"))
+        lines.append(f"- reproducibility: {fixed} of {len(done)} runs deterministic=true (the same command and seed give "
+                     "the same digits on the same machine)")
     walls = [r["wall_seconds"] for r in done if r.get("wall_seconds")]
     if walls:
         lines.append(f"- wall time: {sum(walls) / 60:.1f} min in all, {min(walls) / 60:.1f}-{max(walls) / 60:.1f} min per run "
                      "(data preparation, training, test)")
     return lines
+
+
+def overlap_cell(overlap: tuple[float, float] | None) -> str:
+    """A row's share of test patches overlapping training patches, in %, or its range over the row's runs."""
+    if overlap is None:
+        return "?"
+    lo, hi = (100 * v for v in overlap)
+    return f"{hi:.1f} %" if lo == hi else f"{lo:.1f}-{hi:.1f} %"
 
 
 def short(key: str) -> str:
@@ -252,11 +279,13 @@ def cell(m: str, v) -> str:
 def write(keys, rows, runs, out: Path, notes: list[str], baseline: tuple) -> tuple[Path, Path]:
     metrics = list(rows[0]["stats"]) if rows else []
     best = {m: max((r["stats"][m][0] for r in rows if r["stats"][m] is not None), default=None) for m in metrics}
-    header = [*(short(k) for k in keys), "seeds", *(m.split("/")[1] for m in metrics)]
+    recorded = any(r["overlap"] is not None for r in rows)  # runs written before das2f measured the overlap: no column
+    header = [*(short(k) for k in keys), "seeds", *(["test overlap"] if recorded else []),
+              *(m.split("/")[1] for m in metrics)]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        seeds = f"{len(r['seeds'])}" + (" (!)" if r["duplicates"] else "")
-        cells = [*r["values"], seeds]
+        seeds = f"{len(r['seeds'])}" + (" (!)" if r["duplicates"] else "") + (" (~)" if len(r["modes"]) > 1 else "")
+        cells = [*r["values"], seeds, *([overlap_cell(r["overlap"])] if recorded else [])]
         for m in metrics:
             s = cell(m, r["stats"][m])
             cells.append(f"**{s}**" if s and r["stats"][m][0] == best[m] and len(rows) > 1 else s)
@@ -270,6 +299,17 @@ def write(keys, rows, runs, out: Path, notes: list[str], baseline: tuple) -> tup
         text += "\n(!) runs with the same configuration AND the same seed (counted once, not averaged as seeds):\n"
         text += "".join(f"- seed {s}: {n} runs ({', '.join(str(x['dir']) for x in r['runs'] if x.get('seed') == s)})\n"
                         for r, s, n in flagged)
+    mixed = [r for r in rows if len(r["modes"]) > 1]
+    if mixed:
+        text += ("\n(~) runs of one configuration that differ in how they could be repeated (deterministic=true gives "
+                 "the same digits again; a changing thread count does not):\n")
+        text += "".join(f"- {', '.join(f'{short(k)}={v}' for k, v in zip(keys, r['values'])) or 'all runs'}: "
+                        + "; ".join(f"{x['dir']}: {x.get('mode') or 'not recorded'}" for x in r["runs"]) + "\n"
+                        for r in mixed)
+    if any(r["overlap"] and r["overlap"][1] > 0 for r in rows):
+        text += ("\ntest overlap: the share of test patches that read a pixel a training patch reads (a pixel split "
+                 "puts neighbours of training pixels into test: its accuracy is optimistic; dataset.split_blocks gives "
+                 "a spatially disjoint split).\n")
     base, diffs = baseline
     if base is not None:
         name = ", ".join(f"{short(k)}={v}" for k, v in zip(keys, base["values"]))
@@ -296,14 +336,16 @@ def write(keys, rows, runs, out: Path, notes: list[str], baseline: tuple) -> tup
     md_path.write_text(text)
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([*keys, "seeds", *(f"{m.split('/')[1]}_{s}" for m in metrics for s in ("mean", "std"))])
+        w.writerow([*keys, "seeds", *(["test_overlap"] if recorded else []),
+                    *(f"{m.split('/')[1]}_{s}" for m in metrics for s in ("mean", "std"))])
         for r in rows:
             vals = []
             for m in metrics:
                 v = r["stats"][m]
                 scale = metric_scale(m.split("/")[1])
                 vals += ["", ""] if v is None else [v[0] * scale, "" if v[1] is None else v[1] * scale]
-            w.writerow([*r["values"], len(r["seeds"]), *vals])
+            overlap = ["" if r["overlap"] is None else r["overlap"][1]] if recorded else []
+            w.writerow([*r["values"], len(r["seeds"]), *overlap, *vals])
     return md_path, csv_path
 
 

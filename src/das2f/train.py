@@ -257,9 +257,9 @@ def _run(cfg: DictConfig, at: Phase) -> dict:
     ckpt, saved = resolve_ckpt(cfg)
     if cfg.get("resume"):
         cfg = resumed_config(cfg, ckpt, saved)
-        from .runtime.threads import configure
+        from .runtime.threads import configure, run_setting
 
-        configure(cfg.get("threads", "auto"))  # the run's own setting (threads=1 kept a run reproducible)
+        configure(run_setting(cfg))  # the run's own setting (threads=1 or deterministic=true kept it reproducible)
     if ckpt:
         if not cfg.get("train"):
             net_from_checkpoint(cfg, ckpt, saved)
@@ -302,10 +302,10 @@ def _run(cfg: DictConfig, at: Phase) -> dict:
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
             metrics["best_checkpoint"] = best
         at("writing the results", trainer)
-        out = write_results(cfg, metrics, model, started)
+        out = write_results(cfg, metrics, model, started, datamodule.split_record)
         log_figures(trainer, out)
         title = "test metrics (best-on-validation checkpoint)" if cfg.get("train") else f"test metrics of {Path(str(ckpt)).name}"
-        print_results(metrics, model.class_names, out, title=title)
+        print_results(metrics, model.class_names, out, title=title, split=datamodule.split_record)
     finally:
         import sys
 

@@ -225,6 +225,17 @@ class MsPanDataModule(L.LightningDataModule):
         return list(self.restored["class_names"]) if self.restored else list(self.cfg["classes"])
 
     @property
+    def split_record(self) -> dict | None:
+        """How the prepared files were split and how far val / test patches overlap training patches (share of
+        patches reading a pixel that a training patch reads), for metrics.json; None before setup()."""
+        if not self.sets:
+            return None
+        attrs = self.sets["train"].attrs
+        return {"protocol": attrs["split_protocol"], "blocks": attrs["split_blocks"] or None,
+                "overlap": {s: round(float(v["share"]), 6) for s, v in attrs["overlap"].items()},
+                "patches": {s: int(self.sets[s].n) for s in self.sets}}
+
+    @property
     def ms_channels(self) -> int:
         if not self.sets and self.restored and "ms_channels" in self.restored:
             return int(self.restored["ms_channels"])

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..runtime.errors import DataError, MissingFileError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: split_protocol, split_blocks and overlap attributes
 REQUIRED = ("ms", "pan", "label", "coord", "scene")
 
 

@@ -19,7 +19,7 @@ from .hdf5 import FORMAT_VERSION, PatchFileError, PatchWriter, read_attrs
 from .patches import PatchCutter
 from .readers import SceneError
 from .scenes import file_fingerprint, load_scene, validate_scene
-from .split import SPLITS, map_coords, stratified_split
+from .split import SPLITS, map_coords, overlap_shares, split_by_blocks, stratified_split
 from .synthetic import write_scene
 from .tiles import scene_specs
 from .transforms import RunningStats
@@ -33,7 +33,8 @@ def _spec_files(spec: dict) -> list[str]:
 
 
 def _fingerprint(cfg: dict, specs: list[dict], files: list[str]) -> str:
-    rule = {k: cfg.get(k) for k in ("classes", "class_values", "ignore_value", "split", "seed", "ms_patch", "ratio")}
+    rule = {k: cfg.get(k) for k in ("classes", "class_values", "ignore_value", "split", "seed", "ms_patch", "ratio",
+                                    "split_blocks", "split_folds", "split_fold")}
     rule["scene_splits"] = [s.get("split") for s in specs]  # a split by scene changes the files
     rule["shuffle_memory_mb"] = cfg.get("shuffle_memory_mb", 2048)  # so does the shuffle grouping
     h = hashlib.sha256(json.dumps(rule, sort_keys=True, default=str).encode())
@@ -65,6 +66,63 @@ def _coords_by_split(scene, values: list[int], split_rule: dict, seed: int, whol
 
 def _map_for(scene, split: str) -> np.ndarray:
     return scene.maps["label"] if "label" in scene.maps else scene.maps[split]
+
+
+def _count(counts: dict[str, np.ndarray], coords: dict[str, np.ndarray], maps: dict, values: list[int]) -> None:
+    """Add a scene's samples per class and split to ``counts``."""
+    for s, xy in coords.items():
+        if len(xy):
+            v = (maps["label"] if "label" in maps else maps[s])[xy[:, 0], xy[:, 1]]
+            counts[s] += np.array([(v == x).sum() for x in values])
+
+
+def block_rule(cfg: dict) -> tuple[int, int | None, int | None] | None:
+    """(block side, folds, fold) of a block split, checked; None for the pixel split (split_blocks null)."""
+    side, folds, fold = cfg.get("split_blocks"), cfg.get("split_folds"), cfg.get("split_fold")
+    name = cfg.get("name")
+    if side is None:
+        if folds is not None:
+            raise ConfigError(f"dataset {name}: split_folds={folds} needs split_blocks (the block side in MS pixels)")
+        return None
+    if isinstance(side, bool) or not isinstance(side, int) or side < 1:
+        raise ConfigError(f"dataset {name}: split_blocks={side!r}, expected a block side in MS pixels (an integer "
+                          f">= 1, e.g. {4 * int(cfg.get('ms_patch', 16))}) or null for the pixel split")
+    if side < int(cfg["ms_patch"]):
+        raise ConfigError(f"dataset {name}: split_blocks={side} is smaller than a patch (ms_patch={cfg['ms_patch']}): "
+                          "a patch at any pixel of a block would read its neighbours, and the buffer between the splits "
+                          f"would leave almost nothing; choose at least {2 * int(cfg['ms_patch'])}")
+    if folds is None:
+        return side, None, None
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 3:
+        raise ConfigError(f"dataset {name}: split_folds={folds!r}, expected an integer >= 3 (test, val and at least "
+                          "one training fold) or null")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise ConfigError(f"dataset {name}: split_fold={fold!r}, expected the test fold, an integer in 0..{folds - 1}")
+    return side, folds, fold
+
+
+def _protocol(scene, spec: dict, blocks) -> str:
+    """How a scene's samples are split: scene (whole, by `split:`), maps (ready-made), blocks or pixels."""
+    if spec.get("split") is not None:
+        return "scenes"
+    if "label" not in scene.maps:
+        return "maps"
+    return "blocks" if blocks else "pixels"
+
+
+def _check_block_classes(cfg: dict, classes: list[str], counts: dict[str, np.ndarray]) -> None:
+    """A block split leaves no class of the rule's val or test without a sample (blocks too big for the classes)."""
+    empty = [f"{s}: {[classes[k] for k in np.flatnonzero(counts[s] == 0)]}" for s in ("val", "test")
+             if (cfg.get("split_folds") or (s in cfg["split"] and cfg["split"][s] != 0)) and (counts[s] == 0).any()]
+    if empty:
+        raise SceneError(f"dataset {cfg['name']}: with split_blocks={cfg['split_blocks']} no sample of classes "
+                         f"{'; '.join(empty)}: the blocks are too big for these classes (or the buffer between the "
+                         "splits took their pixels); choose smaller split_blocks, another seed, or more labelled data")
+    short = [f"{classes[k]} {s} {counts[s][k]} of {x}" for s, x in cfg["split"].items()
+             if isinstance(x, int) and not isinstance(x, bool) and x > 0 for k in np.flatnonzero(counts[s] < x)]
+    if short:
+        log.warning("block split: fewer samples than the split's counts ask, the blocks of that split hold no more "
+                    "after the buffer: %s", "; ".join(short))
 
 
 def _scene_groups(sizes: list[int], budget: float, seed: int) -> list[list[int]]:
@@ -244,19 +302,22 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
         log.info("preparing %s (%s): %d scenes -> %s", cfg["name"], reason, len(specs), cfg["prepared_dir"])
 
         # pass 1: read and validate every scene, draw the split, count classes; nothing written yet
-        coords, shapes, meta = [], None, []
-        counts = {s: np.zeros(len(values), np.int64) for s in SPLITS}
+        coords, shapes, meta, protocols = [], None, [], set()
+        blocks = block_rule(cfg)
+        pending: dict[int, np.ndarray] = {}  # scene -> its label map, for the block split drawn over all scenes
         found: dict[str, dict[int, int]] = {}
-        for spec in specs:
+        counts = {s: np.zeros(len(values), np.int64) for s in SPLITS}
+        for i, spec in enumerate(specs):
             scene = load_scene(spec, ratio)
             validate_scene(scene, ratio)
             found.update(scene.label_values)
-            c = _coords_by_split(scene, values, cfg["split"], seed, spec.get("split"))
-            coords.append(c)
-            for s, xy in c.items():
-                if len(xy):
-                    v = _map_for(scene, s)[xy[:, 0], xy[:, 1]]
-                    counts[s] += np.array([(v == x).sum() for x in values])
+            protocols.add(_protocol(scene, spec, blocks))
+            if blocks and spec.get("split") is None and "label" in scene.maps:
+                pending[i] = scene.maps["label"]
+                coords.append(None)
+            else:
+                coords.append(_coords_by_split(scene, values, cfg["split"], seed, spec.get("split")))
+                _count(counts, coords[-1], scene.maps, values)
             ms_shape = (scene.ms.data.shape[0], cfg["ms_patch"], cfg["ms_patch"])
             if shapes and shapes[0] != ms_shape:
                 raise SceneError(f"scene {scene.name}: {ms_shape[0]} MS bands, the first scene has {shapes[0][0]}")
@@ -264,11 +325,24 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
             meta.append({"name": scene.name, "files": _spec_files(spec), "ms_size": list(scene.ms.data.shape),
                          "bytes": int(scene.ms.data.nbytes + scene.pan.data.nbytes),
                          "georeferenced": scene.ms.georeferenced})
+            del scene
         check_label_values(cfg, found, values, ignore, values_given)  # before anything is cut or written
+        block_info = None
+        if pending:
+            side, folds, fold = blocks
+            drawn, block_info = split_by_blocks(list(pending.values()), values, cfg["split"], seed, side,
+                                                int(cfg["ms_patch"]), folds, fold)
+            for i, c in zip(pending, drawn):
+                coords[i] = c
+                _count(counts, c, {"label": pending[i]}, values)
         absent = [classes[k] for k in range(len(values)) if counts["train"][k] == 0]
         if absent:
             raise SceneError(f"dataset {cfg['name']}: classes {absent} have no training pixel; "
                              f"every configured class must be present in train (labels {values})")
+        if block_info is not None:
+            _check_block_classes(cfg, classes, counts)
+        overlap = overlap_shares([tuple(m["ms_size"][1:]) for m in meta], coords, int(cfg["ms_patch"]))
+        protocol = "+".join(sorted(protocols))
 
         # pass 2: cut and write. Train and val go in a seeded random order ACROSS scenes (any window of
         # the chunk-shuffling sampler is then a random sample of the whole split, not of one scene or
@@ -310,7 +384,9 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
             attrs = {"format_version": FORMAT_VERSION, "dataset": cfg["name"], "class_names": classes,
                      "class_values": values, "ms_patch": cfg["ms_patch"], "pan_patch": cfg["ms_patch"] * ratio,
                      "ratio": ratio, "scenes": meta, "split_seed": seed, "split_rule": dict(cfg["split"]),
-                     "fingerprint": fingerprint, **stats["ms"].as_attrs("ms"), **stats["pan"].as_attrs("pan")}
+                     "split_protocol": protocol,
+                     "split_blocks": dict(zip(("side", "folds", "fold"), blocks)) if blocks else {},
+                     "overlap": overlap, "fingerprint": fingerprint, **stats["ms"].as_attrs("ms"), **stats["pan"].as_attrs("pan")}
             signals.check()
             for s in SPLITS:
                 closed.append(writers[s].close(attrs))
@@ -332,4 +408,38 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
             table.add_row(name, *(str(counts[s][k]) for s in SPLITS))
         table.add_row("total", *(str(counts[s].sum()) for s in SPLITS))
         console.print(table)
+        if block_info is not None:
+            console.print(block_table(classes, block_info))
+        for line in overlap_lines(overlap, protocol):
+            console.print(line, soft_wrap=True, highlight=False, markup=False)
         return paths
+
+
+def block_table(classes: list[str], info: dict) -> Table:
+    """How close the block split came to the rule, per class: each split's share of the class's labelled pixels
+    in its blocks (the target in brackets), and the labelled pixels the buffer left out."""
+    fold = f", fold {info['fold']} of {info['folds']}" if info["folds"] else ""
+    blocks = ", ".join(f"{s} {n}" for s, n in info["blocks"].items())
+    table = Table(title=f"block split, {info['side']}x{info['side']} MS-pixel blocks ({blocks}{fold}): % of each class's "
+                        "labelled pixels in each split's blocks (target); pixels the buffer left out")
+    for col in ("class", "labelled", *SPLITS, "left out"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for k, name in enumerate(classes):
+        shares = [f"{100 * info['blocks_share'][j, k]:.1f} ({100 * info['target'][j, k]:.1f})" for j in range(len(SPLITS))]
+        left = int(info["buffer"][:, k].sum())
+        table.add_row(name, str(int(info["labelled"][k])), *shares,
+                      f"{left} ({100 * left / max(int(info['labelled'][k]), 1):.0f}%)")
+    return table
+
+
+def overlap_lines(overlap: dict, protocol: str) -> list[str]:
+    """What the prepare log says of the overlap between the splits' patches."""
+    lines = [f"{s} patches overlapping training patches (a pixel read by both): {v['overlapping']} of {v['patches']} "
+             f"({100 * v['share']:.1f} %)" for s, v in overlap.items()]
+    if "pixels" in protocol.split("+") and any(v["overlapping"] for v in overlap.values()):
+        lines.append(PIXEL_SPLIT_NOTE)
+    return lines
+
+
+PIXEL_SPLIT_NOTE = ("pixel split: test patches share pixels with training patches, so the test accuracy is optimistic; "
+                    "dataset.split_blocks=<block side> gives a spatially disjoint split")

@@ -139,9 +139,9 @@ def hydra_entry(config_name: str) -> Callable:
                 signals.reset()
                 signals.install()
                 update_moved_targets(cfg)  # a user's config written before the package move
-                from .threads import configure
+                from .threads import configure, run_setting
 
-                configure(cfg.get("threads", "auto"))  # before any torch work; logged once
+                configure(run_setting(cfg))  # before any torch work; logged once
                 return task(cfg)
             except Interrupted as err:
                 log.warning("%s", err)

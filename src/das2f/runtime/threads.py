@@ -111,13 +111,14 @@ class ThreadBudget:
         self.adaptive = self.fixed is None and self.budget > 1 and _busy_jiffies(self.cpus) is not None
         self._last = None
         self.current = 0
+        self.low = self.high = 0  # the fewest and most threads set so far (metrics.json records them)
 
     def start(self) -> int:
         import torch
 
         n = self.fixed if self.fixed is not None else self.budget
         torch.set_num_threads(n)
-        self.current = n
+        self.current = self.low = self.high = n
         mode = "fixed (threads=)" if self.fixed is not None else \
             "adapting to other processes' load" if self.adaptive else "all of them"
         log.info("torch threads: %d of %d cores (%s), %s; OpenMP spin count %s", n, self.budget, self.why, mode,
@@ -149,19 +150,43 @@ class ThreadBudget:
             log.info("torch threads: %d -> %d (other processes use %.1f of %d cores)", self.current, n, others,
                      self.budget)
             self.current = n
+            self.low, self.high = min(self.low, n), max(self.high, n)
         return n
 
 
 _ACTIVE: ThreadBudget | None = None
 
 
+def run_setting(cfg) -> str | int:
+    """A run's thread setting: its ``threads``, except that ``deterministic=true`` turns ``auto`` into a fixed
+    count, all the cores this process may use (a count that changed with the load would change the sums'
+    order, and so the digits). ``deterministic=true`` also sets ``trainer.deterministic`` (conf/trainer/cpu.yaml)."""
+    setting = cfg.get("threads", "auto")
+    if cfg.get("deterministic") and str(setting) == "auto":
+        return core_budget()[0]
+    return setting
+
+
 def configure(setting: str | int = "auto") -> ThreadBudget:
-    """The process's thread budget, set once (a multirun's later jobs with the same setting reuse it)."""
+    """The process's thread budget, set once (a multirun's later jobs with the same setting reuse it, and their
+    thread range starts anew)."""
     global _ACTIVE
     if _ACTIVE is None or str(setting) != str(_ACTIVE.setting):
         _ACTIVE = ThreadBudget(setting)
         _ACTIVE.start()
+    else:
+        _ACTIVE.low = _ACTIVE.high = _ACTIVE.current
     return _ACTIVE
+
+
+def used() -> dict:
+    """The thread setting of this process and the fewest and most threads it has run torch with."""
+    if _ACTIVE is None:
+        import torch
+
+        n = torch.get_num_threads()
+        return {"setting": "torch's default", "threads": [n, n]}
+    return {"setting": str(_ACTIVE.setting), "threads": [_ACTIVE.low, _ACTIVE.high]}
 
 
 def step() -> None:

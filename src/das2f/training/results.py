@@ -12,8 +12,11 @@ from rich.table import Table
 from ..metrics import METRICS, format_metric, json_values
 
 
-def write_results(cfg, metrics: dict, model, started: float | None = None) -> Path:
-    """``started``: time.perf_counter() at the start of the run (data preparation included)."""
+def write_results(cfg, metrics: dict, model, started: float | None = None, split: dict | None = None) -> Path:
+    """``started``: time.perf_counter() at the start of the run (data preparation included); ``split``: the data
+    module's split_record (protocol, overlap)."""
+    from ..runtime import threads
+
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     net = cfg.model.net  # the network that ran (for eval: the checkpoint's, see das2f.train.net_from_checkpoint)
@@ -22,6 +25,9 @@ def write_results(cfg, metrics: dict, model, started: float | None = None) -> Pa
         "backbone": net.backbone, "fusion": net.fusion, "cmda": "swap" if net.swap else "none",
         "dominant": bool(net.dominant), "class_names": list(model.class_names), "metrics": json_values(metrics),
         "wall_seconds": round(time.perf_counter() - started, 1) if started else None, "machine": machine(),
+        "split": split,
+        "reproducibility": {"deterministic": bool(cfg.get("deterministic", False)),
+                            "deterministic_algorithms": bool(cfg.trainer.get("deterministic", False)), **threads.used()},
     }
     if getattr(model, "test_confusion", None) is not None:
         summary["test_confusion"] = model.test_confusion.tolist()
@@ -67,7 +73,7 @@ def save_confusion_figure(conf, class_names, path: Path) -> None:
 
 
 def print_results(metrics: dict, class_names: list[str], out: Path, console: Console | None = None,
-                  title: str = "test metrics (best-on-validation checkpoint)") -> None:
+                  title: str = "test metrics (best-on-validation checkpoint)", split: dict | None = None) -> None:
     console = console or Console()
     t = Table(title=title)
     t.add_column("metric")
@@ -79,5 +85,12 @@ def print_results(metrics: dict, class_names: list[str], out: Path, console: Con
         if f"test/acc_{name}" in metrics:
             t.add_row(f"acc {name}", format_metric("acc", metrics[f"test/acc_{name}"]))
     console.print(t)
+    share = (split or {}).get("overlap", {}).get("test", 0.0)
+    if share:
+        from ..data.prepare import PIXEL_SPLIT_NOTE
+
+        console.print(f"test patches overlapping training patches: {100 * share:.1f} %", highlight=False)
+        if "pixels" in split["protocol"].split("+"):
+            console.print(PIXEL_SPLIT_NOTE, soft_wrap=True, highlight=False, markup=False)
     present = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(out).iterdir() if not p.name.startswith("."))
     console.print(f"outputs: {out} ({', '.join(present)})")
