@@ -6,11 +6,11 @@ import h5py
 import numpy as np
 import pytest
 
+from das2f.data.hdf5 import read_attrs
 from das2f.data.patches import PatchCutter
 from das2f.data.prepare import prepare_dataset
 from das2f.data.readers import SceneError
-from das2f.data.split import (SPLITS, assign_blocks, block_counts, footprint_bounds, overlapping, split_by_blocks,
-                              stratified_split)
+from das2f.data.split import SPLITS, assign_blocks, block_counts, footprint_bounds, overlapping, split_by_blocks, stratified_split
 from das2f.data.synthetic import write_scene
 from das2f.runtime.errors import ConfigError
 
@@ -86,23 +86,25 @@ def test_block_split_of_the_synthetic_scene_is_disjoint_and_keeps_every_class(tm
     for s, p in paths.items():
         with h5py.File(p, "r") as f:
             coords[s], classes[s] = f["coord"][:], f["label"][:]
-            attrs = dict(f.attrs)
         assert set(np.unique(classes[s])) == set(range(8)), s
     for s in ("val", "test"):
         assert independent_overlap(label.shape, coords["train"], coords[s]) == 0
+    attrs = read_attrs(paths["train"])
     assert attrs["split_protocol"] == "blocks"
-    assert '"val": {"patches": %d, "overlapping": 0' % len(coords["val"]) in attrs["overlap"]
-    assert '"test": {"patches": 1600, "overlapping": 0' in attrs["overlap"]
+    assert attrs["overlap"] == {"val": {"patches": len(coords["val"]), "overlapping": 0, "share": 0.0},
+                                "test": {"patches": 1600, "overlapping": 0, "share": 0.0}}
 
     pixel = small_dataset_cfg(tmp_path, size=192, split={"train": 120, "val": 40, "test": 200})
     pixel["prepared_dir"] = str(tmp_path / "pixel")
     paths = prepare_dataset(pixel)
     with h5py.File(paths["train"], "r") as f:
-        train, attrs = f["coord"][:], dict(f.attrs)
+        train = f["coord"][:]
     with h5py.File(paths["test"], "r") as f:
         test = f["coord"][:]
     assert independent_overlap(label.shape, train, test) == len(test) == 1600
-    assert attrs["split_protocol"] == "pixels" and '"test": {"patches": 1600, "overlapping": 1600' in attrs["overlap"]
+    attrs = read_attrs(paths["train"])
+    assert attrs["split_protocol"] == "pixels" and attrs["overlap"]["test"] == {"patches": 1600, "overlapping": 1600,
+                                                                                 "share": 1.0}
 
 
 def test_split_blocks_is_part_of_the_fingerprint(tmp_path, caplog):

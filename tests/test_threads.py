@@ -74,3 +74,41 @@ def test_entry_point_and_dataloader_workers_apply_the_setting(tmp_path):
     cores = len(os.sched_getaffinity(0))
     # das2f imported before torch: OpenMP gets the budget; a DataLoader worker runs one torch thread
     assert (int(omp), int(main_threads), int(worker_threads)) == (cores, cores, 1), r.stderr
+
+
+def test_deterministic_fixes_auto_threads_and_keeps_an_explicit_count(monkeypatch):
+    monkeypatch.setattr(threads, "core_budget", lambda: (6, "test"))
+    assert threads.run_setting({"threads": "auto", "deterministic": True}) == 6
+    assert threads.run_setting({"threads": 3, "deterministic": True}) == 3
+    assert threads.run_setting({"threads": "auto", "deterministic": False}) == "auto"
+
+
+def test_deterministic_runs_give_the_same_digits_beside_a_cpu_bound_process(tmp_path):
+    """The same command and seed twice with deterministic=true, the second beside CPU-bound processes (one per
+    core, which the adaptive thread policy would make room for): identical metrics.json values, and metrics.json
+    says the runs were deterministic with one fixed thread count."""
+    import json
+
+    from .procs import BASE, run
+
+    args = ["das2f.train", *(a for a in BASE if a != "threads=1"), "trainer.max_epochs=1", "deterministic=true"]
+    results = []
+    for k, load in enumerate((0, len(os.sched_getaffinity(0)))):
+        cwd = tmp_path / str(k)
+        cwd.mkdir()
+        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
+        try:
+            code, out = run(cwd, *args)
+        finally:
+            for p in busy:
+                p.kill()
+                p.wait()
+        assert code == 0, out[-3000:]
+        (found,) = cwd.glob("logs/train/runs/*/metrics.json")
+        results.append(json.loads(found.read_text()))
+    a, b = ({k: v for k, v in r["metrics"].items() if k != "best_checkpoint"} for r in results)
+    assert a == b and "test/oa" in a
+    cores = len(os.sched_getaffinity(0))
+    for r in results:
+        assert r["reproducibility"] == {"deterministic": True, "deterministic_algorithms": True, "setting": str(cores),
+                                        "threads": [cores, cores]}

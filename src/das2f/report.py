@@ -34,7 +34,8 @@ from .runtime.errors import EXIT_USER_ERROR, ConfigError, MissingFileError, User
 SEED_KEYS = ("seed", "data.seed")  # the seed and the data module's copy of it: what a row averages over
 # Keys that say where or how a job ran, not what it computed: never a reason for a separate row.
 IGNORED = (
-    "paths.", "hydra.", "logger.", "callbacks.", "threads", "deterministic", "trainer.deterministic", "data.num_workers", "model.net.scan_backend",
+    "paths.", "hydra.", "logger.", "callbacks.", "threads", "deterministic", "trainer.deterministic",
+    "data.num_workers", "model.net.scan_backend",
     "model.compile", "trainer.enable_progress_bar", "trainer.default_root_dir", "trainer.accelerator",
     "trainer.log_every_n_steps", "task_name", "tags", "resume", "ckpt_path", "dataset.raw_dir",
     "dataset.prepared_dir", "dataset.source_dir", "dataset.scenes", "dataset.tiles.root", "dataset.layout",
