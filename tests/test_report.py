@@ -15,16 +15,18 @@ CLASSES = ["a", "b"]
 
 
 def job(sweep: Path, n: int, seed: int, lr: float, oa: float | None, *, threads: int = 2, error: str | None = None,
-        overrides: list[str] | None = None) -> None:
+        overrides: list[str] | None = None, split: dict | None = None, repro: dict | None = None,
+        dataset: dict | None = None) -> None:
     d = sweep / str(n)
     (d / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(overrides or [f"model.optimizer.lr={lr}", f"seed={seed}"]), d / ".hydra" / "overrides.yaml")
     cfg = {"seed": seed, "threads": threads, "paths": {"output_dir": str(d)}, "data": {"seed": seed, "num_workers": 2},
-           "dataset": {"name": "synthetic"}, "model": {"optimizer": {"lr": lr}, "net": {"stages": 1}}}
+           "dataset": dataset or {"name": "synthetic"}, "model": {"optimizer": {"lr": lr}, "net": {"stages": 1}}}
     OmegaConf.save(OmegaConf.create(cfg), d / "config.yaml")
     if oa is not None:
         metrics = {"test/oa": oa, "test/aa": oa, "test/kappa": oa - 0.1, "test/f1": oa, "test/acc_a": oa, "test/acc_b": None}
-        (d / "metrics.json").write_text(json.dumps({"seed": seed, "class_names": CLASSES, "metrics": metrics}))
+        record = {"seed": seed, "class_names": CLASSES, "metrics": metrics, "split": split, "reproducibility": repro}
+        (d / "metrics.json").write_text(json.dumps({k: v for k, v in record.items() if v is not None}))
     if error:
         (d / "error.txt").write_text(error + "\nmore\n")
 
@@ -104,3 +106,33 @@ def test_optuna_trials_are_sorted_by_the_objective(tmp_path):
     assert [r["values"][0] for r in rows] == ["0.002", "0.003", "0.001"]
     main([str(sweep)])
     assert "3 of 5 jobs finished" in (sweep / "report.md").read_text()
+
+
+def test_split_protocol_column_overlap_and_reproducibility_flags(tmp_path):
+    """Runs under a pixel and a block split: one column named by the protocol (not the dataset.split* keys that
+    part the runs alike), the test overlap per row, the paired difference against --baseline protocol=pixels, and
+    a row whose runs differ in how they could be repeated (deterministic or not) flagged (~)."""
+    sweep = tmp_path / "sweep"
+    pixels = {"protocol": "pixels", "blocks": None, "overlap": {"val": 1.0, "test": 0.998}}
+    blocks = {"protocol": "blocks", "blocks": {"side": 28, "folds": None, "fold": None},
+              "overlap": {"val": 0.0, "test": 0.0}}
+    fixed = {"deterministic": True, "deterministic_algorithms": True, "setting": "2", "threads": [2, 2]}
+    adaptive = {"deterministic": False, "deterministic_algorithms": False, "setting": "auto", "threads": [1, 2]}
+    n = 0
+    for split, data, oas in ((pixels, {"name": "g", "split_blocks": None}, (0.80, 0.82, 0.84)),
+                             (blocks, {"name": "g", "split_blocks": 28}, (0.70, 0.71, 0.75))):
+        for seed, oa in zip((1, 2, 3), oas):
+            repro = adaptive if split is blocks and seed == 3 else fixed
+            job(sweep, n, seed, 0.01, oa, split=split, repro=repro, dataset=data)
+            n += 1
+    multirun(sweep, ["dataset.split_blocks=null,28", "seed=1,2,3"])
+    main([str(sweep), "--baseline", "protocol=pixels"])
+    text = (sweep / "report.md").read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| protocol | seeds | test overlap | oa |")
+    assert lines[1].startswith("| blocks 28 | 3 (~) | 0.0 % | 72.00 ± 2.65 |")
+    assert lines[2].startswith("| pixels | 3 | 99.8 % | **82.00 ± 2.00** |")
+    assert "| protocol=blocks 28 | 3 | -10.00 |" in text
+    assert "(~) runs of one configuration that differ in how they could be repeated" in text
+    assert "deterministic, 2 threads" in text and "not deterministic, 1-2 threads" in text
+    assert "5 of 6 runs deterministic=true" in text

@@ -132,6 +132,22 @@ def test_ratios_take_whole_blocks_and_the_buffer_is_reported(tmp_path):
     assert not overlapping(label.shape, c["val"], c["test"], 16).any()
 
 
+def test_split_sample_draws_inside_the_blocks(tmp_path):
+    """split_sample thins each split's blocks (a share or a count per class, as the pixel split): the same blocks
+    as without it, a tenth of the training pixels, 20 test pixels per class."""
+    label = synthetic_labels(tmp_path)
+    values = list(range(1, 9))
+    rule = {"train": 0.6, "val": 0.1, "test": "rest"}
+    (full,), _ = split_by_blocks([label], values, rule, 0, 32, 16)
+    (thin,), _ = split_by_blocks([label], values, rule, 0, 32, 16, sample={"train": 0.1, "test": 20})
+    count = lambda c, s, v: int((label[c[s][:, 0], c[s][:, 1]] == v).sum())  # noqa: E731
+    for v in values:
+        assert count(thin, "train", v) == round(0.1 * count(full, "train", v))
+        assert count(thin, "test", v) == min(20, count(full, "test", v))
+        assert count(thin, "val", v) == count(full, "val", v)  # not in split_sample: every pixel
+    assert {tuple(x) for x in thin["train"]} <= {tuple(x) for x in full["train"]}
+
+
 def test_spatial_folds_rotate_every_block_through_test_once(tmp_path):
     label = synthetic_labels(tmp_path)
     values = list(range(1, 9))
@@ -168,11 +184,14 @@ def test_bad_block_settings_are_clear_errors(tmp_path):
     for key, value, expected in (("split_blocks", 0, "split_blocks=0, expected a block side"),
                                  ("split_blocks", 12, "split_blocks=12 is smaller than a patch"),
                                  ("split_blocks", "big", "split_blocks='big'"),
-                                 ("split_folds", 5, "split_folds=5 needs split_blocks")):
+                                 ("split_folds", 5, "split_folds=5 needs split_blocks"),
+                                 ("split_sample", {"train": 0.1}, "split_sample=.* needs split_blocks")):
         with pytest.raises(ConfigError, match=expected):
             prepare_dataset(dict(cfg, **{key: value}))
     with pytest.raises(ConfigError, match=r"split_fold=None, expected the test fold, an integer in 0..3"):
         prepare_dataset(dict(cfg, split_blocks=24, split_folds=4))
+    with pytest.raises(ConfigError, match=r"split_sample=\{'train': 2.5\}, expected null or"):
+        prepare_dataset(dict(cfg, split_blocks=24, split_sample={"train": 2.5}))
 
 
 def test_blocks_too_big_for_a_class_stop_with_the_classes_named(tmp_path):

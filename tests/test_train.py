@@ -79,9 +79,10 @@ def test_cli_multirun_and_report(tmp_path):
     r = subprocess.run([sys.executable, "-m", "das2f.report", "--latest"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     lines = (multirun / "report.md").read_text().splitlines()
-    assert lines[0].startswith("| fusion | seeds | oa |")  # the one key that varies besides the seed
+    assert lines[0].startswith("| fusion | seeds | test overlap | oa |")  # the one key that varies besides the seed
     rows = [ln for ln in lines if ln.startswith(("| aalf |", "| sum |"))]
-    assert len(rows) == 2 and all("| 1 |" in ln and "±" not in ln for ln in rows)  # one seed: values, no "± nan"
+    assert len(rows) == 2 and all("| 1 | 100.0 % |" in ln and "±" not in ln for ln in rows)  # one seed: values
+    assert "test overlap: the share of test patches that read a pixel a training patch reads" in "\n".join(lines)
     assert "2 of 2 jobs finished" in "\n".join(lines)
     assert "oa_std" in (multirun / "report.csv").read_text().splitlines()[0]
 

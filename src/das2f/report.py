@@ -79,12 +79,26 @@ def load_run(job: Path) -> dict:
                    split=summary.get("split"), mode=reproducibility(summary))
     if (job / "config.yaml").is_file():
         config = OmegaConf.to_container(OmegaConf.load(job / "config.yaml"), resolve=False)
-        run["config"] = flatten(config)
+        # the split protocol first: runs that differ in it get a readable column ("blocks 28", "pixels"), and the
+        # dataset.split* keys that part them alike are the same column (see varying_keys)
+        protocol = {"protocol": split_protocol(run["split"])} if run.get("split") else {}
+        run["config"] = {**protocol, **flatten(config)}
         run["seed"] = run.get("seed", config.get("seed"))
     error = recorded_failure(job)
     if error is not None:
         run["error"] = error or "failed"
     return run
+
+
+def split_protocol(split: dict) -> str:
+    """A run's split protocol in words, from its metrics.json: pixels, scenes, blocks 28, blocks 28 fold 2/5."""
+    blocks = split.get("blocks") or {}
+    words = []
+    for part in split["protocol"].split("+"):
+        if part == "blocks" and blocks:
+            part += f" {blocks['side']}" + (f" fold {blocks['fold']}/{blocks['folds']}" if blocks.get("folds") else "")
+        words.append(part)
+    return "+".join(words)
 
 
 def reproducibility(summary: dict) -> str | None:

@@ -34,7 +34,7 @@ def _spec_files(spec: dict) -> list[str]:
 
 def _fingerprint(cfg: dict, specs: list[dict], files: list[str]) -> str:
     rule = {k: cfg.get(k) for k in ("classes", "class_values", "ignore_value", "split", "seed", "ms_patch", "ratio",
-                                    "split_blocks", "split_folds", "split_fold")}
+                                    "split_blocks", "split_folds", "split_fold", "split_sample")}
     rule["scene_splits"] = [s.get("split") for s in specs]  # a split by scene changes the files
     rule["shuffle_memory_mb"] = cfg.get("shuffle_memory_mb", 2048)  # so does the shuffle grouping
     h = hashlib.sha256(json.dumps(rule, sort_keys=True, default=str).encode())
@@ -81,12 +81,19 @@ def block_rule(cfg: dict) -> tuple[int, int | None, int | None] | None:
     side, folds, fold = cfg.get("split_blocks"), cfg.get("split_folds"), cfg.get("split_fold")
     name = cfg.get("name")
     if side is None:
-        if folds is not None:
-            raise ConfigError(f"dataset {name}: split_folds={folds} needs split_blocks (the block side in MS pixels)")
+        for key in ("split_folds", "split_sample"):
+            if cfg.get(key) is not None:
+                raise ConfigError(f"dataset {name}: {key}={cfg[key]} needs split_blocks (the block side in MS pixels)")
         return None
     if isinstance(side, bool) or not isinstance(side, int) or side < 1:
         raise ConfigError(f"dataset {name}: split_blocks={side!r}, expected a block side in MS pixels (an integer "
                           f">= 1, e.g. {4 * int(cfg.get('ms_patch', 16))}) or null for the pixel split")
+    sample = cfg.get("split_sample")
+    if sample is not None and (not isinstance(sample, dict) or set(sample) - set(SPLITS) or any(
+            isinstance(x, bool) or not (isinstance(x, int) and x >= 0 or isinstance(x, float) and 0 <= x <= 1)
+            for x in sample.values())):
+        raise ConfigError(f"dataset {name}: split_sample={sample!r}, expected null or {{train: x, val: x, test: x}} "
+                          "with x a share (a float in [0, 1]) or a count (an integer) of each class's pixels")
     if side < int(cfg["ms_patch"]):
         raise ConfigError(f"dataset {name}: split_blocks={side} is smaller than a patch (ms_patch={cfg['ms_patch']}): "
                           "a patch at any pixel of a block would read its neighbours, and the buffer between the splits "
@@ -118,7 +125,7 @@ def _check_block_classes(cfg: dict, classes: list[str], counts: dict[str, np.nda
         raise SceneError(f"dataset {cfg['name']}: with split_blocks={cfg['split_blocks']} no sample of classes "
                          f"{'; '.join(empty)}: the blocks are too big for these classes (or the buffer between the "
                          "splits took their pixels); choose smaller split_blocks, another seed, or more labelled data")
-    short = [f"{classes[k]} {s} {counts[s][k]} of {x}" for s, x in cfg["split"].items()
+    short = [f"{classes[k]} {s} {counts[s][k]} of {x}" for s, x in (cfg.get("split_sample") or cfg["split"]).items()
              if isinstance(x, int) and not isinstance(x, bool) and x > 0 for k in np.flatnonzero(counts[s] < x)]
     if short:
         log.warning("block split: fewer samples than the split's counts ask, the blocks of that split hold no more "
@@ -331,7 +338,7 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
         if pending:
             side, folds, fold = blocks
             drawn, block_info = split_by_blocks(list(pending.values()), values, cfg["split"], seed, side,
-                                                int(cfg["ms_patch"]), folds, fold)
+                                                int(cfg["ms_patch"]), folds, fold, cfg.get("split_sample"))
             for i, c in zip(pending, drawn):
                 coords[i] = c
                 _count(counts, c, {"label": pending[i]}, values)

@@ -196,7 +196,12 @@ def fold_bins(folds: int, fold: int) -> dict[int, str]:
     return {i: "test" if i == fold else "val" if i == (fold + 1) % folds else "train" for i in range(folds)}
 
 
-def buffered_split(labels: np.ndarray, classes: list[int], region: np.ndarray, rule: dict, seed: int,
+def _counts_only(rule: dict) -> dict:
+    """What is drawn inside a split's blocks when only ``split`` is given: its counts; a ratio or "rest" takes all."""
+    return {s: x for s, x in rule.items() if isinstance(x, int) and not isinstance(x, bool) and x}
+
+
+def buffered_split(labels: np.ndarray, classes: list[int], region: np.ndarray, sample: dict, seed: int,
                    ms_patch: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Sample centres of each split inside its blocks, with a buffer so that no two splits' patches share a pixel.
 
@@ -204,8 +209,8 @@ def buffered_split(labels: np.ndarray, classes: list[int], region: np.ndarray, r
     patch reads no pixel of another split's blocks (so each side of a boundary gives up about half a patch);
     then, test first, val, train, a centre whose patch would read a pixel of an earlier split's drawn patches
     is left out as well (possible only across blocks of no split narrower than a patch, or where reflection
-    folds a patch back). Ratio entries of ``rule`` take every pixel left in the split's blocks, count entries
-    draw that many per class (seeded, as the pixel split).
+    folds a patch back). ``sample``: per split, the share (float) or count (int) of each class's pixels left in
+    its blocks that are drawn (seeded per class, as the pixel split); a split not in it takes every pixel left.
     Returns ({split: coords}, {split: (K,) labelled pixels of its blocks that the buffer took})."""
     out, cost = {}, {}
     w = labels.shape[1]
@@ -222,10 +227,9 @@ def buffered_split(labels: np.ndarray, classes: list[int], region: np.ndarray, r
         picked = []
         for value in classes:
             idx = np.flatnonzero(values == value)
-            x = rule.get(split, 0)
-            if x != "rest" and not isinstance(x, float):  # a count: drawn as the pixel split draws
+            if sample.get(split) not in (None, "rest"):
                 np.random.default_rng([seed, int(value)]).shuffle(idx)
-                idx = np.sort(idx[:_take(x, len(idx))])
+                idx = np.sort(idx[:_take(sample[split], len(idx))])
             picked.append(keep[idx])
         flat = np.concatenate(picked)
         out[split] = _coords(flat[:, 0].astype(np.int64) * w + flat[:, 1], w)
@@ -233,33 +237,33 @@ def buffered_split(labels: np.ndarray, classes: list[int], region: np.ndarray, r
 
 
 def split_by_blocks(label_maps: list[np.ndarray], classes: list[int], rule: dict, seed: int, side: int,
-                    ms_patch: int, folds: int | None = None, fold: int | None = None
+                    ms_patch: int, folds: int | None = None, fold: int | None = None, sample: dict | None = None
                     ) -> tuple[list[dict[str, np.ndarray]], dict]:
     """The block split of several scenes at once (the blocks of all of them balanced together).
 
     Returns each scene's {split: coords} and what the prepare log shows: per split and class the target and
     the blocks' share of the labelled pixels, the pixels the buffer took, the blocks per split. With ``folds``
     the blocks are balanced over that many equal folds and fold ``fold`` is test, the next one val, the rest
-    train; count entries of ``rule`` still draw that many pixels per class inside each split."""
+    train. Inside each split's blocks, ``sample`` (per split: a share or a count of each class's pixels, as the
+    pixel split) draws the samples; without it, the counts of ``rule`` are drawn and its ratios take every pixel."""
+    sample = dict(sample) if sample else _counts_only(rule)
     per_scene = [block_counts(m, classes, side) for m in label_maps]
     counts = np.concatenate(per_scene) if per_scene else np.zeros((0, len(classes)), np.int64)
     totals = counts.sum(0)
     if folds:
         bins = assign_blocks(counts, np.full((folds, len(classes)), 1.0 / folds), seed)
         names = [fold_bins(folds, fold)[i] for i in range(folds)]
-        sample_rule = {s: rule[s] if isinstance(rule.get(s), int) and rule[s] else "rest" for s in SPLITS}
         target = np.array([[names.count(s) / folds] * len(classes) for s in SPLITS])
     else:
         shares, names = block_targets(totals, rule)
         bins = assign_blocks(counts, shares, seed)
-        sample_rule = rule
         target = np.array([shares[names.index(s)] if s in names else np.zeros(len(classes)) for s in SPLITS])
     split_of_bin = np.array([*(n if n in SPLITS else "" for n in names), ""], dtype=object)  # bin -1: ""
     scenes, cost, start = [], np.zeros((len(SPLITS), len(classes)), np.int64), 0
     for labels, c in zip(label_maps, per_scene):
         region = split_of_bin[bins[start:start + len(c)]][block_ids(labels.shape, side)]
         start += len(c)
-        coords, taken = buffered_split(labels, classes, region, sample_rule, seed, ms_patch)
+        coords, taken = buffered_split(labels, classes, region, sample, seed, ms_patch)
         scenes.append(coords)
         cost += np.array([taken[s] for s in SPLITS])
     achieved = np.array([counts[np.isin(bins, [i for i, n in enumerate(names) if n == s])].sum(0) for s in SPLITS])
