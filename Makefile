@@ -12,7 +12,7 @@ ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow docs docs-serve train eval predict prepare sweep report bench bench-deps gpu-wheels gpu-check gpu-deps experiment-gid5 experiment-wv2 clean
+.PHONY: help install test test-slow docs docs-serve train eval predict prepare sweep report bench bench-deps gpu-wheels gpu-check gpu-deps experiment-gid5 experiment-protocols experiment-wv2 clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -106,6 +106,9 @@ gpu-deps: ## (on the GPU machine) build mamba-ssm from .whl/src for this GPU onl
 
 experiment-gid5: $(STAMP) ## real Gaofen-2 tiles split by tile: DAS²F, CNN, ablations -> experiments/gid5/results/ (RUNS="variants:seeds ...", ALSO="earlier sweep dirs", CKPT=a checkpoint: its maps only)
 	PY=$(PY) bash $(ROOT)/experiments/gid5/run.sh $(ARGS)
+
+experiment-protocols: $(STAMP) ## real Gaofen-2 tiles under the pixel, block and tile splits, same model and seeds -> experiments/protocols/results/
+	PY=$(PY) bash $(ROOT)/experiments/protocols/run.sh $(ARGS)
 
 experiment-wv2: $(STAMP) ## real WorldView-2 scene, full map with the main job's model -> experiments/wv2/results/
 	PY=$(PY) bash $(ROOT)/experiments/wv2/run.sh $(ARGS)
