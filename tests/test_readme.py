@@ -47,6 +47,11 @@ NOT_RUN = {  # README commands the test suite does not run, and why
     "python -m das2f.bench.threads": "a timing run of minutes (part of make bench), never in a test",
     "make experiment-gid5": "hours of training on the real tiles (the README states its results)",
     "make experiment-wv2": "a full-scene map of minutes (the README states its results)",
+    "make train ARGS=dataset.split_blocks=32": "the main job's scene under a block split: the tests' 48-pixel scene is "
+                                               "too small for 32-pixel blocks (the full scene's block split: test_split)",
+    "make experiment-protocols": "nine trainings on the real tiles, about 40 minutes (docs/splits.md states the results)",
+    "das2f train -m dataset.split_blocks=64 dataset.split_folds=5 dataset.split_fold=0,1,2,3,4":
+        "five trainings on a scene large enough for five folds of 64-pixel blocks; the folds: test_split",
     "make clean": "deletes outputs",
     "make gpu-check": "needs an NVIDIA GPU (test_gpu.py skips without one; its benchmark runs at toy sizes on the CPU in "
                       "test_precision.test_gpu_benchmark_runs_end_to_end_on_the_cpu)",
