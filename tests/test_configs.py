@@ -54,12 +54,16 @@ def stand_in_files(raw: Path, cfg) -> None:
 
 def config(tmp_path: Path, group: str, option: str):
     over = [f"{group}={option}", *NARROW]
-    dataset = option if group == "dataset" else ("gid5" if (group, option) == ("experiment", "gid5") else "synthetic")
+    gid5 = group == "experiment" and option.startswith("gid5")  # gid5 (tiles), gid5_pixels, gid5_blocks
+    dataset = option if group == "dataset" else ("gid5" if gid5 else "synthetic")
     if dataset == "synthetic":
         over += SYNTH
-    if dataset == "gid5":  # 1 tile per category (3 with the experiment's split by tile)
-        over += ["dataset.tiles.pattern=*/1.tif"] if group == "dataset" else \
-            ["dataset.tiles.pattern='*/[1-3].tif'", "dataset.tile_split={train:1,val:1,test:1}"]
+    if dataset == "gid5":  # 1 tile per category (3 for the experiments: a split by tile, by pixel, by block)
+        over += ["dataset.tiles.pattern=*/1.tif"] if group == "dataset" else ["dataset.tiles.pattern='*/[1-3].tif'"]
+        if (group, option) == ("experiment", "gid5"):
+            over += ["dataset.tile_split={train:1,val:1,test:1}"]
+        if option == "gid5_blocks":  # every pixel of the blocks: the experiment's thin sample is for 120 tiles
+            over += ["dataset.split_sample=null"]
     if dataset in ("xian", "nanjing"):
         over += [f"dataset.raw_dir={tmp_path / 'raw'}", "dataset.split.train=0.3", "dataset.split.val=0.2"]
     return compose_in(tmp_path, "train", over), dataset
