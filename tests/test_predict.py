@@ -373,3 +373,17 @@ def test_matlab_v73_scenes_are_read_window_by_window(tmp_path):
     lazy = LazyImage(path, key="I_MS", bands=[0, 2])
     assert lazy.shape == (2, 30, 40) and np.array_equal(lazy.read(5, 17, 9, 33), whole[[0, 2], 5:17, 9:33])
     assert LazyImage(path, key="I_PAN").read(0, 120, 10, 20).shape == (1, 120, 10)
+
+
+def test_a_map_reads_its_checkpoint_once_and_builds_the_network_once(tmp_path, monkeypatch, trained):
+    import torch
+
+    from das2f.models import DAS2F
+
+    trained = beside(tmp_path, trained)
+    loads, builds = [], []
+    real_load, real_init = torch.load, DAS2F.__init__
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    monkeypatch.setattr(DAS2F, "__init__", lambda self, *a, **k: builds.append(1) or real_init(self, *a, **k))
+    predict(predict_cfg(tmp_path, trained["best"], *PATCH, "region=[0,8,0,8]", "window=8"))
+    assert len(loads) == 1 and len(builds) == 1, (loads, builds)

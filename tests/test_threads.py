@@ -32,16 +32,16 @@ def test_adapts_to_other_processes_and_back(monkeypatch):
     monkeypatch.setattr(threads, "core_budget", lambda: (4, "test"))
     clock = {"t": 0.0, "busy": 0, "own": 0}
     monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
-    monkeypatch.setattr(threads, "_busy_jiffies", lambda cpus: clock["busy"])
-    monkeypatch.setattr(threads, "_own_jiffies", lambda: clock["own"])
+    monkeypatch.setattr(threads, "_busy_seconds", lambda cpus: clock["busy"])
+    monkeypatch.setattr(threads, "_own_seconds", lambda: clock["own"])
     try:
         b = threads.ThreadBudget("auto", interval=2.0)
         assert b.adaptive and b.start() == 4 and torch.get_num_threads() == 4
 
         def advance(seconds, own_cores, other_cores):
             clock["t"] += seconds
-            clock["own"] += int(own_cores * seconds * threads._CLK)
-            clock["busy"] += int((own_cores + other_cores) * seconds * threads._CLK)
+            clock["own"] += own_cores * seconds
+            clock["busy"] += (own_cores + other_cores) * seconds
             return b.step()
 
         assert advance(2.0, 4, 0) == 4  # alone

@@ -39,26 +39,31 @@ log = logging.getLogger("das2f.predict")
 class Predictor:
     """A trained network and everything needed to apply it to a scene, read from one checkpoint."""
 
-    def __init__(self, ckpt_path: str | Path, scan_backend: str | None = None):
+    def __init__(self, ckpt_path: str | Path, scan_backend: str | None = None, compile: bool = False):
         from ..checkpoint import data_state, load_checkpoint
+        from ..training.module import Das2fClassifier
 
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(ckpt_path)  # read once: the model, the data state and the provenance come from it
         data = data_state(ckpt, ckpt_path)
         self.info = {**data, **ckpt.get("das2f", {})}
         net_cfg = dict(ckpt["hyper_parameters"]["net"])
         if scan_backend:
             net_cfg["scan_backend"] = scan_backend
         self.net_config = net_cfg
-        self.net = hydra.utils.instantiate(net_cfg)
-        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        self.net.load_state_dict(state)
-        self.net.eval()
+        self.model = Das2fClassifier(**{**ckpt["hyper_parameters"], "net": net_cfg, "compile": compile})
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.model.eval()
         self.class_names: list[str] = list(data["class_names"])
         self.class_values = np.asarray(data["class_values"])
         self.ms_channels = int(net_cfg["ms_channels"])
         self.ms_patch, self.ratio = int(data["ms_patch"]), int(data["ratio"])
         self.normalization = data["normalization"]
         self.train_shift, self.train_scale = np.asarray(data["shift"]), np.asarray(data["scale"])
+
+    @property
+    def net(self):
+        """The trained network (the classifier's)."""
+        return self.model.net
 
     def scene_stats(self, ms: LazyImage, pan: LazyImage, rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """Shift and scale (MS bands then PAN) of a scene itself, with the checkpoint's normalisation,
@@ -248,12 +253,11 @@ def predict(cfg: DictConfig) -> dict:
     from ..runtime import signals
     from ..runtime.cli import route_lightning_logs
     from ..training.callbacks import AdaptThreads, StopOnSignal
-    from ..training.module import Das2fClassifier
 
     route_lightning_logs()
 
     stride, window = check_request(cfg)
-    predictor = Predictor(cfg.ckpt_path, scan_backend=cfg.get("scan_backend"))
+    predictor = Predictor(cfg.ckpt_path, scan_backend=cfg.get("scan_backend"), compile=bool(cfg.get("compile")))
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     if dataset.get("classes") and list(dataset["classes"]) != predictor.class_names:
         raise CheckpointError(f"{cfg.ckpt_path}: trained on classes {predictor.class_names}, dataset "
@@ -285,8 +289,7 @@ def predict(cfg: DictConfig) -> dict:
         opened.append((spec, name, ms, pan, region))
     out_dir = Path(cfg.get("out") or cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = Das2fClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True,
-                                                 net=predictor.net_config, compile=bool(cfg.get("compile"))).eval()
+    model = predictor.model
     colors = class_colors(len(predictor.class_names))
     summary: dict = {"checkpoint": str(cfg.ckpt_path), "stats": cfg.stats, "stride": stride, "window": window,
                      "scenes": {}}

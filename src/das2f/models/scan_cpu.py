@@ -284,7 +284,7 @@ def compile_kernels() -> None:
     print(_compiled())
 
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (the process that made it, its size, the pool)
 
 
 def _in_blocks(kernel, args, blocks: int) -> None:
@@ -295,10 +295,10 @@ def _in_blocks(kernel, args, blocks: int) -> None:
         kernel(*args, 0, blocks)
         return
     global _POOL
-    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < threads:  # a forked child makes its own
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="das2f-scan"))
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < threads:  # a forked child makes its own
+        _POOL = (os.getpid(), threads, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="das2f-scan"))
     bounds = [blocks * i // threads for i in range(threads + 1)]
-    futures = [_POOL[1].submit(kernel, *args, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+    futures = [_POOL[2].submit(kernel, *args, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
     for f in futures:
         f.result()  # re-raises a kernel's error here
 

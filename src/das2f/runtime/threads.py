@@ -9,8 +9,8 @@ What:
 - the budget: the cores this process may use (``os.sched_getaffinity``), capped by a SLURM
   allocation (``SLURM_CPUS_PER_TASK``); an explicit ``threads=N`` wins over everything;
 - ``threads=auto`` (the default) ADAPTS: at batch boundaries, at most every ``interval`` seconds,
-  the CPU time other processes used on those cores (from /proc/stat, less this process's own from
-  /proc/self/stat) tells how many cores are free, and torch gets that many threads (at least 1).
+  the CPU time other processes used on those cores (psutil's per-CPU times, less this process's own)
+  tells how many cores are free, and torch gets that many threads (at least 1).
   Two copies of a job settle at one thread each; alone, a job gets every core back;
 - ``das2f`` sets ``OMP_NUM_THREADS`` to the budget when it is imported before torch (unless set),
   so a user's own script gets the budget too; DataLoader workers run one torch thread each
@@ -24,7 +24,6 @@ import sys
 import time
 
 log = logging.getLogger("das2f.runtime.threads")
-_CLK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def core_budget() -> tuple[int, str]:
@@ -60,31 +59,27 @@ def set_environment() -> None:
         os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
 
 
-def _busy_jiffies(cpus: set[int]) -> int | None:
-    """Busy CPU time (user+nice+system+irq+softirq+steal) of the given CPUs since boot, from /proc/stat."""
+def _busy_seconds(cpus: set[int]) -> float | None:
+    """Busy CPU time (everything but idle and iowait) of the given CPUs since boot, in seconds (psutil)."""
+    import psutil
+
     try:
-        with open("/proc/stat") as f:
-            total = 0
-            for line in f:
-                if not line.startswith("cpu") or line.startswith("cpu "):
-                    continue
-                name, *fields = line.split()
-                if int(name[3:]) in cpus:
-                    v = [int(x) for x in fields]
-                    total += v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
-            return total
-    except (OSError, ValueError):
+        per_cpu = psutil.cpu_times(percpu=True)
+    except (OSError, AttributeError):
         return None
+    return sum(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+               + getattr(t, "steal", 0.0) for k, t in enumerate(per_cpu) if k in cpus)
 
 
-def _own_jiffies() -> int | None:
-    """This process's CPU time (all its threads, not its children), from /proc/self/stat."""
+def _own_seconds() -> float | None:
+    """This process's CPU time (all its threads, not its children), in seconds (psutil)."""
+    import psutil
+
     try:
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime, stime
-    except (OSError, ValueError, IndexError):
+        t = psutil.Process().cpu_times()
+    except (OSError, psutil.Error):
         return None
+    return t.user + t.system
 
 
 def threads_for(budget: int, others_cores: float) -> int:
@@ -108,7 +103,7 @@ class ThreadBudget:
             self.cpus = os.sched_getaffinity(0)
         except AttributeError:
             self.cpus = set(range(self.budget))
-        self.adaptive = self.fixed is None and self.budget > 1 and _busy_jiffies(self.cpus) is not None
+        self.adaptive = self.fixed is None and self.budget > 1 and _busy_seconds(self.cpus) is not None
         self._last = None
         self.current = 0
         self.low = self.high = 0  # the fewest and most threads set so far (metrics.json records them)
@@ -126,7 +121,7 @@ class ThreadBudget:
         if TORCH_FIRST:
             log.warning("torch was imported before das2f, so OpenMP started without das2f's settings; import das2f "
                         "first or set GOMP_SPINCOUNT=%s (throughput beside other processes depends on it)", SPINCOUNT)
-        self._last = (time.monotonic(), _busy_jiffies(self.cpus), _own_jiffies()) if self.adaptive else None
+        self._last = (time.monotonic(), _busy_seconds(self.cpus), _own_seconds()) if self.adaptive else None
         return n
 
     def step(self) -> int:
@@ -137,11 +132,11 @@ class ThreadBudget:
         t0, busy0, own0 = self._last
         if now - t0 < self.interval:
             return self.current
-        busy, own = _busy_jiffies(self.cpus), _own_jiffies()
+        busy, own = _busy_seconds(self.cpus), _own_seconds()
         self._last = (now, busy, own)
         if busy is None or own is None:
             return self.current
-        others = max(0.0, (busy - busy0) - (own - own0)) / _CLK / (now - t0)
+        others = max(0.0, (busy - busy0) - (own - own0)) / (now - t0)
         n = threads_for(self.budget, others)
         if n != self.current:
             import torch

@@ -187,7 +187,7 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
         results: dict[int, JobReturn] = {}
         stopped: list[int] = []
         not_started: list[int] = []
-        with _StopSignals(lambda: [job for _, _, job, _, _ in running.values()]) as stop:
+        with _StopSignals() as stop:
             while pending or running:
                 for k, (idx, overrides, job, out, t0) in list(running.items()):
                     if job.done():
@@ -238,8 +238,11 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
                 if ret.status == JobStatus.COMPLETED:
                     log.info("job %d finished after %.0f s: %s", idx, took, out)
                 else:
-                    log.error("job %d failed after %.0f s: %s", idx, took,
-                              error or f"{type(ret._return_value).__name__}: {ret._return_value}")
+                    try:
+                        ret.return_value  # noqa: B018  (Hydra's public accessor raises the job's exception)
+                    except Exception as failure:
+                        error = error or f"{type(failure).__name__}: {failure}"
+                    log.error("job %d failed after %.0f s: %s", idx, took, error)
                 return ret
         if error:
             why = error
@@ -247,9 +250,10 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
             lines = [ln for ln in job.paths.stderr.read_text(errors="replace").splitlines() if ln.strip()]
             why = lines[-1] if lines else why
         log.error("job %d ended without results after %.0f s: %s (its log: %s)", idx, took, why, job.paths.stdout)
-        return JobReturn(overrides=overrides, working_dir=str(out), task_name=str(self.config.hydra.job.name),
-                         status=JobStatus.FAILED, _return_value=JobFailed(f"job {idx} ({' '.join(overrides)}): {why}"),
-                         cfg=OmegaConf.create(), hydra_cfg=OmegaConf.create())
+        ret = JobReturn(overrides=overrides, working_dir=str(out), task_name=str(self.config.hydra.job.name),
+                        status=JobStatus.FAILED, cfg=OmegaConf.create(), hydra_cfg=OmegaConf.create())
+        ret.return_value = JobFailed(f"job {idx} ({' '.join(overrides)}): {why}")
+        return ret
 
 
 class JobFailed(RuntimeError):
@@ -261,24 +265,22 @@ class _StopSignals:
     save and stop), the warning signals ignored; a second Ctrl-C exits at once. A SIGTERM sent to this process
     alone (``docker stop`` signals only the container's first process) is passed on to the running jobs."""
 
-    def __init__(self, running):
-        self.running = running
-
     def forward(self) -> None:
         if self.signum != signal.SIGTERM:
             return  # Ctrl-C reaches the jobs from the terminal; a second one passed on would stop them at once
-        for job in self.running():
-            process = getattr(job, "_process", None)  # the shell that runs submitit's controller
-            if process is None:
+        import psutil
+
+        # each running job is a shell started by this process, whose child (submitit's controller) passes SIGTERM
+        # on to the job's process
+        for shell in psutil.Process().children():
+            try:
+                controllers = shell.children()
+            except psutil.NoSuchProcess:
                 continue
-            try:  # the controller (the shell's child) passes SIGTERM on to the job's process
-                children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-            except OSError:
-                continue
-            for pid in children:
+            for controller in controllers:
                 try:
-                    os.kill(int(pid), signal.SIGTERM)
-                except ProcessLookupError:
+                    controller.send_signal(signal.SIGTERM)
+                except psutil.NoSuchProcess:
                     pass
 
     def __enter__(self):
