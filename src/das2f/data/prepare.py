@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -284,7 +285,6 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
     classes, values, ignore = class_rule(cfg)
     values_given = bool(cfg.get("class_values"))
     cfg["class_values"] = values
-    ratio, seed = int(cfg["ratio"]), int(cfg.get("seed", 0))
     specs = scene_specs(cfg)
     if not specs:
         raise ConfigError(f"dataset {cfg['name']}: no scenes configured (`scenes` or `tiles`)")
@@ -296,130 +296,178 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
     with directory_lock(cfg["prepared_dir"], f"preparing dataset {cfg['name']}", float(cfg.get("lock_timeout_s", 7200))):
         fingerprint = _fingerprint(cfg, specs, files)
         paths = split_paths(cfg)
-        reason = "force=true" if force else "no prepared files yet"
-        if not force and all(p.exists() for p in paths.values()):
-            try:
-                stale = {p.name: read_attrs(p).get("fingerprint") for p in paths.values()}
-                if all(v == fingerprint for v in stale.values()):
-                    log.info("prepared files up to date, skipping (force=true rebuilds): %s", cfg["prepared_dir"])
-                    return paths
-                reason = f"inputs or rules changed (fingerprint {fingerprint}, the files have {sorted(set(stale.values()))})"
-            except PatchFileError as err:
-                reason = str(err)
+        reason = _stale(paths, fingerprint, force)
+        if reason is None:
+            log.info("prepared files up to date, skipping (force=true rebuilds): %s", cfg["prepared_dir"])
+            return paths
         log.info("preparing %s (%s): %d scenes -> %s", cfg["name"], reason, len(specs), cfg["prepared_dir"])
-
-        # pass 1: read and validate every scene, draw the split, count classes; nothing written yet
-        coords, shapes, meta, protocols = [], None, [], set()
-        blocks = block_rule(cfg)
-        pending: dict[int, np.ndarray] = {}  # scene -> its label map, for the block split drawn over all scenes
-        found: dict[str, dict[int, int]] = {}
-        counts = {s: np.zeros(len(values), np.int64) for s in SPLITS}
-        for i, spec in enumerate(specs):
-            scene = load_scene(spec, ratio)
-            validate_scene(scene, ratio)
-            found.update(scene.label_values)
-            protocols.add(_protocol(scene, spec, blocks))
-            if blocks and spec.get("split") is None and "label" in scene.maps:
-                pending[i] = scene.maps["label"]
-                coords.append(None)
-            else:
-                coords.append(_coords_by_split(scene, values, cfg["split"], seed, spec.get("split")))
-                _count(counts, coords[-1], scene.maps, values)
-            ms_shape = (scene.ms.data.shape[0], cfg["ms_patch"], cfg["ms_patch"])
-            if shapes and shapes[0] != ms_shape:
-                raise SceneError(f"scene {scene.name}: {ms_shape[0]} MS bands, the first scene has {shapes[0][0]}")
-            shapes = (ms_shape, (1, cfg["ms_patch"] * ratio, cfg["ms_patch"] * ratio), scene.ms.data.dtype, scene.pan.data.dtype)
-            meta.append({"name": scene.name, "files": _spec_files(spec), "ms_size": list(scene.ms.data.shape),
-                         "bytes": int(scene.ms.data.nbytes + scene.pan.data.nbytes),
-                         "georeferenced": scene.ms.georeferenced})
-            del scene
-        check_label_values(cfg, found, values, ignore, values_given)  # before anything is cut or written
-        block_info = None
-        if pending:
-            side, folds, fold = blocks
-            drawn, block_info = split_by_blocks(list(pending.values()), values, cfg["split"], seed, side,
-                                                int(cfg["ms_patch"]), folds, fold, cfg.get("split_sample"))
-            for i, c in zip(pending, drawn):
-                coords[i] = c
-                _count(counts, c, {"label": pending[i]}, values)
-        absent = [classes[k] for k in range(len(values)) if counts["train"][k] == 0]
-        if absent:
-            raise SceneError(f"dataset {cfg['name']}: classes {absent} have no training pixel; "
-                             f"every configured class must be present in train (labels {values})")
-        if block_info is not None:
-            _check_block_classes(cfg, classes, counts)
-        overlap = overlap_shares([tuple(m["ms_size"][1:]) for m in meta], coords, int(cfg["ms_patch"]))
-        protocol = "+".join(sorted(protocols))
-
-        # pass 2: cut and write. Train and val go in a seeded random order ACROSS scenes (any window of
-        # the chunk-shuffling sampler is then a random sample of the whole split, not of one scene or
-        # tile); scenes are loaded in groups that fit `shuffle_memory_mb`, one group at a time.
-        Path(cfg["prepared_dir"]).mkdir(parents=True, exist_ok=True)
-        budget = float(cfg.get("shuffle_memory_mb", 2048)) * 2**20
-        groups = _scene_groups([m["bytes"] for m in meta], budget, seed)
-        if len(groups) > 1:
-            log.warning("%d scenes (%.0f MB) exceed shuffle_memory_mb=%.0f: train/val are shuffled within %d groups "
-                        "of scenes, not across all", len(specs), sum(m["bytes"] for m in meta) / 2**20, budget / 2**20,
-                        len(groups))
-        stats = {"ms": RunningStats(shapes[0][0]), "pan": RunningStats(1)}
-        total = sum(len(c[s]) for c in coords for s in SPLITS)
-        writers: dict[str, PatchWriter] = {}
-        closed: list[Path] = []  # the splits renamed into place by this preparation
-        try:  # from the first file created: an error or a stop signal removes every half-written file
-            for s in SPLITS:
-                writers[s] = PatchWriter(paths[s], *shapes)
-            with Progress(console=console, transient=False) as progress:
-                task = progress.add_task(f"cutting {cfg['name']}", total=total)
-                for g, group in enumerate(groups):
-                    scenes = {i: load_scene(specs[i], ratio) for i in group}
-                    cutters = {i: PatchCutter(sc.ms.data, sc.pan.data, cfg["ms_patch"], ratio) for i, sc in scenes.items()}
-                    for s in SPLITS:
-                        items = _split_items(coords, group, s)  # (n, 3): scene, row, col
-                        if s != "test":
-                            items = items[np.random.default_rng([seed, g, SPLITS.index(s)]).permutation(len(items))]
-                        for b in range(0, len(items), BLOCK):
-                            signals.check()  # a stop signal whose Stop was lost (see signals.check)
-                            block = items[b:b + BLOCK]
-                            ms, pan, raw = _cut_block(block, cutters, scenes, s)
-                            writers[s].append(ms=ms, pan=pan, label=np.searchsorted(np.array(values), raw),
-                                              coord=block[:, 1:].astype(np.int32), scene=block[:, 0].astype(np.int16))
-                            if s == "train":
-                                stats["ms"].update(ms)
-                                stats["pan"].update(pan)
-                            progress.advance(task, len(block))
-                    del scenes, cutters
-            attrs = {"format_version": FORMAT_VERSION, "dataset": cfg["name"], "class_names": classes,
-                     "class_values": values, "ms_patch": cfg["ms_patch"], "pan_patch": cfg["ms_patch"] * ratio,
-                     "ratio": ratio, "scenes": meta, "split_seed": seed, "split_rule": dict(cfg["split"]),
-                     "split_protocol": protocol,
-                     "split_blocks": dict(zip(("side", "folds", "fold"), blocks)) if blocks else {},
-                     "overlap": overlap, "fingerprint": fingerprint, **stats["ms"].as_attrs("ms"), **stats["pan"].as_attrs("pan")}
-            signals.check()
-            for s in SPLITS:
-                closed.append(writers[s].close(attrs))
-        except BaseException:
-            try:
-                for w in writers.values():
-                    w.abort()
-            finally:  # also a writer whose construction the signal cut short (its .tmp created, the writer not kept),
-                # and the splits already renamed when the set was cut short: no half of a preparation stays
-                for s in SPLITS:
-                    paths[s].with_name(paths[s].name + ".tmp").unlink(missing_ok=True)
-                for done in closed:
-                    done.unlink(missing_ok=True)
-            raise
-        table = Table(title=f"{cfg['name']}: samples per class and split")
-        for col in ("class", *SPLITS):
-            table.add_column(col, justify="right" if col != "class" else "left")
-        for k, name in enumerate(classes):
-            table.add_row(name, *(str(counts[s][k]) for s in SPLITS))
-        table.add_row("total", *(str(counts[s].sum()) for s in SPLITS))
-        console.print(table)
-        if block_info is not None:
-            console.print(block_table(classes, block_info))
-        for line in overlap_lines(overlap, protocol):
+        drawn = _draw(cfg, specs, values)
+        check_label_values(cfg, drawn.found, values, ignore, values_given)  # before anything is cut or written
+        _finish_draw(cfg, classes, values, drawn)
+        _write(cfg, specs, drawn, paths, {"format_version": FORMAT_VERSION, "dataset": cfg["name"],
+                                          "class_names": classes, "fingerprint": fingerprint}, console)
+        console.print(_counts_table(cfg["name"], classes, drawn.counts))
+        if drawn.block_info is not None:
+            console.print(block_table(classes, drawn.block_info))
+        for line in overlap_lines(drawn.overlap, drawn.protocol):
             console.print(line, soft_wrap=True, highlight=False, markup=False)
         return paths
+
+
+def _stale(paths: dict[str, Path], fingerprint: str, force: bool) -> str | None:
+    """Why the split files must be (re)written, or None when they are up to date."""
+    if force:
+        return "force=true"
+    if not all(p.exists() for p in paths.values()):
+        return "no prepared files yet"
+    try:
+        found = {p.name: read_attrs(p).get("fingerprint") for p in paths.values()}
+    except PatchFileError as err:
+        return str(err)
+    if all(v == fingerprint for v in found.values()):
+        return None
+    return f"inputs or rules changed (fingerprint {fingerprint}, the files have {sorted(set(found.values()))})"
+
+
+@dataclass
+class Drawn:
+    """Pass 1 of a preparation: every scene read and checked, the split drawn; nothing written yet."""
+    coords: list = field(default_factory=list)      # per scene: {split: (n, 2) centres}
+    meta: list = field(default_factory=list)        # per scene: name, files, sizes (the files' `scenes` attribute)
+    shapes: tuple = ()                              # MS and PAN patch shapes, MS and PAN dtypes
+    found: dict = field(default_factory=dict)       # label file -> {value: pixels}
+    counts: dict = field(default_factory=dict)      # split -> samples per class
+    protocols: set = field(default_factory=set)     # pixels, blocks, scenes, maps
+    pending: dict = field(default_factory=dict)     # scene -> its label map, for the block split over all scenes
+    blocks: tuple | None = None                     # (side, folds, fold) of a block split
+    block_info: dict | None = None                  # how the block split came out (das2f.data.split.split_by_blocks)
+    overlap: dict = field(default_factory=dict)     # val / test patches overlapping training patches
+
+    @property
+    def protocol(self) -> str:
+        return "+".join(sorted(self.protocols))
+
+
+def _draw(cfg: dict, specs: list[dict], values: list[int]) -> Drawn:
+    """Read and validate every scene (one at a time), draw the pixel, scene or map splits; the block split is
+    drawn afterwards over all scenes (``_finish_draw``)."""
+    ratio, seed, patch = int(cfg["ratio"]), int(cfg.get("seed", 0)), int(cfg["ms_patch"])
+    drawn = Drawn(counts={s: np.zeros(len(values), np.int64) for s in SPLITS}, blocks=block_rule(cfg))
+    for i, spec in enumerate(specs):
+        scene = load_scene(spec, ratio)
+        validate_scene(scene, ratio)
+        drawn.found.update(scene.label_values)
+        drawn.protocols.add(_protocol(scene, spec, drawn.blocks))
+        if drawn.blocks and spec.get("split") is None and "label" in scene.maps:
+            drawn.pending[i] = scene.maps["label"]
+            drawn.coords.append(None)
+        else:
+            drawn.coords.append(_coords_by_split(scene, values, cfg["split"], seed, spec.get("split")))
+            _count(drawn.counts, drawn.coords[-1], scene.maps, values)
+        shapes = ((scene.ms.data.shape[0], patch, patch), (1, patch * ratio, patch * ratio), scene.ms.data.dtype,
+                  scene.pan.data.dtype)
+        if drawn.shapes and drawn.shapes[0] != shapes[0]:
+            raise SceneError(f"scene {scene.name}: {shapes[0][0]} MS bands, the first scene has {drawn.shapes[0][0]}")
+        drawn.shapes = shapes
+        drawn.meta.append({"name": scene.name, "files": _spec_files(spec), "ms_size": list(scene.ms.data.shape),
+                           "bytes": int(scene.ms.data.nbytes + scene.pan.data.nbytes),
+                           "georeferenced": scene.ms.georeferenced})
+    return drawn
+
+
+def _finish_draw(cfg: dict, classes: list[str], values: list[int], drawn: Drawn) -> None:
+    """The block split over all its scenes, the class checks, the overlap between the splits' patches."""
+    if drawn.pending:
+        side, folds, fold = drawn.blocks
+        coords, drawn.block_info = split_by_blocks(list(drawn.pending.values()), values, cfg["split"],
+                                                   int(cfg.get("seed", 0)), side, int(cfg["ms_patch"]), folds, fold,
+                                                   cfg.get("split_sample"))
+        for i, c in zip(drawn.pending, coords):
+            drawn.coords[i] = c
+            _count(drawn.counts, c, {"label": drawn.pending[i]}, values)
+    absent = [classes[k] for k in range(len(values)) if drawn.counts["train"][k] == 0]
+    if absent:
+        raise SceneError(f"dataset {cfg['name']}: classes {absent} have no training pixel; "
+                         f"every configured class must be present in train (labels {values})")
+    if drawn.block_info is not None:
+        _check_block_classes(cfg, classes, drawn.counts)
+    drawn.overlap = overlap_shares([tuple(m["ms_size"][1:]) for m in drawn.meta], drawn.coords, int(cfg["ms_patch"]))
+
+
+def _write(cfg: dict, specs: list[dict], drawn: Drawn, paths: dict[str, Path], attrs: dict, console: Console) -> None:
+    """Pass 2: cut and write. Train and val go in a seeded random order ACROSS scenes (any window of the
+    chunk-shuffling sampler is then a random sample of the whole split, not of one scene or tile); scenes are
+    loaded in groups that fit `shuffle_memory_mb`, one group at a time. An error or a stop signal removes every
+    file this preparation created."""
+    ratio, seed = int(cfg["ratio"]), int(cfg.get("seed", 0))
+    Path(cfg["prepared_dir"]).mkdir(parents=True, exist_ok=True)
+    budget = float(cfg.get("shuffle_memory_mb", 2048)) * 2**20
+    groups = _scene_groups([m["bytes"] for m in drawn.meta], budget, seed)
+    if len(groups) > 1:
+        log.warning("%d scenes (%.0f MB) exceed shuffle_memory_mb=%.0f: train/val are shuffled within %d groups "
+                    "of scenes, not across all", len(specs), sum(m["bytes"] for m in drawn.meta) / 2**20,
+                    budget / 2**20, len(groups))
+    stats = {"ms": RunningStats(drawn.shapes[0][0]), "pan": RunningStats(1)}
+    writers: dict[str, PatchWriter] = {}
+    closed: list[Path] = []  # the splits renamed into place by this preparation
+    try:  # from the first file created: an error or a stop signal removes every half-written file
+        for s in SPLITS:
+            writers[s] = PatchWriter(paths[s], *drawn.shapes)
+        with Progress(console=console, transient=False) as progress:
+            task = progress.add_task(f"cutting {cfg['name']}", total=sum(len(c[s]) for c in drawn.coords for s in SPLITS))
+            for g, group in enumerate(groups):
+                _cut_group(cfg, specs, drawn, group, g, writers, stats, lambda n: progress.advance(task, n))
+        attrs = {**attrs, "class_values": cfg["class_values"], "ms_patch": cfg["ms_patch"],
+                 "pan_patch": cfg["ms_patch"] * ratio, "ratio": ratio, "scenes": drawn.meta, "split_seed": seed,
+                 "split_rule": dict(cfg["split"]), "split_protocol": drawn.protocol,
+                 "split_blocks": dict(zip(("side", "folds", "fold"), drawn.blocks)) if drawn.blocks else {},
+                 "overlap": drawn.overlap, **stats["ms"].as_attrs("ms"), **stats["pan"].as_attrs("pan")}
+        signals.check()
+        for s in SPLITS:
+            closed.append(writers[s].close(attrs))
+    except BaseException:
+        try:
+            for w in writers.values():
+                w.abort()
+        finally:  # also a writer whose construction the signal cut short (its .tmp created, the writer not kept),
+            # and the splits already renamed when the set was cut short: no half of a preparation stays
+            for s in SPLITS:
+                paths[s].with_name(paths[s].name + ".tmp").unlink(missing_ok=True)
+            for done in closed:
+                done.unlink(missing_ok=True)
+        raise
+
+
+def _cut_group(cfg: dict, specs: list[dict], drawn: Drawn, group: list[int], g: int, writers: dict, stats: dict,
+               advance) -> None:
+    """Cut and append the samples of one group of scenes, block by block; train's update the statistics."""
+    ratio, seed, values = int(cfg["ratio"]), int(cfg.get("seed", 0)), np.array(cfg["class_values"])
+    scenes = {i: load_scene(specs[i], ratio) for i in group}
+    cutters = {i: PatchCutter(sc.ms.data, sc.pan.data, cfg["ms_patch"], ratio) for i, sc in scenes.items()}
+    for s in SPLITS:
+        items = _split_items(drawn.coords, group, s)  # (n, 3): scene, row, col
+        if s != "test":
+            items = items[np.random.default_rng([seed, g, SPLITS.index(s)]).permutation(len(items))]
+        for b in range(0, len(items), BLOCK):
+            signals.check()  # a stop signal whose Stop was lost (see signals.check)
+            block = items[b:b + BLOCK]
+            ms, pan, raw = _cut_block(block, cutters, scenes, s)
+            writers[s].append(ms=ms, pan=pan, label=np.searchsorted(values, raw), coord=block[:, 1:].astype(np.int32),
+                              scene=block[:, 0].astype(np.int16))
+            if s == "train":
+                stats["ms"].update(ms)
+                stats["pan"].update(pan)
+            advance(len(block))
+
+
+def _counts_table(name: str, classes: list[str], counts: dict[str, np.ndarray]) -> Table:
+    table = Table(title=f"{name}: samples per class and split")
+    for col in ("class", *SPLITS):
+        table.add_column(col, justify="right" if col != "class" else "left")
+    for k, cls in enumerate(classes):
+        table.add_row(cls, *(str(counts[s][k]) for s in SPLITS))
+    table.add_row("total", *(str(counts[s].sum()) for s in SPLITS))
+    return table
 
 
 def block_table(classes: list[str], info: dict) -> Table:
