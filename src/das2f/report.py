@@ -292,7 +292,21 @@ def cell(m: str, v) -> str:
 
 
 def write(keys, rows, runs, out: Path, notes: list[str], baseline: tuple) -> tuple[Path, Path]:
-    metrics = list(rows[0]["stats"]) if rows else []
+    """report.md (the table, its flags and notes, the paired differences, the jobs without results, how it was
+    made) and report.csv (the table) into ``out``."""
+    text = "".join([table_md(keys, rows), flags_md(keys, rows), paired_md(keys, baseline), failed_md(runs)])
+    if notes:
+        text += "\n" + "\n".join(notes) + "\n"
+    md_path, csv_path = out / "report.md", out / "report.csv"
+    md_path.write_text(text)
+    write_csv(keys, rows, csv_path)
+    return md_path, csv_path
+
+
+def table_md(keys, rows) -> str:
+    if not rows:
+        return "No job finished: nothing to compare.\n"
+    metrics = list(rows[0]["stats"])
     best = {m: max((r["stats"][m][0] for r in rows if r["stats"][m] is not None), default=None) for m in metrics}
     recorded = any(r["overlap"] is not None for r in rows)  # runs written before das2f measured the overlap: no column
     header = [*(short(k) for k in keys), "seeds", *(["test overlap"] if recorded else []),
@@ -306,9 +320,19 @@ def write(keys, rows, runs, out: Path, notes: list[str], baseline: tuple) -> tup
             cells.append(f"**{s}**" if s and r["stats"][m][0] == best[m] and len(rows) > 1 else s)
         md.append("| " + " | ".join(str(c) for c in cells) + " |")
     text = "\n".join(md) + ("\n\nmean ± std over a row's distinct seeds (sample std, n-1); one seed: its value; "
-                            "bold: best mean per column.\n") if rows else "No job finished: nothing to compare.\n"
+                            "bold: best mean per column.\n")
     if not keys and len(rows) == 1:
         text += "All finished runs have the same configuration (only the seed varies).\n"
+    return text
+
+
+def row_label(keys, row) -> str:
+    return ", ".join(f"{short(k)}={v}" for k, v in zip(keys, row["values"]))
+
+
+def flags_md(keys, rows) -> str:
+    """The rows flagged (!) (a seed twice) and (~) (runs that differ in reproducibility), the test overlap note."""
+    text = ""
     flagged = [(r, s, n) for r in rows for s, n in r["duplicates"].items()]
     if flagged:
         text += "\n(!) runs with the same configuration AND the same seed (counted once, not averaged as seeds):\n"
@@ -318,38 +342,46 @@ def write(keys, rows, runs, out: Path, notes: list[str], baseline: tuple) -> tup
     if mixed:
         text += ("\n(~) runs of one configuration that differ in how they could be repeated (deterministic=true gives "
                  "the same digits again; a changing thread count does not):\n")
-        text += "".join(f"- {', '.join(f'{short(k)}={v}' for k, v in zip(keys, r['values'])) or 'all runs'}: "
+        text += "".join(f"- {row_label(keys, r) or 'all runs'}: "
                         + "; ".join(f"{x['dir']}: {x.get('mode') or 'not recorded'}" for x in r["runs"]) + "\n"
                         for r in mixed)
     if any(r["overlap"] and r["overlap"][1] > 0 for r in rows):
         text += ("\ntest overlap: the share of test patches that read a pixel a training patch reads (a pixel split "
                  "puts neighbours of training pixels into test: its accuracy is optimistic; dataset.split_blocks gives "
                  "a spatially disjoint split).\n")
+    return text
+
+
+def paired_md(keys, baseline: tuple) -> str:
     base, diffs = baseline
-    if base is not None:
-        name = ", ".join(f"{short(k)}={v}" for k, v in zip(keys, base["values"]))
-        text += (f"\nPaired difference in test OA against the baseline ({name}), over the seeds both rows have "
-                 "(mean, 95 % confidence interval, Student's t):\n\n| row | shared seeds | ΔOA (points) | 95 % CI | |\n"
-                 "|---|---|---|---|---|\n")
-        for r, n, mean, lo, hi in diffs:
-            label = ", ".join(f"{short(k)}={v}" for k, v in zip(keys, r["values"]))
-            if mean is None:
-                text += f"| {label} | 0 | | | no seed in common |\n"
-            elif lo is None:
-                text += f"| {label} | {n} | {100 * mean:+.2f} | | one shared seed: no interval |\n"
-            else:
-                verdict = "includes 0: no difference shown" if lo <= 0 <= hi else "excludes 0"
-                text += f"| {label} | {n} | {100 * mean:+.2f} | [{100 * lo:+.2f}, {100 * hi:+.2f}] | {verdict} |\n"
+    if base is None:
+        return ""
+    text = (f"\nPaired difference in test OA against the baseline ({row_label(keys, base)}), over the seeds both rows "
+            "have (mean, 95 % confidence interval, Student's t):\n\n| row | shared seeds | ΔOA (points) | 95 % CI | |\n"
+            "|---|---|---|---|---|\n")
+    for r, n, mean, lo, hi in diffs:
+        if mean is None:
+            text += f"| {row_label(keys, r)} | 0 | | | no seed in common |\n"
+        elif lo is None:
+            text += f"| {row_label(keys, r)} | {n} | {100 * mean:+.2f} | | one shared seed: no interval |\n"
+        else:
+            verdict = "includes 0: no difference shown" if lo <= 0 <= hi else "excludes 0"
+            text += f"| {row_label(keys, r)} | {n} | {100 * mean:+.2f} | [{100 * lo:+.2f}, {100 * hi:+.2f}] | {verdict} |\n"
+    return text
+
+
+def failed_md(runs) -> str:
     failed = [r for r in runs if r["metrics"] is None]
-    if failed:
-        text += "\nJobs without results (failed, stopped or still running):\n"
-        for r in failed:
-            text += f"- {r['dir']}: `{' '.join(r['overrides'])}`: {r['error'] or 'no metrics.json and no error.txt'}\n"
-    if notes:
-        text += "\n" + "\n".join(notes) + "\n"
-    md_path, csv_path = out / "report.md", out / "report.csv"
-    md_path.write_text(text)
-    with open(csv_path, "w", newline="") as f:
+    if not failed:
+        return ""
+    return "\nJobs without results (failed, stopped or still running):\n" + "".join(
+        f"- {r['dir']}: `{' '.join(r['overrides'])}`: {r['error'] or 'no metrics.json and no error.txt'}\n" for r in failed)
+
+
+def write_csv(keys, rows, path: Path) -> None:
+    metrics = list(rows[0]["stats"]) if rows else []
+    recorded = any(r["overlap"] is not None for r in rows)
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*keys, "seeds", *(["test_overlap"] if recorded else []),
                     *(f"{m.split('/')[1]}_{s}" for m in metrics for s in ("mean", "std"))])
@@ -361,7 +393,6 @@ def write(keys, rows, runs, out: Path, notes: list[str], baseline: tuple) -> tup
                 vals += ["", ""] if v is None else [v[0] * scale, "" if v[1] is None else v[1] * scale]
             overlap = ["" if r["overlap"] is None else r["overlap"][1]] if recorded else []
             w.writerow([*r["values"], len(r["seeds"]), *overlap, *vals])
-    return md_path, csv_path
 
 
 def latest_multirun(root: Path = Path("logs")) -> Path:
