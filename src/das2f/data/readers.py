@@ -94,15 +94,10 @@ def read_color_labels(path: Path, color_table: dict | None) -> np.ndarray:
     return out
 
 
-def read_raster(path: str | Path, *, key: str | None = None, band_axis: int | None = None,
-                bands: list[int] | None = None, label: bool = False, color_table: dict | None = None) -> Raster:
-    """Read an image (-> (C, H, W)) or, with ``label=True``, a label map (-> (H, W)); label maps may
-    also be colour-coded PNGs (see :func:`read_color_labels`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"scene file not found: {path}")
+def _read_file(path: Path, key: str | None, label: bool, color_table: dict | None, band_axis: int | None
+               ) -> tuple[np.ndarray, dict, int | None]:
+    """The array of a file as stored, its georeferencing (crs and transform, or {}) and its band axis if known."""
     suffix = path.suffix.lower()
-    profile: dict = {}
     if suffix in (".tif", ".tiff"):
         import warnings
 
@@ -114,17 +109,25 @@ def read_raster(path: str | Path, *, key: str | None = None, band_axis: int | No
             src = rasterio.open(path)
         with src:
             arr = src.read()  # (C, H, W)
-            if src.crs is not None:
-                profile = {"crs": src.crs, "transform": src.transform}
-        band_axis = 0
-    elif suffix == ".mat":
-        arr = _read_mat(path, key)
-    elif suffix == ".npy":
-        arr = np.load(path, mmap_mode="r")
-    elif suffix == ".png" and label:
-        arr = read_color_labels(path, color_table)
-    else:
-        raise SceneError(f"{path}: unknown format {suffix!r}, expected .tif, .tiff, .mat or .npy (or .png for label maps)")
+            profile = {"crs": src.crs, "transform": src.transform} if src.crs is not None else {}
+        return arr, profile, 0
+    if suffix == ".mat":
+        return _read_mat(path, key), {}, band_axis
+    if suffix == ".npy":
+        return np.load(path, mmap_mode="r"), {}, band_axis
+    if suffix == ".png" and label:
+        return read_color_labels(path, color_table), {}, band_axis
+    raise SceneError(f"{path}: unknown format {suffix!r}, expected .tif, .tiff, .mat or .npy (or .png for label maps)")
+
+
+def read_raster(path: str | Path, *, key: str | None = None, band_axis: int | None = None,
+                bands: list[int] | None = None, label: bool = False, color_table: dict | None = None) -> Raster:
+    """Read an image (-> (C, H, W)) or, with ``label=True``, a label map (-> (H, W)); label maps may
+    also be colour-coded PNGs (see :func:`read_color_labels`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"scene file not found: {path}")
+    arr, profile, band_axis = _read_file(path, key, label, color_table, band_axis)
     arr = np.asarray(arr)
     if not any(arr.dtype == d for d in KNOWN_DTYPES):
         raise SceneError(f"{path}: dtype {arr.dtype}, expected one of {[np.dtype(d).name for d in KNOWN_DTYPES]}")

@@ -74,6 +74,21 @@ def assign_splits(categories: list[str], split_rule: dict, seed: int) -> list[st
     return out
 
 
+def _tile_scene(tiles: dict, kind: str, root: Path, rel: Path, path: Path) -> dict:
+    """The scene entry of one tile: its name and category from its relative path, its label at the same path."""
+    label_suffix = tiles.get("label_suffix")
+    label_rel = rel.with_suffix(label_suffix) if label_suffix else rel
+    scene = {"name": "_".join(rel.with_suffix("").parts), "category": rel.parent.as_posix(),
+             "label": str(root / str(tiles["label_dir"]) / label_rel)}
+    if kind == "wald_rgb":
+        return dict(scene, kind="wald_rgb", image=str(path))
+    scene.update(ms=str(path), pan=str(root / str(tiles["pan_dir"]) / rel))
+    for key in ("ms_key", "pan_key", "label_key", "ms_bands", "band_axis", "color_table"):
+        if tiles.get(key) is not None:
+            scene[key] = tiles[key]
+    return scene
+
+
 def tile_scenes(tiles: dict, tile_split: dict | None = None, seed: int = 0, dataset: str = "dataset") -> list[dict]:
     """The scene list of a tile dataset (see the module docstring)."""
     tiles = dict(tiles)
@@ -95,21 +110,7 @@ def tile_scenes(tiles: dict, tile_split: dict | None = None, seed: int = 0, data
     found = sorted((p for p in base.glob(pattern) if p.is_file()), key=lambda p: _natural_key(p.relative_to(base)))
     if not found:
         raise MissingFileError(f"dataset {dataset}: no file matches {base}/{pattern} (tiles.pattern)")
-    label_suffix = tiles.get("label_suffix")
-    scenes = []
-    for path in found:
-        rel = path.relative_to(base)
-        label_rel = rel.with_suffix(label_suffix) if label_suffix else rel
-        scene = {"name": "_".join(rel.with_suffix("").parts), "category": rel.parent.as_posix(),
-                 "label": str(root / str(tiles["label_dir"]) / label_rel)}
-        if kind == "wald_rgb":
-            scene.update(kind="wald_rgb", image=str(path))
-        else:
-            scene.update(ms=str(path), pan=str(root / str(tiles["pan_dir"]) / rel))
-            for key in ("ms_key", "pan_key", "label_key", "ms_bands", "band_axis", "color_table"):
-                if tiles.get(key) is not None:
-                    scene[key] = tiles[key]
-        scenes.append(scene)
+    scenes = [_tile_scene(tiles, kind, root, path.relative_to(base), path) for path in found]
     if tile_split:
         splits = assign_splits([s["category"] for s in scenes], dict(tile_split), seed)
         scenes = [dict(s, split=sp) for s, sp in zip(scenes, splits) if sp is not None]
