@@ -247,21 +247,42 @@ def finish_scene(values: np.ndarray, map_path: Path, region: tuple[int, int, int
 
 def predict(cfg: DictConfig) -> dict:
     """Maps of the dataset's scenes through ``trainer.predict`` (any trainer: cpu, gpu, ddp; precision)."""
-
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from ..runtime import signals
     from ..runtime.cli import route_lightning_logs
-    from ..training.callbacks import AdaptThreads, StopOnSignal
 
     route_lightning_logs()
-
     stride, window = check_request(cfg)
     predictor = Predictor(cfg.ckpt_path, scan_backend=cfg.get("scan_backend"), compile=bool(cfg.get("compile")))
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     if dataset.get("classes") and list(dataset["classes"]) != predictor.class_names:
         raise CheckpointError(f"{cfg.ckpt_path}: trained on classes {predictor.class_names}, dataset "
                               f"{dataset['name']} has {list(dataset['classes'])}; choose the matching checkpoint")
+    opened = open_scenes(cfg, dataset, predictor)  # every scene checked before any work
+    out_dir = Path(cfg.get("out") or cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    colors = class_colors(len(predictor.class_names))
+    summary: dict = {"checkpoint": str(cfg.ckpt_path), "stats": cfg.stats, "stride": stride, "window": window,
+                     "scenes": {}}
+    grid: list = []  # (name, prediction, truth) of the first scenes, for one combined figure
+    for spec, name, ms, pan, region in opened:
+        entry, figure = map_scene(cfg, predictor, dataset, out_dir, (spec, name, ms, pan, region), stride, window)
+        save_map_figure(figure["index_map"], predictor.class_names, colors, out_dir / f"{name}_map.png",
+                        truth=figure["truth"], title=f"{name}: prediction", rgb=figure["rgb"], step=figure["step"])
+        summary["scenes"][name] = entry
+        if len(opened) > 1 and len(grid) < cfg.grid_max_scenes:
+            grid.append((name, figure["index_map"], figure["truth"]))
+    if grid:
+        save_maps_grid(grid, predictor.class_names, colors, out_dir / "maps.png",
+                       title=f"{dataset['name']}: {Path(cfg.ckpt_path).name}")
+    (out_dir / "predict.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    if cfg.get("wandb"):
+        log_to_wandb(predictor.info, out_dir, summary, dataset["name"])
+    log.info("outputs: %s", out_dir)
+    return summary
+
+
+def open_scenes(cfg: DictConfig, dataset: dict, predictor: Predictor) -> list[tuple]:
+    """The scenes to map (``scenes=``, default all), each opened and checked against the checkpoint and the
+    region: (spec, name, ms, pan, region)."""
     specs = scene_specs(dataset)
     if cfg.get("scenes"):
         wanted = list(cfg.scenes)
@@ -272,7 +293,7 @@ def predict(cfg: DictConfig) -> dict:
         specs = [s for s in specs if s.get("name") in wanted]
     ratio = int(dataset["ratio"])
     opened = []
-    for spec in specs:  # every scene checked before any work
+    for spec in specs:
         ms, pan = open_scene(spec, ratio)
         name = spec.get("name", Path(str(ms.path)).stem)
         if ms.shape[0] != predictor.ms_channels:
@@ -287,65 +308,57 @@ def predict(cfg: DictConfig) -> dict:
             raise ConfigError(f"region={list(region)} (rows r0, r1, cols c0, c1) is not inside scene {name} "
                               f"of {ms.shape[1]} x {ms.shape[2]} MS pixels")
         opened.append((spec, name, ms, pan, region))
-    out_dir = Path(cfg.get("out") or cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = predictor.model
-    colors = class_colors(len(predictor.class_names))
-    summary: dict = {"checkpoint": str(cfg.ckpt_path), "stats": cfg.stats, "stride": stride, "window": window,
-                     "scenes": {}}
-    grid: list = []  # (name, prediction, truth) of the first scenes, for one combined figure
-    for spec, name, ms, pan, region in opened:
-        windows = SceneWindows(spec, ratio, predictor.ms_patch, window, stride, region)
-        meta = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "files": [str(ms.path), str(pan.path)],
-                "region": list(region), "stride": stride, "window": window, "stats": cfg.stats}
-        map_path, progress_path, todo = start_map(out_dir, name, ms.shape[1:], len(windows), meta,
-                                                  bool(cfg.get("overwrite")))
-        shift, scale = (predictor.train_shift, predictor.train_scale) if cfg.stats == "train" else \
-            predictor.scene_stats(ms, pan)
-        log.info("scene %s: MS %s, PAN %s, region %s, %d windows of %dx%d px%s", name, ms.shape, pan.shape,
-                 list(region), len(todo), window, window, f", every {stride}-th pixel" if stride > 1 else "")
-        writer = MapWriter(map_path, progress_path, predictor.class_values, total=len(todo))
-        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer, AdaptThreads(), StopOnSignal()], logger=False,
-                                          enable_model_summary=False, default_root_dir=str(out_dir))
-        t0 = time.perf_counter()
-        try:
-            trainer.predict(model, datamodule=SceneDataModule(windows, todo, shift, scale, cfg.num_workers),
-                            return_predictions=False)
-        except (SIGTERMException, signals.Stop) as err:
-            done = int(np.load(progress_path).sum())
-            sig = signals.received() or 15
-            raise Interrupted(f"scene {name}: stopped by {signals.signal_name(sig)} with {done} of {len(windows)} windows "
-                              f"written to {map_path}; the same command with out={out_dir} continues from there",
-                              status=signals.exit_status(sig)) from err
-        seconds = time.perf_counter() - t0
-        values = np.load(map_path, mmap_mode="r+")
-        if stride > 1:
-            fill_from_stride(values, region, stride)
-            values.flush()
-        scores, figure = finish_scene(values, map_path, region, predictor.class_values, predictor.class_names,
-                                      TruthReader.of(spec, ratio, predictor.class_values), ms, dataset.get("rgb_bands"))
-        final = write_map(values, out_dir / f"{name}_map", ms.profile) if ms.profile else map_path
-        r0, r1, c0, c1 = region
-        pixels = (r1 - r0) * (c1 - c0) if stride == 1 else \
-            len(range(0, r1 - r0, stride)) * len(range(0, c1 - c0, stride))
-        entry = {"map": str(final), "shape": [r1 - r0, c1 - c0], "region": list(region), "seconds": round(seconds, 2),
-                 "classified_pixels": pixels, "pixels_per_s": round(pixels / seconds, 1), **scores}
-        if "confusion" in entry:
-            save_confusion_figure(torch.tensor(entry["confusion"]), predictor.class_names, out_dir / f"{name}_confusion.png")
-        save_map_figure(figure["index_map"], predictor.class_names, colors, out_dir / f"{name}_map.png",
-                        truth=figure["truth"], title=f"{name}: prediction", rgb=figure["rgb"], step=figure["step"])
-        summary["scenes"][name] = entry
-        if len(opened) > 1 and len(grid) < cfg.grid_max_scenes:
-            grid.append((name, figure["index_map"], figure["truth"]))
-        log.info("scene %s: %d px in %.1f s (%.0f px/s) -> %s", name, pixels, seconds, pixels / seconds, final)
-    if grid:
-        save_maps_grid(grid, predictor.class_names, colors, out_dir / "maps.png",
-                       title=f"{dataset['name']}: {Path(cfg.ckpt_path).name}")
-    (out_dir / "predict.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-    if cfg.get("wandb"):
-        log_to_wandb(predictor.info, out_dir, summary, dataset["name"])
-    log.info("outputs: %s", out_dir)
-    return summary
+    return opened
+
+
+def map_scene(cfg: DictConfig, predictor: Predictor, dataset: dict, out_dir: Path, scene: tuple, stride: int,
+              window: int) -> tuple[dict, dict]:
+    """One scene's map, window by window through ``trainer.predict`` (continuing a map left in ``out_dir``),
+    scored against its labels: (its predict.json entry, the figure's arrays)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from ..runtime import signals
+    from ..training.callbacks import AdaptThreads, StopOnSignal
+
+    spec, name, ms, pan, region = scene
+    ratio = int(dataset["ratio"])
+    windows = SceneWindows(spec, ratio, predictor.ms_patch, window, stride, region)
+    meta = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "files": [str(ms.path), str(pan.path)],
+            "region": list(region), "stride": stride, "window": window, "stats": cfg.stats}
+    map_path, progress_path, todo = start_map(out_dir, name, ms.shape[1:], len(windows), meta, bool(cfg.get("overwrite")))
+    shift, scale = (predictor.train_shift, predictor.train_scale) if cfg.stats == "train" else \
+        predictor.scene_stats(ms, pan)
+    log.info("scene %s: MS %s, PAN %s, region %s, %d windows of %dx%d px%s", name, ms.shape, pan.shape,
+             list(region), len(todo), window, window, f", every {stride}-th pixel" if stride > 1 else "")
+    writer = MapWriter(map_path, progress_path, predictor.class_values, total=len(todo))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer, AdaptThreads(), StopOnSignal()], logger=False,
+                                      enable_model_summary=False, default_root_dir=str(out_dir))
+    t0 = time.perf_counter()
+    try:
+        trainer.predict(predictor.model, datamodule=SceneDataModule(windows, todo, shift, scale, cfg.num_workers),
+                        return_predictions=False)
+    except (SIGTERMException, signals.Stop) as err:
+        done = int(np.load(progress_path).sum())
+        sig = signals.received() or 15
+        raise Interrupted(f"scene {name}: stopped by {signals.signal_name(sig)} with {done} of {len(windows)} windows "
+                          f"written to {map_path}; the same command with out={out_dir} continues from there",
+                          status=signals.exit_status(sig)) from err
+    seconds = time.perf_counter() - t0
+    values = np.load(map_path, mmap_mode="r+")
+    if stride > 1:
+        fill_from_stride(values, region, stride)
+        values.flush()
+    scores, figure = finish_scene(values, map_path, region, predictor.class_values, predictor.class_names,
+                                  TruthReader.of(spec, ratio, predictor.class_values), ms, dataset.get("rgb_bands"))
+    final = write_map(values, out_dir / f"{name}_map", ms.profile) if ms.profile else map_path
+    r0, r1, c0, c1 = region
+    pixels = (r1 - r0) * (c1 - c0) if stride == 1 else len(range(0, r1 - r0, stride)) * len(range(0, c1 - c0, stride))
+    entry = {"map": str(final), "shape": [r1 - r0, c1 - c0], "region": list(region), "seconds": round(seconds, 2),
+             "classified_pixels": pixels, "pixels_per_s": round(pixels / seconds, 1), **scores}
+    if "confusion" in entry:
+        save_confusion_figure(torch.tensor(entry["confusion"]), predictor.class_names, out_dir / f"{name}_confusion.png")
+    log.info("scene %s: %d px in %.1f s (%.0f px/s) -> %s", name, pixels, seconds, pixels / seconds, final)
+    return entry, figure
 
 
 def log_to_wandb(info: dict, out_dir: Path, summary: dict, dataset: str) -> None:
