@@ -168,7 +168,7 @@ def test_fast_dev_run_trains_and_tests_one_batch(tmp_path):
 def test_resume_overrides_merge_without_a_second_append():
     """A resumed run composes its own overrides then the command's: a key given again takes the new value, and a
     `+key` said again (a requeued sweep job repeats its overrides) is not refused as a second append."""
-    from das2f.train import merged_overrides
+    from das2f.training.start import merged_overrides
 
     saved = ["seed=42", "+callbacks.pause.step=3", "model.optimizer.lr=0.01"]
     assert merged_overrides(saved, ["+callbacks.pause.step=3", "seed=43", "resume=/r"]) == \
@@ -176,3 +176,5 @@ def test_resume_overrides_merge_without_a_second_append():
     assert merged_overrides(saved, ["callbacks.pause.step=5"]) == \
         ["seed=42", "model.optimizer.lr=0.01", "++callbacks.pause.step=5"]
     assert merged_overrides(saved, []) == saved
+    # keys as Hydra reads them: a group choice, a deletion, a quoted value with "=" in it
+    assert merged_overrides(["fusion=sum", "+a.b='x=1'"], ["~a.b", "fusion=aalf"]) == ["~a.b", "fusion=aalf"]

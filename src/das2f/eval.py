@@ -1,6 +1,6 @@
 """`python -m das2f.eval ckpt_path=...` (make eval): test metrics of a checkpoint.
 
-The network is rebuilt from the checkpoint (das2f.train.net_from_checkpoint); the dataset must be
+The network is rebuilt from the checkpoint (das2f.training.start.net_from_checkpoint); the dataset must be
 the one it was trained on (its classes are checked).
 """
 from __future__ import annotations

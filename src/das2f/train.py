@@ -11,10 +11,21 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from .runtime.cli import hydra_entry, sweep_note
-from .runtime.errors import CheckpointError, ConfigError, Interrupted, MissingFileError
+from .runtime.cli import hydra_entry
+from .runtime.errors import ConfigError
+from .training.start import (
+    Phase,
+    check_checkpoint_classes,
+    merged_overrides,
+    slim_checkpoint,
+    start_point,
+    stopped,
+    task_overrides,
+)
+
+__all__ = ["build", "merged_overrides", "run"]
 
 log = logging.getLogger("das2f.train")
 
@@ -23,29 +34,6 @@ def instantiate_list(cfg: DictConfig | None) -> list:
     import hydra
 
     return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
-
-
-def read_checkpoint(ckpt_path: str) -> dict:
-    """A checkpoint's contents, read once (memory-mapped, torch's safe loader) for the checks before training."""
-    from .checkpoint import load_checkpoint
-
-    return load_checkpoint(ckpt_path, mmap=True)
-
-
-def check_checkpoint_classes(ckpt_path: str, ckpt: dict, class_names: list[str]) -> None:
-    saved = ckpt.get("hyper_parameters", {}).get("class_names")
-    if saved is not None and list(saved) != list(class_names):
-        raise CheckpointError(f"checkpoint {ckpt_path} was trained on classes {list(saved)}, "
-                              f"the dataset has {list(class_names)}: choose the matching dataset")
-
-
-def task_overrides() -> list[str] | None:
-    """The command-line overrides of this job (None outside a Hydra run)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    return list(HydraConfig.get().overrides.task)
 
 
 def build(cfg: DictConfig):
@@ -77,16 +65,6 @@ def build(cfg: DictConfig):
     return datamodule, model, trainer
 
 
-def resume_wandb_run(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> None:
-    """A resumed checkpoint continues its W&B run: the id stored in the checkpoint, never typed by hand."""
-    run_id = ckpt.get("das2f", {}).get("wandb_run_id")
-    for c in (cfg.get("logger") or {}).values():
-        if c is not None and str(c.get("_target_", "")).endswith("WandbLogger") and run_id:
-            with open_dict(c):
-                c.id, c.resume = run_id, "allow"
-            log.info("resuming W&B run %s from %s", run_id, ckpt_path)
-
-
 def log_figures(trainer, out: Path) -> None:
     """The test confusion matrix to W&B (maps go there from das2f.predict, wandb=true)."""
     figure = out / "test_confusion.png"
@@ -95,150 +73,9 @@ def log_figures(trainer, out: Path) -> None:
             lg.log_image(key="test/confusion", images=[str(figure)])
 
 
-def latest_resumable(log_dir: str | Path, task: str = "train") -> Path | None:
-    """The newest run directory (single runs and multirun jobs) holding checkpoints/last.ckpt."""
-    root = Path(log_dir) / task
-    found = [*root.glob("runs/*/checkpoints/last.ckpt"), *root.glob("multiruns/*/*/checkpoints/last.ckpt")]
-    return max(found, key=lambda p: p.stat().st_mtime).parents[1] if found else None
-
-
-def intact_last(run_dir: Path) -> tuple[str, dict]:
-    """The newest intact resumable checkpoint of a run and its contents: last.ckpt, else the one before it
-    (last.prev.ckpt) when last.ckpt is broken (a kill while it was written, a full disk); says which it took when
-    it skipped one."""
-    from .checkpoint import LAST, PREVIOUS
-
-    found = [p for p in (run_dir / "checkpoints" / LAST, run_dir / "checkpoints" / PREVIOUS) if p.is_file()]
-    if not found:
-        raise MissingFileError(f"resume={run_dir}: no checkpoint at {run_dir / 'checkpoints' / LAST} (a run directory of "
-                               "das2f.train holds checkpoints/last.ckpt once its first epoch ended or it was interrupted)")
-    broken = []
-    for path in found:
-        try:
-            ckpt = read_checkpoint(str(path))
-        except CheckpointError as err:
-            broken.append(str(err))
-            continue
-        if broken:
-            log.warning("resume: %s; continuing from %s, the checkpoint written before it", "; ".join(broken), path)
-        return str(path), ckpt
-    raise CheckpointError(f"resume={run_dir}: no intact checkpoint: {'; '.join(broken)}")
-
-
-def resolve_ckpt(cfg: DictConfig) -> tuple[str | None, dict | None]:
-    """The checkpoint a run starts from and its contents, read once: ``resume=<run dir>`` -> its newest intact
-    last.ckpt; ``ckpt_path=<file>``; (None, None) for a new run."""
-    resume, ckpt = cfg.get("resume"), cfg.get("ckpt_path")
-    if resume and ckpt:
-        raise ConfigError(f"resume={resume} and ckpt_path={ckpt}: give one (resume continues a run in place)")
-    if resume:
-        return intact_last(Path(str(resume)))
-    if ckpt == "last":
-        latest = latest_resumable(cfg.paths.log_dir)
-        hint = (f"the newest resumable run is {latest}: python -m das2f.train resume={latest}" if latest
-                else f"no run under {cfg.paths.log_dir}/train has a checkpoints/last.ckpt")
-        raise ConfigError(f"ckpt_path=last: a new run has no last.ckpt of its own; continue a run with "
-                          f"resume=<its run dir>; {hint}")
-    if ckpt and not Path(str(ckpt)).is_file():
-        raise MissingFileError(f"ckpt_path: no checkpoint at {ckpt}")
-    return (str(ckpt), read_checkpoint(str(ckpt))) if ckpt else (None, None)
-
-
-def resumed_config(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> DictConfig:
-    """The config of the run being resumed: the overrides it was started with (stored in its checkpoint),
-    then this command's (later win). Only possible under Hydra (the CLI)."""
-    from hydra import compose
-    from hydra.core.hydra_config import HydraConfig
-
-    saved = ckpt.get("das2f", {}).get("overrides")
-    if saved is None:
-        raise CheckpointError(f"{ckpt_path}: written by an older das2f without its run's overrides; continue it with "
-                              "ckpt_path=<that file> plus the overrides the run was started with")
-    if not HydraConfig.initialized():
-        return cfg
-    now = task_overrides() or []
-    log.info("resuming %s with its overrides %s%s", Path(ckpt_path).parents[1], saved,
-             f" then {now}" if now else "")
-    return compose(config_name=HydraConfig.get().job.config_name, overrides=merged_overrides(saved, now))
-
-
-def merged_overrides(saved: list[str], now: list[str]) -> list[str]:
-    """The run's own overrides, then this command's: a key given again takes this command's value (its ``+key=``
-    said again would be refused by Hydra as a second append; a ``+key`` of the run set anew becomes ``++key``)."""
-    def key(o: str) -> str:
-        return o.split("=", 1)[0].lstrip("+~")
-
-    again = {key(o) for o in now}
-    added = {key(o) for o in saved if o.startswith("+")}
-    kept = [o for o in saved if key(o) not in again]
-    return kept + [f"++{o.lstrip('+')}" if key(o) in added and not o.startswith("~") else o for o in now]
-
-
-def net_from_checkpoint(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> None:
-    """Evaluation rebuilds the network the checkpoint holds (stages, widths, backbone, fusion), not the config's."""
-    net = ckpt["hyper_parameters"]["net"]  # load_checkpoint made sure it is there
-    with open_dict(cfg):
-        backend = cfg.model.net.get("scan_backend")
-        cfg.model.net = OmegaConf.create(net)
-        if backend is not None:
-            cfg.model.net.scan_backend = backend  # where it runs, not what it is: this machine's choice
-
-
-def slim_checkpoint(path: str) -> None:
-    """Drop the optimizer and scheduler state from a finished run's best checkpoint (test, eval and predict
-    read only the weights; resume reads last.ckpt). Written to a temporary file, then renamed."""
-    import torch
-
-    if not path or Path(path).name == "last.ckpt":
-        return
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "optimizer_states" not in ckpt:
-        return
-    for key in ("optimizer_states", "lr_schedulers"):
-        ckpt.pop(key, None)
-    tmp = Path(path).with_suffix(".tmp")
-    try:
-        torch.save(ckpt, tmp)
-        tmp.replace(path)
-    except BaseException:  # an error or a stop signal: the full checkpoint stays, no half-written file
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def stopped(cfg: DictConfig, phase: str, trainer=None) -> Interrupted:
-    """The message and exit status of a run stopped by a signal (das2f.runtime.signals) during ``phase``."""
-    import signal
-
-    from .checkpoint import LAST
-    from .runtime import signals
-
-    sig = signals.received() or signal.SIGTERM
-    out = Path(cfg.paths.output_dir)
-    where = f" at epoch {trainer.current_epoch + 1}, step {trainer.global_step}" if trainer is not None else ""
-    last = out / "checkpoints" / LAST
-    if phase == "training" and last.is_file():
-        then = f"{last} holds it: continue with python -m das2f.train resume={out}"
-    elif phase == "training" or not cfg.get("train"):
-        then = "nothing to continue from: the same command starts it again"
-    else:
-        best = trainer.checkpoint_callback.best_model_path if trainer is not None and trainer.checkpoint_callback else ""
-        then = (f"training is complete; test its best checkpoint with python -m das2f.eval ckpt_path={best} and this "
-                f"run's dataset overrides" if best else "training is complete")
-    return Interrupted(f"stopped by {signals.signal_name(sig)} while {phase}{where}: {then}{sweep_note()}",
-                       status=signals.exit_status(sig))
-
-
-class Phase:
-    """What a run is doing (for the message when a signal stops it), and its trainer once built."""
-
-    def __init__(self):
-        self.name, self.trainer = "starting", None
-
-    def __call__(self, name: str, trainer=None) -> None:
-        self.name, self.trainer = name, trainer or self.trainer
-
-
 def run(cfg: DictConfig) -> dict:
+    """Prepare, fit, test the best-on-validation checkpoint, write the results; returns the metrics. With
+    ``train=false`` (das2f.eval): test the given checkpoint."""
     from .runtime import signals
 
     phase = Phase()
@@ -249,58 +86,21 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _run(cfg: DictConfig, at: Phase) -> dict:
+    from .training.results import print_results, write_results
+
     started = time.perf_counter()
     at("checking the checkpoint")
-    if not cfg.get("train") and not cfg.get("ckpt_path"):
-        raise ConfigError("evaluation needs a checkpoint: ckpt_path=<run dir>/checkpoints/epoch_NNN.ckpt "
-                          "(the best-on-validation checkpoint of a das2f.train run)")
-    ckpt, saved = resolve_ckpt(cfg)
-    if cfg.get("resume"):
-        cfg = resumed_config(cfg, ckpt, saved)
-        from .runtime.threads import configure, run_setting
-
-        configure(run_setting(cfg))  # the run's own setting (threads=1 or deterministic=true kept it reproducible)
-    if ckpt:
-        if not cfg.get("train"):
-            net_from_checkpoint(cfg, ckpt, saved)
-        resume_wandb_run(cfg, ckpt, saved)
+    cfg, ckpt, saved = start_point(cfg)
     at("preparing the data")
     datamodule, model, trainer = build(cfg)
     if ckpt:
         check_checkpoint_classes(ckpt, saved, datamodule.class_names)
     del saved
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from .runtime import signals
-    from .training.results import print_results, write_results
-
-    out = Path(cfg.paths.output_dir)
     try:
-        if cfg.get("train"):
-            log.info("training: %s", out)
-            at("training", trainer)
-            try:
-                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-            except (SIGTERMException, signals.Stop) as err:
-                raise stopped(cfg, "training", trainer) from err
-            at("finishing the training", trainer)
-            signals.answer_pending()  # a scheduler's warning that came after the last step: requeue now
-            if trainer.checkpoint_callback and trainer.is_global_zero:
-                slim_checkpoint(trainer.checkpoint_callback.best_model_path)
-            if signals.received():  # it came as the last step ended: training is complete, the test not begun
-                raise stopped(cfg, "finishing the training", trainer)
+        best = fit(cfg, trainer, model, datamodule, ckpt, at) if cfg.get("train") else ckpt  # eval: the checkpoint given
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if cfg.get("test"):
-            best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") \
-                if cfg.get("train") else ckpt  # eval: exactly the given checkpoint
-            log.info("testing the best-on-validation checkpoint: %s", best or "(current weights)")
-            at("testing", trainer)
-            try:
-                trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
-            except (SIGTERMException, signals.Stop) as err:
-                raise stopped(cfg, "testing", trainer) from err
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
-            metrics["best_checkpoint"] = best
+            metrics.update(evaluate(cfg, trainer, model, datamodule, best, at), best_checkpoint=best)
         at("writing the results", trainer)
         out = write_results(cfg, metrics, model, started, datamodule.split_record)
         log_figures(trainer, out)
@@ -313,6 +113,43 @@ def _run(cfg: DictConfig, at: Phase) -> dict:
         if wandb is not None and wandb.run is not None:
             wandb.finish()
     return metrics
+
+
+def fit(cfg: DictConfig, trainer, model, datamodule, ckpt: str | None, at: Phase) -> str:
+    """Train (from ``ckpt`` when resumed or started from a checkpoint); the best-on-validation checkpoint, slimmed."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from .runtime import signals
+
+    log.info("training: %s", cfg.paths.output_dir)
+    at("training", trainer)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    except (SIGTERMException, signals.Stop) as err:
+        raise stopped(cfg, "training", trainer) from err
+    at("finishing the training", trainer)
+    signals.answer_pending()  # a scheduler's warning that came after the last step: requeue now
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if trainer.is_global_zero:
+        slim_checkpoint(best)
+    if signals.received():  # it came as the last step ended: training is complete, the test not begun
+        raise stopped(cfg, "finishing the training", trainer)
+    return best
+
+
+def evaluate(cfg: DictConfig, trainer, model, datamodule, best: str | None, at: Phase) -> dict:
+    """The test metrics of ``best`` (the current weights when there is none)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from .runtime import signals
+
+    log.info("testing the best-on-validation checkpoint: %s", best or "(current weights)")
+    at("testing", trainer)
+    try:
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
+    except (SIGTERMException, signals.Stop) as err:
+        raise stopped(cfg, "testing", trainer) from err
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
 @hydra_entry("train")

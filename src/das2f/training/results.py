@@ -19,7 +19,7 @@ def write_results(cfg, metrics: dict, model, started: float | None = None, split
 
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    net = cfg.model.net  # the network that ran (for eval: the checkpoint's, see das2f.train.net_from_checkpoint)
+    net = cfg.model.net  # the network that ran (for eval: the checkpoint's, see das2f.training.start.net_from_checkpoint)
     summary = {
         "dataset": cfg.dataset.name, "seed": int(cfg.seed), "stages": int(net.stages),
         "backbone": net.backbone, "fusion": net.fusion, "cmda": "swap" if net.swap else "none",
