@@ -183,7 +183,9 @@ if numba is not None:
             _scatter(block, groups, yl, y)
 
     @numba.njit(nogil=True, fastmath=True, cache=True)
-    def _backward_kernel(dy, u, delta, A, A2, Bv, Cv, Dv, kept, chunk, d_u, d_delta, d_A, d_B, d_C, d_D, lo, hi):
+    # noqa: C901 below: one compiled loop nest (chunks, recomputed states, the reverse pass); split into Python
+    # functions it would cost a call per element inside numba
+    def _backward_kernel(dy, u, delta, A, A2, Bv, Cv, Dv, kept, chunk, d_u, d_delta, d_A, d_B, d_C, d_D, lo, hi):  # noqa: C901
         """Gradients of blocks lo..hi: d_u, d_delta (of delta after softplus), d_B, d_C written through views
         like the inputs'; ``d_A`` (B, G, N, E) and ``d_D`` (B, D) hold one partial sum per batch element."""
         length, groups, n_size, e_size = u.shape[0], A2.shape[0], A2.shape[1], A2.shape[2]

@@ -44,7 +44,10 @@ def machine() -> dict:
 
     import torch
 
-    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    from .. import __version__
+
+    return {"das2f": __version__, "host": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
