@@ -86,3 +86,44 @@ def test_old_class_paths_still_instantiate(caplog):
     assert cfg.net._target_ == "das2f.models.DAS2F" and len(changed) == 2
     assert "das2f.callbacks.EpochSummary -> das2f.training.callbacks.EpochSummary" in caplog.text
     assert hydra.utils.instantiate(cfg.cb).every_s == 5
+
+
+def test_a_wheel_carries_its_configs_and_takes_a_users_config_dir(tmp_path):
+    """A wheel built from the checkout, installed elsewhere and run from a directory outside the checkout: its
+    configs come with it (`das2f train --cfg job`), and a dataset config from a user's own directory
+    (`--config-dir`) trains and tests."""
+    import os
+    import shutil
+
+    root = SRC.parent
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path / "dist"), str(root)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("das2f-*.whl")
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                              str(tmp_path / "site"), str(wheel)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr[-3000:]
+    assert (tmp_path / "site" / "das2f" / "conf" / "train.yaml").is_file()
+    work = tmp_path / "work"
+    (work / "myconf" / "dataset").mkdir(parents=True)
+    mine = (root / "conf" / "dataset" / "synthetic.yaml").read_text().replace("name: synthetic", "name: mine")
+    (work / "myconf" / "dataset" / "mine.yaml").write_text(mine)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    shutil.rmtree(tmp_path / "dist")
+
+    def das2f(*args):
+        return subprocess.run([sys.executable, "-m", "das2f", *args], cwd=work, env=env, capture_output=True, text=True)
+
+    r = das2f("train", "--cfg", "job")
+    assert r.returncode == 0 and "name: synthetic" in r.stdout, r.stderr[-3000:]
+    assert das2f("train", "--cfg", "job", "dataset=mine").returncode != 0  # without --config-dir: no such dataset
+    r = das2f("train", "--config-dir", str(work / "myconf"), "dataset=mine", "dataset.generate.size=48",
+              "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4", "model.net.hidden=32",
+              "model.net.d_state=4", "model.net.dt_rank=4", "data.num_workers=0", "trainer.max_epochs=1", "threads=1")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    (metrics,) = work.glob("logs/train/runs/mine_*/metrics.json")
+    import json
+
+    summary = json.loads(metrics.read_text())
+    assert summary["dataset"] == "mine" and "test/oa" in summary["metrics"]
+    assert str(root) not in (work / "logs").joinpath(metrics.parent.relative_to(work / "logs"), "config.yaml").read_text()

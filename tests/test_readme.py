@@ -49,6 +49,8 @@ NOT_RUN = {  # README commands the test suite does not run, and why
     "make experiment-wv2": "a full-scene map of minutes (the README states its results)",
     "make train ARGS=dataset.split_blocks=32": "the main job's scene under a block split: the tests' 48-pixel scene is "
                                                "too small for 32-pixel blocks (the full scene's block split: test_split)",
+    "das2f train --config-dir /path/to/my-conf dataset=NAME": "a folder of the reader's own: "
+        "test_layout.test_a_wheel_carries_its_configs_and_takes_a_users_config_dir trains with one",
     "make experiment-protocols": "nine trainings on the real tiles, about 40 minutes (docs/splits.md states the results)",
     "das2f train -m dataset.split_blocks=64 dataset.split_folds=5 dataset.split_fold=0,1,2,3,4":
         "five trainings on a scene large enough for five folds of 64-pixel blocks; the folds: test_split",

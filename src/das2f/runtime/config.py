@@ -7,8 +7,23 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-PROJECT_DIR = str(Path(__file__).resolve().parents[3])  # src/das2f/runtime/config.py -> the checkout
-CONF_DIR = str(Path(PROJECT_DIR) / "conf")
+def _locate() -> tuple[str | None, str]:
+    """(the checkout, the config directory): the checkout's conf/ when das2f runs from one (an editable install,
+    src/ on PYTHONPATH); else the copy a wheel installs inside the package (setup.py), with no checkout."""
+    here = Path(__file__).resolve()
+    checkout = here.parents[3]  # src/das2f/runtime/config.py -> the checkout
+    if (checkout / "conf" / "train.yaml").is_file():
+        return str(checkout), str(checkout / "conf")
+    return None, str(here.parents[1] / "conf")
+
+
+CHECKOUT, CONF_DIR = _locate()
+
+
+def project_dir() -> str:
+    """``paths.project_dir``: the checkout (conf/, experiments/, ../shared/data beside it), or for a wheel install
+    the working directory."""
+    return CHECKOUT or os.getcwd()
 
 
 def plain(cfg):
@@ -95,7 +110,7 @@ RESOLVERS = {
     "wandb_offline": wandb_offline,
     "run_group": _run_group,
     "das2f_cwd": os.getcwd,  # outputs go where the command runs (never needs Hydra's runtime, so sweeps resolve too)
-    "das2f_project": lambda: PROJECT_DIR,
+    "das2f_project": project_dir,
     "das2f_run_dir": _run_dir,
     "isatty": _isatty,
 }
