@@ -20,8 +20,7 @@ import matplotlib.patches as mpatches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from das2f.data.split import (SPLITS, block_ids, footprint_bounds, overlap_shares, overlapping,  # noqa: E402
-                              split_by_blocks, stratified_split)
+from das2f.data.split import SPLITS, block_ids, footprint_bounds, overlap_shares, overlapping, split_by_blocks, stratified_split  # noqa: E402
 from das2f.data.synthetic import write_scene  # noqa: E402
 
 COLOURS = {"train": "#1f77b4", "val": "#2ca02c", "test": "#d62728"}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+
 def _locate() -> tuple[str | None, str]:
     """(the checkout, the config directory): the checkout's conf/ when das2f runs from one (an editable install,
     src/ on PYTHONPATH); else the copy a wheel installs inside the package (setup.py), with no checkout."""
