@@ -136,6 +136,29 @@ def test_auto_uses_the_cpu_backend_off_gpu_and_says_why(caplog):
         selective_scan(**x, backend="mamba_ssm")
 
 
+def test_deterministic_algorithms_keep_auto_off_mamba_ssm_on_cuda(caplog, monkeypatch):
+    """mamba-ssm's CUDA backward sums dA with atomic adds: under deterministic algorithms (deterministic=true) auto
+    picks the triton kernels on CUDA, and an explicit mamba_ssm is run with a warning that says why."""
+    from das2f.models import scan
+
+    if scan.scan_triton.IMPORT_ERROR is not None:
+        pytest.skip(f"triton does not import: {scan.scan_triton.IMPORT_ERROR}")
+    monkeypatch.setattr(scan, "_mamba_ssm_fn", lambda: (object(), "mamba-ssm imports"))
+    cuda = torch.device("cuda")
+    caplog.set_level("INFO", logger="das2f.models.scan")
+    scan._announced.clear()
+    assert resolve_backend("auto", cuda) == "mamba_ssm"
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert resolve_backend("auto", cuda) == "triton"
+        assert resolve_backend("mamba_ssm", cuda) == "mamba_ssm"
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert "deterministic algorithms are on: mamba-ssm's backward sums some gradients with atomic adds" in caplog.text
+    assert any(r.levelname == "WARNING" and "atomic adds" in r.message for r in caplog.records)
+
+
 # --------------------------------------------------------------------------- the cpu backend's own cases
 def test_exp2_polynomial_is_float32_exact():
     from das2f.models.scan_cpu import exp2_array

@@ -32,7 +32,8 @@ Backends
                fast GPU scan with no CUDA build; CPU tensors only under Triton's interpreter
                (``TRITON_INTERPRET=1``), which is how CI checks it.
 ``mamba_ssm``  mamba-ssm's CUDA kernel; only where it imports and the tensors are on CUDA.
-``auto``       on CUDA: ``mamba_ssm`` if it imports, else ``triton`` if it imports, else ``torch``;
+``auto``       on CUDA: ``mamba_ssm`` if it imports (``triton`` first under deterministic algorithms: mamba-ssm's
+               backward uses atomic adds), else ``triton`` if it imports, else ``torch``;
                on CPU: ``cpu`` if numba imports, else ``torch``. Logs its choice and the reason once.
 
 Precision: every backend but ``reference`` keeps the state and its exponentials in float32 whatever
@@ -361,7 +362,12 @@ def check_backend(backend: str) -> None:
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Name of the backend that ``backend`` ('auto' included) runs on ``device``."""
     check_backend(backend)
+    deterministic = torch.are_deterministic_algorithms_enabled()  # deterministic=true (trainer.deterministic)
     if backend != "auto":
+        if backend == "mamba_ssm" and deterministic:
+            _announce("mamba_ssm", "asked for, but deterministic algorithms are on and mamba-ssm's backward sums dA and "
+                      "the delta bias's gradient with atomic adds: gradients may differ in the last bits between runs; "
+                      "scan_backend=triton is deterministic", logging.WARNING)
         return backend
     if device.type == "cpu":
         if scan_cpu.IMPORT_ERROR is None:
@@ -373,6 +379,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         _announce("torch", f"tensors on {device.type}; mamba-ssm and triton run on CUDA only")
         return "torch"
     fn, reason = _mamba_ssm_fn()
+    if fn is not None and deterministic and scan_triton.IMPORT_ERROR is None:
+        _announce("triton", "deterministic algorithms are on: mamba-ssm's backward sums some gradients with atomic adds, "
+                  "triton's kernels write each output once")
+        return "triton"
     if fn is not None:
         _announce("mamba_ssm", "mamba-ssm imports and tensors are on CUDA")
         return "mamba_ssm"
