@@ -27,7 +27,7 @@ $(STAMP): $(ROOT)/pyproject.toml
 		python3 -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q torch==$(TORCH_VERSION); \
 	fi
 	$(PY) -m pip install -q -e "$(ROOT)[dev,sweep,tensorboard]"
-	$(PY) -c "from das2f.models.scan_cpu import compile_kernels; compile_kernels()"
+	$(PY) -c "from das2f.ops.scan_cpu import compile_kernels; compile_kernels()"
 	@touch $(STAMP)
 
 test: $(STAMP) ## the linter, the strict docs build, then the test suite (CI runs exactly this); slow and GPU tests left out

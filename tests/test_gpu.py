@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from das2f.models import DAS2F, selective_scan
-from das2f.models.scan import _mamba_ssm_fn, scan_triton
+from das2f.ops.scan import _mamba_ssm_fn, scan_triton
 
 from .test_scan import make_inputs
 from .test_scan_triton import low_precision_inputs, relative_errors

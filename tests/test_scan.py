@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from das2f.models import selective_scan
-from das2f.models.scan import resolve_backend, selective_scan_time_major, time_major_arguments
+from das2f.ops.scan import resolve_backend, selective_scan_time_major, time_major_arguments
 
 # float32 chunked scan vs float64 loop: observed errors ~1e-6 relative; 1e-4 leaves room for
 # accumulation over 300 steps without hiding a wrong formula (those give errors of order 1).
@@ -125,8 +125,8 @@ def test_bad_shapes_raise():
 
 
 def test_auto_uses_the_cpu_backend_off_gpu_and_says_why(caplog):
-    caplog.set_level("INFO", logger="das2f.models.scan")
-    from das2f.models import scan
+    caplog.set_level("INFO", logger="das2f.ops.scan")
+    from das2f.ops import scan
 
     scan._announced.clear()
     assert resolve_backend("auto", torch.device("cpu")) == "cpu"
@@ -139,13 +139,13 @@ def test_auto_uses_the_cpu_backend_off_gpu_and_says_why(caplog):
 def test_deterministic_algorithms_keep_auto_off_mamba_ssm_on_cuda(caplog, monkeypatch):
     """mamba-ssm's CUDA backward sums dA with atomic adds: under deterministic algorithms (deterministic=true) auto
     picks the triton kernels on CUDA, and an explicit mamba_ssm is run with a warning that says why."""
-    from das2f.models import scan
+    from das2f.ops import scan
 
     if scan.scan_triton.IMPORT_ERROR is not None:
         pytest.skip(f"triton does not import: {scan.scan_triton.IMPORT_ERROR}")
     monkeypatch.setattr(scan, "_mamba_ssm_fn", lambda: (object(), "mamba-ssm imports"))
     cuda = torch.device("cuda")
-    caplog.set_level("INFO", logger="das2f.models.scan")
+    caplog.set_level("INFO", logger="das2f.ops.scan")
     scan._announced.clear()
     assert resolve_backend("auto", cuda) == "mamba_ssm"
     before = torch.are_deterministic_algorithms_enabled()
@@ -161,7 +161,7 @@ def test_deterministic_algorithms_keep_auto_off_mamba_ssm_on_cuda(caplog, monkey
 
 # --------------------------------------------------------------------------- the cpu backend's own cases
 def test_exp2_polynomial_is_float32_exact():
-    from das2f.models.scan_cpu import exp2_array
+    from das2f.ops.scan_cpu import exp2_array
 
     x = np.linspace(-125.9, 127.0, 1_000_003, dtype=np.float32)
     got = np.empty_like(x)
@@ -204,9 +204,9 @@ def test_cpu_backend_takes_bf16_inputs_with_a_float32_state():
 
 
 def test_cpu_backend_falls_back_to_torch_and_says_why(caplog, monkeypatch):
-    from das2f.models import scan, scan_cpu
+    from das2f.ops import scan, scan_cpu
 
-    caplog.set_level("INFO", logger="das2f.models.scan")
+    caplog.set_level("INFO", logger="das2f.ops.scan")
     scan._announced.clear()
     x = make_inputs(2, 8, 2, 4, 10, "init", 0)  # float64: the cpu kernels' state is float32
     torch.testing.assert_close(selective_scan(**x, backend="cpu"), selective_scan(**x, backend="torch"))

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from das2f.models import scan as scan_module
 from das2f.models import selective_scan
-from das2f.models.scan import resolve_backend, selective_scan_time_major, time_major_arguments
+from das2f.ops import scan as scan_module
+from das2f.ops.scan import resolve_backend, selective_scan_time_major, time_major_arguments
 
 from .test_scan import RTOL, make_inputs
 
@@ -140,7 +140,7 @@ def test_triton_on_cpu_without_the_interpreter_says_how(monkeypatch):
 ])
 def test_auto_on_cuda_prefers_mamba_then_triton_then_torch(monkeypatch, caplog, mamba, triton, expected):
     """The rule only (no GPU needed): which backend auto picks on a CUDA device, and that it says why."""
-    caplog.set_level("INFO", logger="das2f.models.scan")
+    caplog.set_level("INFO", logger="das2f.ops.scan")
     scan_module._announced.clear()
     monkeypatch.setattr(scan_module, "_mamba_ssm_fn",
                         lambda: (len, None) if mamba else (None, "mamba-ssm does not import (ImportError: x)"))
@@ -162,7 +162,7 @@ AOT = """
 import itertools, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from das2f.models import scan_triton as st
+from das2f.ops import scan_triton as st
 low = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "dy_ptr"}
 for arch, dtype, flag, fn in itertools.product((80, 90), ("fp32", "bf16"), (True, False),
                                                (st._forward_kernel, st._backward_kernel)):

@@ -52,7 +52,7 @@ MODULES = ("das2f", "tests.probe")
 PRELOAD = ("das2f", "torch", "lightning", "hydra", "omegaconf", "torchmetrics", "h5py", "numba", "rich", "matplotlib",
            "das2f.train", "das2f.eval", "das2f.predict", "das2f.prepare", "das2f.report", "das2f.checkpoint",
            "das2f.training.module", "das2f.training.callbacks", "das2f.training.loggers", "das2f.data.datamodule",
-           "das2f.data.prepare", "das2f.maps.predictor", "das2f.maps.figures", "das2f.models", "das2f.models.scan_cpu",
+           "das2f.data.prepare", "das2f.maps.predictor", "das2f.maps.figures", "das2f.models", "das2f.ops.scan_cpu",
            "hydra_plugins.das2f_launchers.launchers")
 
 
@@ -85,7 +85,7 @@ class _Server:
         self.base_env = dict(os.environ)
         for name in PRELOAD:
             __import__(name)
-        from das2f.models import scan_cpu
+        from das2f.ops import scan_cpu
 
         if scan_cpu.IMPORT_ERROR is None:  # the cpu scan's kernels, from numba's cache (0.5 s in each command)
             scan_cpu._compiled()

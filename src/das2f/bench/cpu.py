@@ -35,7 +35,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..models import DAS2F
-from ..models.scan import (
+from ..ops.scan import (
     DEFAULT_CHUNK,
     selective_scan_cpu,
     selective_scan_reference,

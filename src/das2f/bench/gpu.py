@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..models import DAS2F
-from ..models.scan import BACKENDS, _mamba_ssm_fn, scan_triton, selective_scan
+from ..ops.scan import BACKENDS, _mamba_ssm_fn, scan_triton, selective_scan
 from .cpu import bench_loader, model_optimizer, scan_inputs, write_report
 
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.scan import check_backend
 from ..runtime.errors import ConfigError
 from .blocks import CrossBlock, MixerBlock, backbone_kind
 from .fusion import check_fusion, make_fusion, tokens_to_subpixels
-from .scan import check_backend
 
 
 class PatchEmbed(nn.Module):

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.scan import selective_scan_time_major
 from ..runtime.errors import ConfigError
-from .scan import selective_scan_time_major
 
 K_DIRECTIONS = 4
 

@@ -31,7 +31,7 @@ class Das2fClassifier(L.LightningModule):
         self.net = hydra.utils.instantiate(net)
         if compile:
             # torch.compile of the network in place (its state_dict keys unchanged); the cpu scan backend is
-            # traced as two operators, the others stay eager between compiled graphs (models/scan.py).
+            # traced as two operators, the others stay eager between compiled graphs (ops/scan.py).
             # Compiled at the first batch.
             self.net.compile()
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
