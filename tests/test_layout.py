@@ -60,6 +60,24 @@ def test_no_import_cycle():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def test_the_data_layer_is_handed_the_signal_policy_never_imports_it():
+    graph = import_graph()
+    importers = sorted(m for m, deps in graph.items() if m.startswith("das2f.data") and "das2f.runtime.signals" in deps)
+    assert not importers, importers
+
+
+def test_src_uses_public_apis_only():
+    """No private attribute of Lightning, Hydra, submitit or numba, no /proc parsing (psutil does it); the NVIDIA
+    driver check of the launcher and the benchmark's peak-memory readings are the stated exceptions."""
+    import re
+
+    private = re.compile(r"_signal_connector|\._process\b|_return_value|_max_workers|/proc/")
+    found = [f"{path.relative_to(SRC)}:{n}: {line.strip()}" for path in SRC.rglob("*.py") if "bench" not in path.parts
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if private.search(line) and "/proc/driver/nvidia" not in line]
+    assert not found, "\n".join(found)
+
+
 def test_das2f_command_lists_the_tasks():
     out = subprocess.run([sys.executable, "-m", "das2f", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

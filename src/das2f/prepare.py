@@ -9,12 +9,13 @@ from .runtime.cli import hydra_entry
 @hydra_entry("prepare")
 def main(cfg: DictConfig) -> None:
     from .data.prepare import inspect_dataset, prepare_dataset
+    from .runtime import signals
 
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     if cfg.get("inspect"):
         inspect_dataset(dataset)
     else:
-        prepare_dataset(dataset, force=bool(cfg.force))
+        prepare_dataset(dataset, force=bool(cfg.force), check=signals.check)
 
 
 if __name__ == "__main__":

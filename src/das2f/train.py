@@ -47,7 +47,10 @@ def build(cfg: DictConfig):
     route_lightning_logs()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     log.info("data: %s -> %s", cfg.dataset.name, cfg.dataset.prepared_dir)
-    datamodule = hydra.utils.instantiate(cfg.data, dataset=OmegaConf.to_container(cfg.dataset, resolve=True))
+    from .runtime import signals
+
+    datamodule = hydra.utils.instantiate(cfg.data, dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
+                                         worker_options=signals.loader_options, stop_check=signals.check)
     datamodule.prepare_data()
     datamodule.setup()
     if datamodule.class_names != list(cfg.dataset.classes):

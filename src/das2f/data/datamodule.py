@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..runtime.config import plain
 from ..runtime.errors import CheckpointError, ConfigError
-from ..runtime.signals import loader_options
 from .hdf5 import read_attrs
 from .prepare import prepare_dataset, split_paths
 from .transforms import joint_flip_rotate, normalize_pair, shift_scale
@@ -132,12 +131,17 @@ class MsPanDataModule(L.LightningDataModule):
     """
 
     def __init__(self, dataset: dict, batch_size: int = 64, num_workers: int = 2, normalization: str = "minmax",
-                 augment: bool = False, window: int = 512, seed: int = 0, prepare: bool = True):
+                 augment: bool = False, window: int = 512, seed: int = 0, prepare: bool = True, worker_options=None,
+                 stop_check=None):
+        """``worker_options(num_workers, rank)`` (extra DataLoader arguments for the workers) and ``stop_check()``
+        (called between the blocks of a preparation; raises to stop it): the entry points' signal policy
+        (das2f.runtime.signals), handed over rather than imported; neither is saved in checkpoints."""
         super().__init__()
         if normalization not in ("minmax", "zscore"):
             raise ConfigError(f"data.normalization must be 'minmax' or 'zscore', got {normalization!r}")
         dataset = dict(plain(dataset))  # plain containers: the same fingerprint as `make prepare`, safe to save
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(ignore=["worker_options", "stop_check"], logger=False)
+        self.worker_options, self.stop_check = worker_options, stop_check
         self.cfg = dataset
         self.restored: dict | None = None  # the state of a checkpoint (load_state_dict)
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -167,7 +171,7 @@ class MsPanDataModule(L.LightningDataModule):
 
     def prepare_data(self):
         if self.do_prepare:
-            prepare_dataset(self.cfg)
+            prepare_dataset(self.cfg, check=self.stop_check)
 
     def setup(self, stage=None):
         for split, path in self.paths.items():
@@ -247,7 +251,7 @@ class MsPanDataModule(L.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer is not None else 0
         return DataLoader(ds, batch_size=None, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
-                          **loader_options(self.num_workers, rank))
+                          **(self.worker_options(self.num_workers, rank) if self.worker_options else {}))
 
     def train_dataloader(self):
         loader = self._loader("train", True)

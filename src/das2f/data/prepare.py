@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ..runtime import signals
 from ..runtime.config import plain
 from ..runtime.errors import ConfigError, MissingFileError
 from ..runtime.locks import directory_lock
@@ -276,9 +275,12 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
     return every
 
 
-def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = None) -> dict[str, Path]:
-    """Write the dataset's split files (see hdf5.py); skip when they exist with the same fingerprint."""
+def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = None, check=None) -> dict[str, Path]:
+    """Write the dataset's split files (see hdf5.py); skip when they exist with the same fingerprint. ``check()``:
+    called between blocks of work, it raises to stop the preparation (the entry points' signal policy:
+    das2f.runtime.signals.check); every file begun is then removed."""
     console = console or Console()
+    check = check or (lambda: None)
     cfg = dict(plain(cfg))  # plain containers: the same fingerprint whoever hands the config over
     if cfg.get("generate"):
         write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
@@ -305,7 +307,7 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
         check_label_values(cfg, drawn.found, values, ignore, values_given)  # before anything is cut or written
         _finish_draw(cfg, classes, values, drawn)
         _write(cfg, specs, drawn, paths, {"format_version": FORMAT_VERSION, "dataset": cfg["name"],
-                                          "class_names": classes, "fingerprint": fingerprint}, console)
+                                          "class_names": classes, "fingerprint": fingerprint}, console, check)
         console.print(_counts_table(cfg["name"], classes, drawn.counts))
         if drawn.block_info is not None:
             console.print(block_table(classes, drawn.block_info))
@@ -394,7 +396,8 @@ def _finish_draw(cfg: dict, classes: list[str], values: list[int], drawn: Drawn)
     drawn.overlap = overlap_shares([tuple(m["ms_size"][1:]) for m in drawn.meta], drawn.coords, int(cfg["ms_patch"]))
 
 
-def _write(cfg: dict, specs: list[dict], drawn: Drawn, paths: dict[str, Path], attrs: dict, console: Console) -> None:
+def _write(cfg: dict, specs: list[dict], drawn: Drawn, paths: dict[str, Path], attrs: dict, console: Console,
+           check) -> None:
     """Pass 2: cut and write. Train and val go in a seeded random order ACROSS scenes (any window of the
     chunk-shuffling sampler is then a random sample of the whole split, not of one scene or tile); scenes are
     loaded in groups that fit `shuffle_memory_mb`, one group at a time. An error or a stop signal removes every
@@ -416,13 +419,13 @@ def _write(cfg: dict, specs: list[dict], drawn: Drawn, paths: dict[str, Path], a
         with Progress(console=console, transient=False) as progress:
             task = progress.add_task(f"cutting {cfg['name']}", total=sum(len(c[s]) for c in drawn.coords for s in SPLITS))
             for g, group in enumerate(groups):
-                _cut_group(cfg, specs, drawn, group, g, writers, stats, lambda n: progress.advance(task, n))
+                _cut_group(cfg, specs, drawn, group, g, writers, stats, lambda n: progress.advance(task, n), check)
         attrs = {**attrs, "class_values": cfg["class_values"], "ms_patch": cfg["ms_patch"],
                  "pan_patch": cfg["ms_patch"] * ratio, "ratio": ratio, "scenes": drawn.meta, "split_seed": seed,
                  "split_rule": dict(cfg["split"]), "split_protocol": drawn.protocol,
                  "split_blocks": dict(zip(("side", "folds", "fold"), drawn.blocks)) if drawn.blocks else {},
                  "overlap": drawn.overlap, **stats["ms"].as_attrs("ms"), **stats["pan"].as_attrs("pan")}
-        signals.check()
+        check()
         for s in SPLITS:
             closed.append(writers[s].close(attrs))
     except BaseException:
@@ -439,7 +442,7 @@ def _write(cfg: dict, specs: list[dict], drawn: Drawn, paths: dict[str, Path], a
 
 
 def _cut_group(cfg: dict, specs: list[dict], drawn: Drawn, group: list[int], g: int, writers: dict, stats: dict,
-               advance) -> None:
+               advance, check) -> None:
     """Cut and append the samples of one group of scenes, block by block; train's update the statistics."""
     ratio, seed, values = int(cfg["ratio"]), int(cfg.get("seed", 0)), np.array(cfg["class_values"])
     scenes = {i: load_scene(specs[i], ratio) for i in group}
@@ -449,7 +452,7 @@ def _cut_group(cfg: dict, specs: list[dict], drawn: Drawn, group: list[int], g: 
         if s != "test":
             items = items[np.random.default_rng([seed, g, SPLITS.index(s)]).permutation(len(items))]
         for b in range(0, len(items), BLOCK):
-            signals.check()  # a stop signal whose Stop was lost (see signals.check)
+            check()  # a stop signal whose Stop was lost (see das2f.runtime.signals.check)
             block = items[b:b + BLOCK]
             ms, pan, raw = _cut_block(block, cutters, scenes, s)
             writers[s].append(ms=ms, pan=pan, label=np.searchsorted(values, raw), coord=block[:, 1:].astype(np.int32),

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..runtime.signals import loader_options
 from .patches import PatchCutter
 from .readers import _channels_first, mat_key, read_raster
 from .scenes import wald_from_rgb
@@ -186,9 +185,12 @@ class SceneDataModule(L.LightningDataModule):
     copy): it holds the window index, never an open file."""
 
     def __init__(self, windows: SceneWindows, todo: np.ndarray, shift: np.ndarray, scale: np.ndarray,
-                 num_workers: int = 2):
+                 num_workers: int = 2, worker_options=None):
+        """``worker_options(num_workers, rank)``: extra DataLoader arguments for the workers (the entry points'
+        signal policy, das2f.runtime.signals.loader_options)."""
         super().__init__()
         self.windows, self.todo, self.num_workers = windows, np.asarray(todo), num_workers
+        self.worker_options = worker_options
         self.shift = torch.as_tensor(np.asarray(shift), dtype=torch.float32)
         self.scale = torch.as_tensor(np.asarray(scale), dtype=torch.float32)
 
@@ -199,7 +201,7 @@ class SceneDataModule(L.LightningDataModule):
         mine = [int(i) for i in self.todo[rank::world]]
         return DataLoader(self.windows, batch_size=None, sampler=mine, num_workers=self.num_workers,
                           persistent_workers=False, pin_memory=torch.cuda.is_available(),
-                          **loader_options(self.num_workers, rank))
+                          **(self.worker_options(self.num_workers, rank) if self.worker_options else {}))
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         batch["ms"], batch["pan"] = normalize_pair(batch["ms"], batch["pan"], self.shift, self.scale)

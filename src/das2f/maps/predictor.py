@@ -335,8 +335,8 @@ def map_scene(cfg: DictConfig, predictor: Predictor, dataset: dict, out_dir: Pat
                                       enable_model_summary=False, default_root_dir=str(out_dir))
     t0 = time.perf_counter()
     try:
-        trainer.predict(predictor.model, datamodule=SceneDataModule(windows, todo, shift, scale, cfg.num_workers),
-                        return_predictions=False)
+        trainer.predict(predictor.model, return_predictions=False,
+                        datamodule=SceneDataModule(windows, todo, shift, scale, cfg.num_workers, signals.loader_options))
     except (SIGTERMException, signals.Stop) as err:
         done = int(np.load(progress_path).sum())
         sig = signals.received() or 15

@@ -59,12 +59,15 @@ class _State:
         self.checkpoint: int | None = None  # a SIGUSR1/2 not yet answered by a checkpoint
         self.trainer = None                 # the Lightning trainer whose loop is running, if any
         self.requeue: dict = {}             # signal -> submitit's handler that checkpoints the job's call, requeues it
+        self.forwarding = False             # das2f is calling Lightning's SIGTERM handler (which calls das2f's back)
 
 
 _state = _State()
 
 
 def _handler(signum, frame):
+    if _state.forwarding:  # called back by Lightning's handler, which das2f called itself (_stop_loop)
+        return
     name = signal_name(signum)
     if signum in CHECKPOINT_SIGNALS:
         if signum in _state.requeue and not _fitting():
@@ -82,9 +85,9 @@ def _handler(signum, frame):
         _state.stop = signum
     trainer = _state.trainer
     if trainer is not None:
-        # Lightning's loops check this flag at every step boundary and raise SIGTERMException there (its own
-        # SIGTERM handler sets it too); SIGINT takes the same road instead of a KeyboardInterrupt mid-step.
-        trainer._signal_connector.received_sigterm = True
+        # Lightning's loops stop at their next step boundary with SIGTERMException once Lightning's own SIGTERM
+        # handler has run; SIGINT takes the same road instead of a KeyboardInterrupt mid-step
+        _stop_loop()
         log.warning("%s: stopping after the step in hand%s", name,
                     " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
         return
@@ -140,11 +143,32 @@ def reset() -> None:
     _state.requeue = {}
 
 
+def _stop_loop() -> bool:
+    """Has the running Lightning loop stop at its next step boundary, through Lightning's public SIGTERM handling:
+    the SIGTERM handler a Trainer installs while its loops run (it notes the signal for the loops, and calls the
+    handler it found installed, das2f's, which then does nothing). False where no Trainer's handler is installed
+    (before a loop has started: :func:`loop_started` stops it then)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is _handler or not callable(handler):
+        return False
+    _state.forwarding = True
+    try:
+        handler(signal.SIGTERM, None)
+    finally:
+        _state.forwarding = False
+    return True
+
+
 def attach(trainer) -> None:
     """From now until :func:`detach`, stop signals stop ``trainer``'s loop at its next step boundary."""
     _state.trainer = trainer
-    if _state.stop is not None:  # arrived between two loops: stop this one at once, at its first step
-        trainer._signal_connector.received_sigterm = True
+
+
+def loop_started() -> None:
+    """A Lightning loop of the attached trainer has started (its SIGTERM handler installed): a stop signal that
+    arrived before (between two loops, during start-up) stops it at its first step boundary."""
+    if _state.stop is not None and _state.trainer is not None:
+        _stop_loop()
 
 
 def detach() -> None:

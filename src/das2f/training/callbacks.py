@@ -148,6 +148,14 @@ class StopOnSignal(L.Callback):
 
         signals.attach(trainer)
 
+    def _started(self, trainer, pl_module):
+        from ..runtime import signals
+
+        signals.loop_started()
+
+    # hooks that run once Lightning has installed its signal handling (after on_fit_start)
+    on_sanity_check_start = on_train_start = on_validation_start = on_test_start = on_predict_start = _started
+
     def teardown(self, trainer, pl_module, stage):
         from ..runtime import signals
 
