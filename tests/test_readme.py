@@ -1,11 +1,18 @@
-"""Every command the README and the docs (docs/*.md) show, run as a user types it (from a temporary
-working directory, with size limits appended and nothing else: no path override). A command this file
-cannot run or does not know fails the test, so the README, the docs and the code cannot drift apart.
+"""Every command the README and the docs (docs/*.md) show, checked as a user types it (from a temporary working
+directory, with size limits appended and nothing else: no path override). A command this file cannot check or does
+not know fails the test, so the README, the docs and the code cannot drift apart.
+
+A handful run end to end as processes (``END_TO_END``: the main job, a sweep and its report, eval, a map, prepare,
+the help); every other das2f command has its config composed in-process exactly as its entry point would compose
+it (the Makefile's recipe for make targets, every value of a swept key), resolved, and what it names (a checkpoint,
+a run directory, a dataset's files) checked to exist; reports run in-process on the sweeps made before; other make
+targets are dry-run (`make -n`). `make test-slow` runs every command end to end.
 
 Placeholders in the README are capitals: NAME (a dataset: the generated `synthetic`), CKPT (a
 checkpoint), RUN_DIR (a run directory), DIR (a multirun directory); they are filled in from the runs
 that came before in the same directory.
 """
+import itertools
 import os
 import re
 import shlex
@@ -15,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SHARED
+from .conftest import SHARED, compose_in
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -120,13 +127,17 @@ def skip_reason(command: str) -> str | None:
 COMMANDS = [c for raw in readme_commands() for c in expand(raw)]
 
 
+# run end to end as processes, first and in this order: what the later commands' placeholders name (CKPT, RUN_DIR,
+# DIR) comes from them; `make test-slow` runs every command so
+END_TO_END = ["make train", "python -m das2f.train -m fusion=aalf,sum seed=1,2,3", "make sweep EXP=seeds",
+              'make eval ARGS="ckpt_path=CKPT"', 'make predict ARGS="ckpt_path=CKPT"',
+              "make prepare DATASET=NAME ARGS=inspect=true", "das2f --help", "make help"]
+EVERY_COMMAND = os.environ.get("DAS2F_TEST_EVERY_COMMAND") == "1"  # make test-slow: all end to end
+
+
 def priority(command: str) -> int:
-    """Runs that make what later ones need come first: a train (CKPT, RUN_DIR), then sweeps (DIR)."""
-    if command in ("make train", "make install train"):
-        return 0
-    if " -m " in command or command.startswith("make sweep"):
-        return 1
-    return 2
+    """The end-to-end runs first, in their order; then the rest."""
+    return END_TO_END.index(command) if command in END_TO_END else len(END_TO_END)
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +196,72 @@ def test_readme_command_runs_as_typed(command, workdir):
         stamp = Path(sys.prefix) / ".installed"
         if not stamp.is_file() or stamp.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime:
             pytest.skip(f"{stamp} missing or older than pyproject.toml: make would reinstall (run `make install`)")
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
-    r = subprocess.run(argv, cwd=workdir["cwd"], capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode == 0, f"README command {command!r} ran as {argv} and failed:\n{(r.stdout + r.stderr)[-4000:]}"
+    if command in END_TO_END or EVERY_COMMAND:
+        env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+        r = subprocess.run(argv, cwd=workdir["cwd"], capture_output=True, text=True, env=env, timeout=900)
+        assert r.returncode == 0, f"README command {command!r} ran as {argv} and failed:\n{(r.stdout + r.stderr)[-4000:]}"
+    else:
+        check_in_process(command, argv, workdir["cwd"])
     workdir["done"].append(command)
+
+
+MAKE_TASKS = {"train": "train", "eval": "eval", "predict": "predict", "prepare": "prepare", "sweep": "train"}
+
+
+def entry_call(argv: list[str]) -> tuple[str, list[str], bool] | None:
+    """(entry config, its overrides, multirun) of a das2f command as the entry point or the Makefile's recipe
+    would run it; None for the report and for make targets that run no das2f entry point."""
+    if argv[0] == "make":
+        words = dict(a.split("=", 1) for a in argv[1:] if "=" in a and not a.startswith("-"))
+        target = next(a for a in argv[1:] if not a.startswith("-") and "=" not in a and not a.endswith("Makefile"))
+        if target not in MAKE_TASKS:
+            return None
+        over = [f"dataset={words.get('DATASET', 'synthetic')}", *shlex.split(words.get("ARGS", ""))]
+        if target != "sweep":
+            return target, over, False
+        jobs = ["hydra/launcher=local", f"hydra.launcher.jobs={words['JOBS']}"] if words.get("JOBS") else []
+        return "train", [f"experiment={words.get('EXP', 'ablation')}", *jobs, *over], True
+    if argv[0].endswith("/das2f"):
+        task, args = argv[1], argv[2:]
+    else:
+        task, args = argv[2].split(".", 1)[1], argv[3:]
+    if task == "report":
+        return None
+    return task, [a for a in args if a != "-m"], "-m" in args
+
+
+def check_in_process(command: str, argv: list[str], cwd: Path) -> None:
+    """The command's config composed and resolved as its entry point would, every value of a swept key included,
+    and the files and directories it names present; a report run in-process; another make target dry-run."""
+    call = entry_call(argv)
+    if call is None and argv[0] == "make":
+        r = subprocess.run([*argv[:1], "-n", *argv[1:]], cwd=cwd, capture_output=True, text=True)
+        assert r.returncode == 0, f"{command!r}: make -n failed:\n{r.stderr[-2000:]}"
+        return
+    if call is None:  # the report: in-process, on the sweeps the end-to-end commands made
+        from das2f.report import main
+
+        args = argv[2:] if argv[0].endswith("/das2f") else argv[3:]
+        here = os.getcwd()
+        os.chdir(cwd)  # (--latest looks under the working directory's logs/)
+        try:
+            main(args)
+        finally:
+            os.chdir(here)
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    task, overrides, _ = call
+    # a swept key (fusion=aalf,sum) as each of its values; the others as typed
+    choices = [[f"{o.input_line.split('=', 1)[0]}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+               else [o.input_line] for o in OverridesParser.create().parse_overrides(overrides)]
+    for combo in itertools.product(*choices):
+        cfg = compose_in(cwd, task, list(combo))
+        OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+        named = [cfg.get("ckpt_path"), cfg.get("resume"), None if cfg.dataset.get("generate") else cfg.dataset.raw_dir]
+        for path in filter(None, named):
+            assert Path(str(path)).exists(), f"{command!r} names {path}, which does not exist"
 
 
 def test_every_readme_make_target_exists():
