@@ -118,21 +118,24 @@ def test_split_protocol_column_overlap_and_reproducibility_flags(tmp_path):
               "overlap": {"val": 0.0, "test": 0.0}}
     fixed = {"deterministic": True, "deterministic_algorithms": True, "setting": "2", "threads": [2, 2]}
     adaptive = {"deterministic": False, "deterministic_algorithms": False, "setting": "auto", "threads": [1, 2]}
+    tiles = {"protocol": "scenes", "blocks": None, "overlap": {"val": 0.0, "test": 0.0}}
     n = 0
     for split, data, oas in ((pixels, {"name": "g", "split_blocks": None}, (0.80, 0.82, 0.84)),
-                             (blocks, {"name": "g", "split_blocks": 28}, (0.70, 0.71, 0.75))):
+                             (blocks, {"name": "g", "split_blocks": 28}, (0.70, 0.71, 0.75)),
+                             (tiles, {"name": "g", "split_blocks": None, "tile_split": {"train": 14}}, (0.6, 0.6, 0.6))):
         for seed, oa in zip((1, 2, 3), oas):
             repro = adaptive if split is blocks and seed == 3 else fixed
             job(sweep, n, seed, 0.01, oa, split=split, repro=repro, dataset=data)
             n += 1
-    multirun(sweep, ["dataset.split_blocks=null,28", "seed=1,2,3"])
+    multirun(sweep, ["dataset.split_blocks=null,28", "seed=1,2,3"])  # (one dir for the three protocols' runs)
     main([str(sweep), "--baseline", "protocol=pixels"])
     text = (sweep / "report.md").read_text()
     lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    # split_blocks and tile_split are determined by the protocol: no columns of their own
     assert lines[0].startswith("| protocol | seeds | test overlap | oa |")
     assert lines[1].startswith("| blocks 28 | 3 (~) | 0.0 % | 72.00 ± 2.65 |")
     assert lines[2].startswith("| pixels | 3 | 99.8 % | **82.00 ± 2.00** |")
     assert "| protocol=blocks 28 | 3 | -10.00 |" in text
     assert "(~) runs of one configuration that differ in how they could be repeated" in text
     assert "deterministic, 2 threads" in text and "not deterministic, 1-2 threads" in text
-    assert "5 of 6 runs deterministic=true" in text
+    assert "8 of 9 runs deterministic=true" in text

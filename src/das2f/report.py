@@ -150,20 +150,20 @@ def collect(dirs: list[Path]) -> tuple[list[dict], int, bool]:
 
 
 def varying_keys(runs: list[dict]) -> list[str]:
-    """The config keys in which the finished runs differ, minus the ignored ones, in config order, each partition of
-    the runs once."""
+    """The config keys in which the finished runs differ, minus the ignored ones, in config order, leaving out a
+    key whose value the columns before it already determine: it adds no row (fusion.name beside model.net.fusion,
+    cmda.name beside model.net.swap; dataset.split_blocks beside the split protocol)."""
     keys: dict[str, None] = {}
     for r in runs:
         keys.update(dict.fromkeys(r["config"]))
-    varying, partitions = [], set()
+    varying: list[str] = []
     for k in keys:
         values = [r["config"].get(k) for r in runs]
         if ignored(k) or len(set(values)) < 2:
             continue
-        first: dict = {}
-        partition = tuple(first.setdefault(v, len(first)) for v in values)
-        if partition not in partitions:  # a key that splits the runs exactly as an earlier one (fusion.name and
-            partitions.add(partition)    # model.net.fusion, cmda.name and model.net.swap) is the same column
+        seen: dict = {}  # the chosen columns' values of a run -> this key's value
+        if any(seen.setdefault(tuple(r["config"].get(c) for c in varying), v) != v for r, v in zip(runs, values)) \
+                or not varying:
             varying.append(k)
     return varying
 
