@@ -35,8 +35,8 @@ test: $(STAMP) ## the linter, the strict docs build, then the test suite (CI run
 	cd $(ROOT) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir $$(mktemp -d)
 	cd $(ROOT) && $(PY) -m pytest -q -n auto --dist loadfile
 
-test-slow: $(STAMP) ## the slow tests too (DDP simulation, longer trainings), every documented command run end to end, fresh
-	cd $(ROOT) && DAS2F_TEST_FRESH=1 DAS2F_TEST_EVERY_COMMAND=1 $(PY) -m pytest -q -n auto --dist loadfile -m "slow or not slow"
+test-slow: $(STAMP) ## the slow tests too (DDP simulation, longer trainings), every documented command run end to end
+	cd $(ROOT) && DAS2F_TEST_EVERY_COMMAND=1 $(PY) -m pytest -q -n auto --dist loadfile -m "slow or not slow"
 
 docs: $(STAMP) ## the documentation (docs/), built strictly into site/: a broken link or a page left out fails
 	cd $(ROOT) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict

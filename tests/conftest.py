@@ -98,35 +98,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-def pytest_sessionstart(session):
-    """Warm starts for the das2f commands the tests run (tests/zygote.py): one server per test process, its
-    imports made in the background while the first tests run. DAS2F_TEST_FRESH=1: every command fresh."""
-    if os.environ.get("DAS2F_TEST_FRESH") == "1":
-        return
-    if getattr(session.config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
-        return  # pytest-xdist's controller runs no test
-    import tempfile
-
-    from tests import zygote
-
-    folder = tempfile.mkdtemp(prefix="das2f-warm-")  # (a short path: a socket's is limited to 107 bytes)
-    path = os.path.join(folder, "socket")
-    os.environ[zygote.ENV_KEY] = path
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "warm"), os.environ.get("PYTHONPATH", "")])
-    session.config._das2f_warm = (zygote.launch(path), folder)
-
-
-def pytest_sessionfinish(session):
-    warm = getattr(session.config, "_das2f_warm", None)
-    if warm:
-        import shutil
-
-        server, folder = warm
-        server.terminate()
-        server.wait()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 FIRST = ("test_readme.py", "test_launcher.py", "test_signals.py", "test_predict.py", "test_configs.py",
          "test_scan_triton.py", "test_train.py", "test_cli.py")
 

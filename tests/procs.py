@@ -26,13 +26,12 @@ def env() -> dict:
     return e
 
 
-def start(cwd: Path, *args: str):
-    """A das2f command in a session (process group) of its own, output to a file (no pipe to fill): warm where it
-    can be (tests/zygote.py: a forked process, its pid the group to signal), else ``subprocess.Popen``."""
-    from tests import zygote
-
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    """A das2f command in a session (process group) of its own, as a scheduler or a terminal starts a job, output to
+    a file (no pipe to fill): the test signals the group, DataLoader workers included."""
     with open(cwd / "out.txt", "w") as out:
-        return zygote.start([sys.executable, "-m", *args], cwd, env(), out, out)
+        return subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=env(), stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def finish(p, cwd: Path, timeout: float = 240) -> tuple[int, str]:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -106,6 +108,7 @@ def test_old_class_paths_still_instantiate(caplog):
     assert hydra.utils.instantiate(cfg.cb).every_s == 5
 
 
+@pytest.mark.slow  # builds and installs a wheel, then trains: about 20 s
 def test_a_wheel_carries_its_configs_and_takes_a_users_config_dir(tmp_path):
     """A wheel built from the checkout, installed elsewhere and run from a directory outside the checkout: its
     configs come with it (`das2f train --cfg job`), and a dataset config from a user's own directory
