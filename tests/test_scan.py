@@ -159,6 +159,24 @@ def test_deterministic_algorithms_keep_auto_off_mamba_ssm_on_cuda(caplog, monkey
     assert any(r.levelname == "WARNING" and "atomic adds" in r.message for r in caplog.records)
 
 
+def test_the_cpu_kernels_take_their_records_arguments(monkeypatch):
+    """One record (scan_cpu._ARGS) gives each numba kernel's argument order, its compiled signature and the calls'
+    arguments; a kernel whose parameters drift from its record fails the import-time check by name."""
+    from das2f.ops import scan_cpu
+
+    if scan_cpu.IMPORT_ERROR is not None:
+        pytest.skip(scan_cpu.IMPORT_ERROR)
+    scan_cpu._check_records()
+    scan_cpu._compiled()
+    for name, args in scan_cpu._ARGS.items():  # compiled from the record: one signature, its types then lo and hi
+        (compiled,) = getattr(scan_cpu, name).signatures
+        assert len(compiled) == len(args) + 2
+    shifted = scan_cpu._ARGS["_forward_kernel"]
+    monkeypatch.setitem(scan_cpu._ARGS, "_forward_kernel", shifted[1:] + shifted[:1])
+    with pytest.raises(RuntimeError, match=r"_forward_kernel takes \('u', 'delta'.*its record \(_ARGS\) says \('delta'"):
+        scan_cpu._check_records()
+
+
 # --------------------------------------------------------------------------- the cpu backend's own cases
 def test_exp2_polynomial_is_float32_exact():
     from das2f.ops.scan_cpu import exp2_array

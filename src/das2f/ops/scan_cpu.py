@@ -250,17 +250,44 @@ if numba is not None:
             _scatter(block, groups, gd, d_delta)
 
 
+# The kernels' arguments, the one place their order and types are written (mamba-ssm passes one params record to
+# its kernels; numba takes plain arguments): the signatures are built from these records, the calls pass the
+# arguments by name (_call), and _check_records holds each kernel's own parameter list to its record.
 # One signature per kernel, compiled (or loaded from numba's cache) at the first scan of a process: every
 # caller's layout (mamba-ssm's, time-major, contiguous or not) reaches them as strided ('A') views, so no other
 # layout combination triggers another compilation of several seconds.
-_VIEW3, _VIEW4 = "float32[:, :, :]", "float32[:, :, :, :]"
-_SIGNATURES = {
-    "_forward_kernel": f"void({_VIEW3}, {_VIEW3}, float32[:, :, ::1], {_VIEW4}, {_VIEW4}, float32[::1], {_VIEW3}, "
-                       "float32[:, :, :, :, ::1], int64, int64, int64)",
-    "_backward_kernel": f"void({_VIEW3}, {_VIEW3}, {_VIEW3}, float32[:, :, ::1], float32[:, :, ::1], {_VIEW4}, "
-                        f"{_VIEW4}, float32[::1], float32[:, :, :, :, ::1], int64, {_VIEW3}, {_VIEW3}, "
-                        f"float32[:, :, :, ::1], {_VIEW4}, {_VIEW4}, float32[:, ::1], int64, int64)",
+_VIEW3, _VIEW4, _GNE, _KEPT = "float32[:, :, :]", "float32[:, :, :, :]", "float32[:, :, ::1]", "float32[:, :, :, :, ::1]"
+_ARGS = {
+    "_forward_kernel": (("u", _VIEW3), ("delta", _VIEW3), ("A2", _GNE), ("Bv", _VIEW4), ("Cv", _VIEW4),
+                        ("Dv", "float32[::1]"), ("y", _VIEW3), ("kept", _KEPT), ("chunk", "int64")),
+    "_backward_kernel": (("dy", _VIEW3), ("u", _VIEW3), ("delta", _VIEW3), ("A", _GNE), ("A2", _GNE), ("Bv", _VIEW4),
+                         ("Cv", _VIEW4), ("Dv", "float32[::1]"), ("kept", _KEPT), ("chunk", "int64"), ("d_u", _VIEW3),
+                         ("d_delta", _VIEW3), ("d_A", "float32[:, :, :, ::1]"), ("d_B", _VIEW4), ("d_C", _VIEW4),
+                         ("d_D", "float32[:, ::1]")),
 }
+_BOUNDS = ("lo", "hi")  # every kernel's last two arguments: the (batch, group) blocks it runs, from _in_blocks
+_SIGNATURES = {name: f"void({', '.join([t for _, t in args] + ['int64', 'int64'])})" for name, args in _ARGS.items()}
+
+
+def _check_records() -> None:
+    """Each kernel's parameters are its record's names, in order, then lo and hi (an edit of one without the
+    other fails at import, not with wrong gradients)."""
+    import inspect
+
+    for name, args in _ARGS.items():
+        params = tuple(inspect.signature(globals()[name].py_func).parameters)
+        expected = (*(a for a, _ in args), *_BOUNDS)
+        if params != expected:
+            raise RuntimeError(f"das2f.ops.scan_cpu: {name} takes {params}, its record (_ARGS) says {expected}")
+
+
+def _call(name: str, blocks: int, **arrays) -> None:
+    """Run kernel ``name`` over ``blocks`` blocks with its arguments by name (numba arrays or ints)."""
+    _in_blocks(globals()[name], tuple(arrays[a] for a, _ in _ARGS[name]), blocks)
+
+
+if IMPORT_ERROR is None:
+    _check_records()
 
 
 @functools.lru_cache(maxsize=1)
@@ -329,8 +356,8 @@ def _forward_op(u: torch.Tensor, delta: torch.Tensor, A_t: torch.Tensor, B: torc
     kept = u.new_empty(_chunks(length) if keep else 0, b, g, n, e)
     y = u.new_empty(u.shape)
     (y_v,) = _time_major_views(time_major, y)
-    _in_blocks(_forward_kernel, (_array(u_v), _array(delta_v), _array(A_t * _LOG2E), _array(B_v), _array(C_v),
-                                 _array(D), _array(y_v), _array(kept), DEFAULT_CHUNK), b * g)
+    _call("_forward_kernel", b * g, u=_array(u_v), delta=_array(delta_v), A2=_array(A_t * _LOG2E), Bv=_array(B_v),
+          Cv=_array(C_v), Dv=_array(D), y=_array(y_v), kept=_array(kept), chunk=DEFAULT_CHUNK)
     return y, kept
 
 
@@ -350,11 +377,10 @@ def _backward_op(dy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A_t: to
     d_u, d_delta, d_B, d_C = (t.new_empty(t.shape) for t in (u, u, B, C))
     d_A_parts = u.new_zeros(b, g, n, e)
     d_D_parts = u.new_zeros(b if D.numel() else 0, g * e)
-    views = _time_major_views(time_major, dy, u, delta, B, C, d_u, d_delta, d_B, d_C)
-    _in_blocks(_backward_kernel, (*map(_array, views[:3]), _array(A_t), _array(A_t * _LOG2E),
-                                  *map(_array, views[3:5]), _array(D), _array(kept), DEFAULT_CHUNK,
-                                  *map(_array, views[5:7]), _array(d_A_parts), *map(_array, views[7:]),
-                                  _array(d_D_parts)), b * g)
+    views = dict(zip(("dy", "u", "delta", "Bv", "Cv", "d_u", "d_delta", "d_B", "d_C"),
+                     map(_array, _time_major_views(time_major, dy, u, delta, B, C, d_u, d_delta, d_B, d_C))))
+    _call("_backward_kernel", b * g, **views, A=_array(A_t), A2=_array(A_t * _LOG2E), Dv=_array(D), kept=_array(kept),
+          chunk=DEFAULT_CHUNK, d_A=_array(d_A_parts), d_D=_array(d_D_parts))
     return d_u, d_delta, d_A_parts.sum(0), d_B, d_C, d_D_parts.sum(0)
 
 
