@@ -29,6 +29,7 @@ def test_local_launcher_runs_jobs_at_once_with_the_serial_sweeps_results(tmp_pat
     assert code == 0, out[-4000:]
     assert "at most 2 at once" in out and "job 0 started (CPU" in out and "job 1 started (CPU" in out, out[-4000:]
     sweep = the_sweep(tmp_path)
+    assert not (sweep / ".submitit" / "%j").exists()  # submitit's folder template is not left as a folder
     for job, seed in enumerate((42, 43)):
         assert same_weights(weights(sweep / str(job) / "checkpoints" / "last.ckpt"), references[seed]), f"job {job}"
         log = (sweep / str(job) / "train.log").read_text()

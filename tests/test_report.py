@@ -139,3 +139,15 @@ def test_split_protocol_column_overlap_and_reproducibility_flags(tmp_path):
     assert "(~) runs of one configuration that differ in how they could be repeated" in text
     assert "deterministic, 2 threads" in text and "not deterministic, 1-2 threads" in text
     assert "8 of 9 runs deterministic=true" in text
+
+
+def test_a_command_line_that_narrows_an_experiments_sweep_is_counted_as_hydra_runs_it(tmp_path):
+    """The experiment sweeps backbone=spvm,cnn and seed=1,2,3 (6 jobs); the command line gives seed=1: Hydra runs
+    2 jobs (the command line's value replaces the experiment's for that key), and the report says 2 planned."""
+    sweep = tmp_path / "sweep"
+    job(sweep, 0, 1, 0.1, 0.5)
+    job(sweep, 1, 1, 0.2, 0.6)
+    multirun(sweep, ["experiment=compare", "seed=1"], sweeper={"params": {"backbone": "spvm,cnn", "seed": "1,2,3"}})
+    assert collect([sweep])[1] == 2
+    multirun(sweep, ["experiment=compare"], sweeper={"params": {"backbone": "spvm,cnn", "seed": "1,2,3"}})
+    assert collect([sweep])[1] == 6

@@ -124,9 +124,14 @@ def sweep_size(d: Path) -> tuple[int | None, bool]:
         return int(sweeper.get("n_trials") or 0) or None, True
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    texts = list(hydra.overrides.task) + [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    parser = OverridesParser.create()
     try:
-        overrides = OverridesParser.create().parse_overrides(texts)
+        # the command line's overrides, then the experiment's sweeper params for the keys the command line does not
+        # set (as Hydra's basic sweeper does: a key given on the command line replaces the experiment's values)
+        overrides = parser.parse_overrides(list(hydra.overrides.task))
+        given = {o.key_or_group for o in overrides}
+        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+        overrides += [o for o in parser.parse_overrides(params) if o.key_or_group not in given]
         return math.prod(len(list(o.sweep_string_iterator())) for o in overrides if o.is_sweep_override()), False
     except Exception:  # a sweep this parser cannot expand (glob over a config group): count the jobs instead
         return None, False

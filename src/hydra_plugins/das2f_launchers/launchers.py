@@ -177,8 +177,19 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
         assert self.config is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        folder = str(self.params.get("submitit_folder", sweep_dir / ".submitit/%j"))
+        executor = self.executor(folder)
+        try:
+            return self._run_jobs(executor, job_overrides, initial_job_idx, sweep_dir)
+        finally:
+            template = Path(folder)  # submitit also makes the folder's template itself (.submitit/%j), left empty
+            if "%" in template.name and template.is_dir() and not any(template.iterdir()):
+                template.rmdir()
+
+    def _run_jobs(self, executor, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+                  sweep_dir: Path) -> Sequence[JobReturn]:
+        """At most one job per slot at once, until all ran or a stop signal came (see the class)."""
         slots = self.slots()
-        executor = self.executor(str(self.params.get("submitit_folder", sweep_dir / ".submitit/%j")))
         log.info("local launcher: %d job(s), at most %d at once, in %s: %s", len(job_overrides), len(slots), sweep_dir,
                  "; ".join(f"slot {k}: {self.describe(s)}" for k, s in enumerate(slots)))
         pending = deque((initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides))
