@@ -103,7 +103,7 @@ def test_interrupted_write_leaves_no_valid_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(cfg)
     prepared = tmp_path / "prepared"
-    assert not list(prepared.glob("*.h5")) and not list(prepared.glob("*.tmp"))
+    assert not list(prepared.rglob("*.h5")) and not list(prepared.rglob("*.tmp"))
 
 
 def test_truncated_and_foreign_files_are_refused(prepared, tmp_path):

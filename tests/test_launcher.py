@@ -104,3 +104,17 @@ def test_group_sigterm_stops_a_local_sweep_after_its_running_job_saved(tmp_path,
     sweep = the_sweep(tmp_path)
     assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file() and not (sweep / "1").exists()
     assert "resume=" in (sweep / "0" / "error.txt").read_text()
+
+
+def test_jobs_that_need_different_preparations_run_side_by_side(tmp_path):
+    """A parallel sweep over a data parameter: each job prepares (or waits for) its own files, <fingerprint>/, and
+    reads them; before, the two jobs replaced each other's files and one died on the other's patch size."""
+    import json
+
+    code, out = run(tmp_path, "das2f.train", "-m", "dataset.ms_patch=8,16", *BASE, "trainer.max_epochs=1", LOCAL,
+                    "hydra.launcher.jobs=2")
+    assert code == 0, out[-4000:]
+    sweep = the_sweep(tmp_path)
+    used = [json.loads((sweep / str(j) / "metrics.json").read_text())["split"]["prepared"] for j in (0, 1)]
+    assert len(set(used)) == 2 and {p.name for p in (tmp_path / "data" / "synthetic" / "prepared").iterdir()} == \
+        {os.path.basename(u) for u in used}

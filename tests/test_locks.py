@@ -30,7 +30,7 @@ def test_three_prepares_started_together_all_succeed_and_one_cuts(tmp_path):
     cut = [o for o in outs if "preparing synthetic (no prepared files yet)" in o]
     assert len(cut) == 1, outs
     assert sum("prepared files up to date, skipping" in o for o in outs) == 2
-    prepared = tmp_path / "data" / "synthetic" / "prepared"
+    (prepared,) = (tmp_path / "data" / "synthetic" / "prepared").iterdir()  # one preparation: <fingerprint>/
     for split in ("train", "val", "test"):
         assert read_attrs(prepared / f"{split}.h5")["n"] > 0
     assert not [f for f in (tmp_path / "data").rglob("*") if ".tmp" in f.name]

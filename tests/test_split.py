@@ -107,12 +107,19 @@ def test_block_split_of_the_synthetic_scene_is_disjoint_and_keeps_every_class(tm
                                                                                  "share": 1.0}
 
 
-def test_split_blocks_is_part_of_the_fingerprint(tmp_path, caplog):
+def test_each_preparation_has_its_own_files_and_is_made_once(tmp_path, caplog):
+    """Preparations that differ (here: split_blocks, part of the fingerprint; a patch size alike) are written side by
+    side into <prepared_dir>/<fingerprint>/ and never replace each other; preparing one again finds it up to date."""
     cfg = small_dataset_cfg(tmp_path, size=192, split={"train": 20, "val": 5, "test": 10})
-    prepare_dataset(cfg)
+    pixel = prepare_dataset(cfg)
+    blocks = prepare_dataset(dict(cfg, split_blocks=32))
+    patch8 = prepare_dataset(dict(cfg, ms_patch=8))
+    folders = {p["train"].parent for p in (pixel, blocks, patch8)}
+    assert len(folders) == 3 and all(f.parent == tmp_path / "prepared" for f in folders)
+    assert read_attrs(pixel["train"])["split_protocol"] == "pixels" and read_attrs(patch8["train"])["ms_shape"][1] == 8
     with caplog.at_level("INFO"):
-        prepare_dataset(dict(cfg, split_blocks=32))
-    assert "inputs or rules changed" in caplog.text
+        assert prepare_dataset(cfg) == pixel
+    assert "prepared files up to date, skipping" in caplog.text
 
 
 def test_ratios_take_whole_blocks_and_the_buffer_is_reported(tmp_path):
@@ -200,7 +207,7 @@ def test_blocks_too_big_for_a_class_stop_with_the_classes_named(tmp_path):
     cfg = small_dataset_cfg(tmp_path, size=96, split={"train": 0.5, "val": 0.2, "test": "rest"}, split_blocks=48)
     with pytest.raises(SceneError, match=r"split_blocks=48 no sample of classes (val|test): \['"):
         prepare_dataset(cfg)
-    assert not (tmp_path / "prepared").exists() or not any((tmp_path / "prepared").glob("*.h5"))
+    assert not (tmp_path / "prepared").exists() or not any((tmp_path / "prepared").rglob("*.h5"))
 
 
 def test_pixel_split_unchanged(tmp_path):

@@ -147,7 +147,7 @@ class MsPanDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.normalization, self.augment, self.window, self.seed = normalization, augment, window, seed
         self.do_prepare = prepare
-        self.paths = split_paths(self.cfg)
+        self._paths: dict[str, Path] | None = None  # known once prepared (or looked up by setup)
         self.sets: dict[str, H5PatchDataset] = {}
 
     @classmethod
@@ -169,9 +169,16 @@ class MsPanDataModule(L.LightningDataModule):
         datamodule.load_state_dict(state)
         return datamodule
 
+    @property
+    def paths(self) -> dict[str, Path]:
+        """The prepared split files this data module reads (<prepared_dir>/<fingerprint>/{train,val,test}.h5)."""
+        if self._paths is None:
+            self._paths = split_paths(self.cfg)
+        return self._paths
+
     def prepare_data(self):
         if self.do_prepare:
-            prepare_dataset(self.cfg, check=self.stop_check)
+            self._paths = prepare_dataset(self.cfg, check=self.stop_check)
 
     def setup(self, stage=None):
         for split, path in self.paths.items():
@@ -235,7 +242,8 @@ class MsPanDataModule(L.LightningDataModule):
         if not self.sets:
             return None
         attrs = self.sets["train"].attrs
-        return {"protocol": attrs["split_protocol"], "blocks": attrs["split_blocks"] or None,
+        return {"prepared": str(self.paths["train"].parent), "protocol": attrs["split_protocol"],
+                "blocks": attrs["split_blocks"] or None,
                 "overlap": {s: round(float(v["share"]), 6) for s, v in attrs["overlap"].items()},
                 "patches": {s: int(self.sets[s].n) for s in self.sets}}
 

@@ -44,8 +44,29 @@ def _fingerprint(cfg: dict, specs: list[dict], files: list[str]) -> str:
 
 
 def split_paths(cfg: dict) -> dict[str, Path]:
-    out = Path(cfg["prepared_dir"])
+    """This preparation's split files: ``<prepared_dir>/<fingerprint>/{train,val,test}.h5``, the fingerprint of the
+    inputs (file contents) and of every rule that changes the files. Preparations that differ (another patch size,
+    split, seed) have files of their own, so jobs that need different ones run side by side and a sweep over a
+    data parameter prepares each value once."""
+    _, _, _, _, out = _identity(dict(plain(cfg)))
     return {s: out / f"{s}.h5" for s in SPLITS}
+
+
+def _identity(cfg: dict) -> tuple[list[str], list[int], int | None, list[dict], Path]:
+    """A dataset config made concrete, in place (the generated scene written, class values filled in): its classes,
+    class values, ignore value, scenes, and the folder of its preparation (checked: every input file present)."""
+    if cfg.get("generate"):
+        write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
+    classes, values, ignore = class_rule(cfg)
+    cfg["class_values"] = values
+    specs = scene_specs(cfg)
+    if not specs:
+        raise ConfigError(f"dataset {cfg['name']}: no scenes configured (`scenes` or `tiles`)")
+    files = [f for s in specs for f in _spec_files(s)]
+    for f in files:  # every input exists before any work starts
+        if not Path(f).is_file():
+            raise MissingFileError(f"dataset {cfg['name']}: input file not found: {f} ({cfg.get('layout', '')})")
+    return classes, values, ignore, specs, Path(cfg["prepared_dir"]) / _fingerprint(cfg, specs, files)
 
 
 def _coords_by_split(scene, values: list[int], split_rule: dict, seed: int, whole: str | None = None
@@ -175,7 +196,7 @@ REQUIRED_KEYS = {
     "ratio": "PAN pixels per MS pixel along a side (4)",
     "ms_patch": "the MS patch side (16)",
     "split": "the per-class pixel split, e.g. {train: 0.6, val: 0.1, test: rest}",
-    "prepared_dir": "where train.h5 / val.h5 / test.h5 go",
+    "prepared_dir": "where the prepared files go (<prepared_dir>/<fingerprint>/train.h5, val.h5, test.h5)",
 }
 
 
@@ -282,27 +303,18 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
     console = console or Console()
     check = check or (lambda: None)
     cfg = dict(plain(cfg))  # plain containers: the same fingerprint whoever hands the config over
-    if cfg.get("generate"):
-        write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
-    classes, values, ignore = class_rule(cfg)
     values_given = bool(cfg.get("class_values"))
-    cfg["class_values"] = values
-    specs = scene_specs(cfg)
-    if not specs:
-        raise ConfigError(f"dataset {cfg['name']}: no scenes configured (`scenes` or `tiles`)")
-    files = [f for s in specs for f in _spec_files(s)]
-    for f in files:  # every input exists before any work starts
-        if not Path(f).is_file():
-            raise MissingFileError(f"dataset {cfg['name']}: input file not found: {f} ({cfg.get('layout', '')})")
-    # one process prepares, whoever starts first; the others wait, then find the files up to date
+    classes, values, ignore, specs, out = _identity(cfg)
+    fingerprint = out.name
+    paths = {s: out / f"{s}.h5" for s in SPLITS}
+    # one process prepares at a time, whoever starts first; the others wait, then find their files up to date or
+    # write their own preparation's folder (the lock beside prepared_dir: a refused preparation leaves no folder)
     with directory_lock(cfg["prepared_dir"], f"preparing dataset {cfg['name']}", float(cfg.get("lock_timeout_s", 7200))):
-        fingerprint = _fingerprint(cfg, specs, files)
-        paths = split_paths(cfg)
         reason = _stale(paths, fingerprint, force)
         if reason is None:
-            log.info("prepared files up to date, skipping (force=true rebuilds): %s", cfg["prepared_dir"])
+            log.info("prepared files up to date, skipping (force=true rebuilds): %s", out)
             return paths
-        log.info("preparing %s (%s): %d scenes -> %s", cfg["name"], reason, len(specs), cfg["prepared_dir"])
+        log.info("preparing %s (%s): %d scenes -> %s", cfg["name"], reason, len(specs), out)
         drawn = _draw(cfg, specs, values)
         check_label_values(cfg, drawn.found, values, ignore, values_given)  # before anything is cut or written
         _finish_draw(cfg, classes, values, drawn)
@@ -403,7 +415,7 @@ def _write(cfg: dict, specs: list[dict], drawn: Drawn, paths: dict[str, Path], a
     loaded in groups that fit `shuffle_memory_mb`, one group at a time. An error or a stop signal removes every
     file this preparation created."""
     ratio, seed = int(cfg["ratio"]), int(cfg.get("seed", 0))
-    Path(cfg["prepared_dir"]).mkdir(parents=True, exist_ok=True)
+    paths["train"].parent.mkdir(parents=True, exist_ok=True)
     budget = float(cfg.get("shuffle_memory_mb", 2048)) * 2**20
     groups = _scene_groups([m["bytes"] for m in drawn.meta], budget, seed)
     if len(groups) > 1:
