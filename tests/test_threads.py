@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from das2f.runtime import threads
@@ -83,6 +84,7 @@ def test_deterministic_fixes_auto_threads_and_keeps_an_explicit_count(monkeypatc
     assert threads.run_setting({"threads": "auto", "deterministic": False}) == "auto"
 
 
+@pytest.mark.slow  # two trainings, the second beside one busy process per core (they slow the other test worker)
 def test_deterministic_runs_give_the_same_digits_beside_a_cpu_bound_process(tmp_path):
     """The same command and seed twice with deterministic=true, the second beside CPU-bound processes (one per
     core, which the adaptive thread policy would make room for): identical metrics.json values, and metrics.json
