@@ -159,7 +159,12 @@ def test_ddp_sim_metrics_match_single_process(tmp_path):
 
 
 def test_fast_dev_run_trains_and_tests_one_batch(tmp_path):
+    """(Also: a run that finishes in a directory holding an earlier error.txt, as a resumed job does, removes it:
+    the sweep report then counts the job as finished.)"""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "error.txt").write_text("stopped by SIGTERM while training at epoch 1\n")
     metrics = run(make_cfg(tmp_path, "debug=fast"))
+    assert not (tmp_path / "out" / "error.txt").exists()
     out = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "train/loss_epoch" in metrics and "test/oa" in metrics
     assert sum(map(sum, out["test_confusion"])) == 16  # fast_dev_run: exactly one test batch of 16

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .runtime.cli import hydra_entry
+from .runtime.cli import clear_failure, hydra_entry
 from .runtime.errors import ConfigError
 from .training.start import (
     Phase,
@@ -106,6 +106,7 @@ def _run(cfg: DictConfig, at: Phase) -> dict:
             metrics.update(evaluate(cfg, trainer, model, datamodule, best, at), best_checkpoint=best)
         at("writing the results", trainer)
         out = write_results(cfg, metrics, model, started, datamodule.split_record)
+        clear_failure(out)
         log_figures(trainer, out)
         title = "test metrics (best-on-validation checkpoint)" if cfg.get("train") else f"test metrics of {Path(str(ckpt)).name}"
         print_results(metrics, model.class_names, out, title=title, split=datamodule.split_record)

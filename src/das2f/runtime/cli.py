@@ -94,6 +94,15 @@ def recorded_failure(job_dir: Path) -> str | None:
     return lines[0] if lines else ""
 
 
+def clear_failure(job_dir: Path) -> None:
+    """A job that finished after an earlier stop or failure (resumed, requeued, a continued sweep) keeps no
+    error.txt: the report then counts it as finished; the earlier error stays in the job's log, here."""
+    earlier = recorded_failure(job_dir)
+    if earlier is not None:
+        log.info("finished: the earlier error.txt (%s) is removed; this log keeps it", earlier or "empty")
+        (Path(job_dir) / "error.txt").unlink(missing_ok=True)
+
+
 def remove_if_unused(out: Path | None) -> None:
     """A run dir holding only Hydra's own files (.hydra/, the job log, error.txt) after a failed start goes away,
     except a multirun job's: the sweep's report lists it, with its error."""
