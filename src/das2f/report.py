@@ -13,6 +13,10 @@ Against a baseline row (the first, or ``--baseline KEY=VALUE``) each row gets it
 test OA over the seeds both share: mean and 95 % confidence interval (Student's t), and whether the
 interval includes zero (no difference shown).
 
+Each row also shows its test overlap (the share of test patches reading a pixel a training patch reads, from
+the runs' metrics.json); runs under different split protocols get a ``protocol`` column; the provenance counts
+the deterministic runs, and a row whose runs differ in it is flagged (~).
+
 Writes report.md and report.csv into the first directory (or --out).
 """
 from __future__ import annotations
