@@ -284,3 +284,25 @@ def test_colour_coded_label_png(tmp_path):
     pal.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255])
     pal.save(tmp_path / "pal.png")
     assert (read_raster(tmp_path / "pal.png", label=True).data == lab).all()
+
+
+def test_the_store_lists_preparations_and_prunes_those_no_run_reads(tmp_path):
+    """Three preparations of one dataset: the current config's, one a run read (its metrics.json names it), one
+    nothing reads. `store=list` shows all three and who reads them; `store=prune` removes only the third."""
+    import json
+
+    from das2f.data import store
+
+    cfg = small_dataset_cfg(tmp_path, size=48)
+    current = prepare_dataset(cfg)["train"].parent
+    read = prepare_dataset(dict(cfg, ms_patch=8))["train"].parent
+    unused = prepare_dataset(dict(cfg, seed=1))["train"].parent
+    run = tmp_path / "logs" / "train" / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"split": {"prepared": str(read)}}))
+    found = {p["folder"]: p for p in store.show(cfg, tmp_path / "logs")}
+    assert set(found) == {current, read, unused}
+    assert found[current]["current"] and found[read]["runs"] == [run] and not found[unused]["runs"]
+    assert "patch 8" in found[read]["rule"] and "seed 1" in found[unused]["rule"]
+    assert store.prune(cfg, tmp_path / "logs") == [unused]
+    assert current.is_dir() and read.is_dir() and not unused.exists()
