@@ -80,7 +80,8 @@ def load_run(job: Path) -> dict:
         summary = json.loads((job / "metrics.json").read_text())
         run.update(metrics=summary["metrics"], class_names=summary.get("class_names", []),
                    wall_seconds=summary.get("wall_seconds"), machine=summary.get("machine"), seed=summary.get("seed"),
-                   split=summary.get("split"), mode=reproducibility(summary))
+                   split=summary.get("split"), mode=reproducibility(summary),
+                   deterministic=(summary.get("reproducibility") or {}).get("deterministic"))
     if (job / "config.yaml").is_file():
         config = OmegaConf.to_container(OmegaConf.load(job / "config.yaml"), resolve=False)
         # the split protocol first: runs that differ in it get a readable column ("blocks 28", "pixels"), and the
@@ -171,8 +172,7 @@ def varying_keys(runs: list[dict]) -> list[str]:
         if ignored(k) or len(set(values)) < 2:
             continue
         seen: dict = {}  # the chosen columns' values of a run -> this key's value
-        if any(seen.setdefault(tuple(r["config"].get(c) for c in varying), v) != v for r, v in zip(runs, values)) \
-                or not varying:
+        if any(seen.setdefault(tuple(r["config"].get(c) for c in varying), v) != v for r, v in zip(runs, values)):
             varying.append(k)
     return varying
 
@@ -269,9 +269,8 @@ def provenance(dirs: list[Path], runs: list[dict], asked: int) -> list[str]:
     if m:
         lines.append(f"- machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']} with {m['torch_threads']} threads, "
                      f"GPU: {m['gpu'] or 'none'}")
-    modes = [r.get("mode") for r in done]
-    if any(modes):
-        fixed = sum(1 for m in modes if m and m.startswith("deterministic"))
+    if any(r.get("mode") for r in done):
+        fixed = sum(1 for r in done if r.get("deterministic"))
         lines.append(f"- reproducibility: {fixed} of {len(done)} runs deterministic=true (the same command and seed give "
                      "the same digits on the same machine)")
     walls = [r["wall_seconds"] for r in done if r.get("wall_seconds")]

@@ -105,11 +105,12 @@ def _run(cfg: DictConfig, at: Phase) -> dict:
         if cfg.get("test"):
             metrics.update(evaluate(cfg, trainer, model, datamodule, best, at), best_checkpoint=best)
         at("writing the results", trainer)
-        out = write_results(cfg, metrics, model, started, datamodule.split_record)
+        split = datamodule.split_record
+        out = write_results(cfg, metrics, model, started, split)
         clear_failure(out)
         log_figures(trainer, out)
         title = "test metrics (best-on-validation checkpoint)" if cfg.get("train") else f"test metrics of {Path(str(ckpt)).name}"
-        print_results(metrics, model.class_names, out, title=title, split=datamodule.split_record)
+        print_results(metrics, model.class_names, out, title=title, split=split)
     finally:
         import sys
 

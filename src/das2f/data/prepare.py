@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from rich.console import Console
@@ -19,7 +20,7 @@ from .hdf5 import FORMAT_VERSION, PatchFileError, PatchWriter, read_attrs
 from .patches import PatchCutter
 from .readers import SceneError
 from .scenes import file_fingerprint, load_scene, validate_scene
-from .split import SPLITS, map_coords, overlap_shares, split_by_blocks, stratified_split
+from .split import SPLITS, counts_only, map_coords, overlap_shares, split_by_blocks, stratified_split
 from .synthetic import write_scene
 from .tiles import scene_specs
 from .transforms import RunningStats
@@ -48,17 +49,28 @@ def split_paths(cfg: dict) -> dict[str, Path]:
     inputs (file contents) and of every rule that changes the files. Preparations that differ (another patch size,
     split, seed) have files of their own, so jobs that need different ones run side by side and a sweep over a
     data parameter prepares each value once."""
-    _, _, _, _, out = _identity(dict(plain(cfg)))
-    return {s: out / f"{s}.h5" for s in SPLITS}
+    folder = _identity(dict(plain(cfg))).folder
+    return {s: folder / f"{s}.h5" for s in SPLITS}
 
 
-def _identity(cfg: dict) -> tuple[list[str], list[int], int | None, list[dict], Path]:
-    """A dataset config made concrete, in place (the generated scene written, class values filled in): its classes,
-    class values, ignore value, scenes, and the folder of its preparation (checked: every input file present)."""
+class Identity(NamedTuple):
+    """A dataset config made concrete: what a preparation is of, and where its files go."""
+    classes: list[str]
+    values: list[int]        # the class values
+    ignore: int | None       # the ignore value
+    specs: list[dict]        # the scenes
+    blocks: tuple | None     # (side, folds, fold) of a block split, None for the pixel split
+    folder: Path             # <prepared_dir>/<fingerprint>
+
+
+def _identity(cfg: dict) -> Identity:
+    """A dataset config made concrete, in place (the generated scene written, class values filled in), checked
+    (the block-split settings before the inputs are read and hashed; every input file present)."""
     if cfg.get("generate"):
         write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
     classes, values, ignore = class_rule(cfg)
     cfg["class_values"] = values
+    blocks = block_rule(cfg)
     specs = scene_specs(cfg)
     if not specs:
         raise ConfigError(f"dataset {cfg['name']}: no scenes configured (`scenes` or `tiles`)")
@@ -66,7 +78,7 @@ def _identity(cfg: dict) -> tuple[list[str], list[int], int | None, list[dict], 
     for f in files:  # every input exists before any work starts
         if not Path(f).is_file():
             raise MissingFileError(f"dataset {cfg['name']}: input file not found: {f} ({cfg.get('layout', '')})")
-    return classes, values, ignore, specs, Path(cfg["prepared_dir"]) / _fingerprint(cfg, specs, files)
+    return Identity(classes, values, ignore, specs, blocks, Path(cfg["prepared_dir"]) / _fingerprint(cfg, specs, files))
 
 
 def _coords_by_split(scene, values: list[int], split_rule: dict, seed: int, whole: str | None = None
@@ -146,8 +158,8 @@ def _check_block_classes(cfg: dict, classes: list[str], counts: dict[str, np.nda
         raise SceneError(f"dataset {cfg['name']}: with split_blocks={cfg['split_blocks']} no sample of classes "
                          f"{'; '.join(empty)}: the blocks are too big for these classes (or the buffer between the "
                          "splits took their pixels); choose smaller split_blocks, another seed, or more labelled data")
-    short = [f"{classes[k]} {s} {counts[s][k]} of {x}" for s, x in (cfg.get("split_sample") or cfg["split"]).items()
-             if isinstance(x, int) and not isinstance(x, bool) and x > 0 for k in np.flatnonzero(counts[s] < x)]
+    short = [f"{classes[k]} {s} {counts[s][k]} of {x}" for s, x in counts_only(cfg.get("split_sample") or cfg["split"]).items()
+             for k in np.flatnonzero(counts[s] < x)]
     if short:
         log.warning("block split: fewer samples than the split's counts ask, the blocks of that split hold no more "
                     "after the buffer: %s", "; ".join(short))
@@ -304,7 +316,7 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
     check = check or (lambda: None)
     cfg = dict(plain(cfg))  # plain containers: the same fingerprint whoever hands the config over
     values_given = bool(cfg.get("class_values"))
-    classes, values, ignore, specs, out = _identity(cfg)
+    classes, values, ignore, specs, blocks, out = _identity(cfg)
     fingerprint = out.name
     paths = {s: out / f"{s}.h5" for s in SPLITS}
     # one process prepares at a time, whoever starts first; the others wait, then find their files up to date or
@@ -315,7 +327,7 @@ def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = No
             log.info("prepared files up to date, skipping (force=true rebuilds): %s", out)
             return paths
         log.info("preparing %s (%s): %d scenes -> %s", cfg["name"], reason, len(specs), out)
-        drawn = _draw(cfg, specs, values)
+        drawn = _draw(cfg, specs, values, blocks)
         check_label_values(cfg, drawn.found, values, ignore, values_given)  # before anything is cut or written
         _finish_draw(cfg, classes, values, drawn)
         _write(cfg, specs, drawn, paths, {"format_version": FORMAT_VERSION, "dataset": cfg["name"],
@@ -362,11 +374,11 @@ class Drawn:
         return "+".join(sorted(self.protocols))
 
 
-def _draw(cfg: dict, specs: list[dict], values: list[int]) -> Drawn:
+def _draw(cfg: dict, specs: list[dict], values: list[int], blocks: tuple | None) -> Drawn:
     """Read and validate every scene (one at a time), draw the pixel, scene or map splits; the block split is
     drawn afterwards over all scenes (``_finish_draw``)."""
     ratio, seed, patch = int(cfg["ratio"]), int(cfg.get("seed", 0)), int(cfg["ms_patch"])
-    drawn = Drawn(counts={s: np.zeros(len(values), np.int64) for s in SPLITS}, blocks=block_rule(cfg))
+    drawn = Drawn(counts={s: np.zeros(len(values), np.int64) for s in SPLITS}, blocks=blocks)
     for i, spec in enumerate(specs):
         scene = load_scene(spec, ratio)
         validate_scene(scene, ratio)

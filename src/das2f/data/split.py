@@ -4,7 +4,7 @@ Three protocols:
 - the pixel split (``stratified_split``): each class's labelled pixels drawn at random, the field's
   protocol; neighbouring pixels share most of their patches, so nearly every test patch overlaps
   training patches;
-- the block split (``block_split``): the scene cut into square blocks, whole blocks drawn into the
+- the block split (``split_by_blocks``): the scene cut into square blocks, whole blocks drawn into the
   splits (balanced per class), and a buffer so that no val or test patch shares a pixel with a
   training patch;
 - a split by scene or tile (a scene's ``split:``): whole scenes; nothing to buffer.
@@ -196,8 +196,9 @@ def fold_bins(folds: int, fold: int) -> dict[int, str]:
     return {i: "test" if i == fold else "val" if i == (fold + 1) % folds else "train" for i in range(folds)}
 
 
-def _counts_only(rule: dict) -> dict:
-    """What is drawn inside a split's blocks when only ``split`` is given: its counts; a ratio or "rest" takes all."""
+def counts_only(rule: dict) -> dict:
+    """The count entries of a rule ({split: int > 0}): what is drawn inside a split's blocks when only ``split`` is
+    given (a ratio or "rest" takes every pixel), and what a split may fall short of."""
     return {s: x for s, x in rule.items() if isinstance(x, int) and not isinstance(x, bool) and x}
 
 
@@ -246,7 +247,7 @@ def split_by_blocks(label_maps: list[np.ndarray], classes: list[int], rule: dict
     the blocks are balanced over that many equal folds and fold ``fold`` is test, the next one val, the rest
     train. Inside each split's blocks, ``sample`` (per split: a share or a count of each class's pixels, as the
     pixel split) draws the samples; without it, the counts of ``rule`` are drawn and its ratios take every pixel."""
-    sample = dict(sample) if sample else _counts_only(rule)
+    sample = dict(sample) if sample else counts_only(rule)
     per_scene = [block_counts(m, classes, side) for m in label_maps]
     counts = np.concatenate(per_scene) if per_scene else np.zeros((0, len(classes)), np.int64)
     totals = counts.sum(0)
@@ -266,10 +267,10 @@ def split_by_blocks(label_maps: list[np.ndarray], classes: list[int], rule: dict
         coords, taken = buffered_split(labels, classes, region, sample, seed, ms_patch)
         scenes.append(coords)
         cost += np.array([taken[s] for s in SPLITS])
-    achieved = np.array([counts[np.isin(bins, [i for i, n in enumerate(names) if n == s])].sum(0) for s in SPLITS])
+    of_split = {s: np.isin(bins, [i for i, n in enumerate(names) if n == s]) for s in SPLITS}  # blocks of each split
+    achieved = np.array([counts[of_split[s]].sum(0) for s in SPLITS])
     info = {"side": side, "folds": folds, "fold": fold, "target": target, "blocks_share": achieved / np.maximum(totals, 1),
-            "buffer": cost, "labelled": totals,
-            "blocks": {s: int(np.isin(bins, [i for i, n in enumerate(names) if n == s]).sum()) for s in SPLITS}}
+            "buffer": cost, "labelled": totals, "blocks": {s: int(of_split[s].sum()) for s in SPLITS}}
     return scenes, info
 
 
@@ -278,9 +279,11 @@ def overlap_shares(shapes: list[tuple[int, int]], coords: list[dict[str, np.ndar
     reads. ``shapes`` and ``coords``: each scene's (H, W) and {split: centres}."""
     out = {s: {"patches": 0, "overlapping": 0} for s in ("val", "test")}
     for shape, c in zip(shapes, coords):
+        covered = read_by(shape, c["train"], ms_patch) if len(c["train"]) else None  # once per scene, for val and test
         for s in out:
             out[s]["patches"] += len(c[s])
-            out[s]["overlapping"] += int(overlapping(shape, c["train"], c[s], ms_patch).sum())
+            if covered is not None and len(c[s]):
+                out[s]["overlapping"] += int(reads_any(covered, c[s], ms_patch).sum())
     for s in out:
         out[s]["share"] = out[s]["overlapping"] / out[s]["patches"] if out[s]["patches"] else 0.0
     return out
