@@ -12,7 +12,7 @@ ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow docs docs-serve train eval predict prepare sweep report bench bench-deps gpu-wheels gpu-check gpu-deps experiment-gid5 experiment-protocols experiment-wv2 clean
+.PHONY: help install test test-slow docs docs-serve train eval predict prepare sweep report bench bench-deps gpu-wheels gpu-site gpu-check gpu-deps experiment-gid5 experiment-protocols experiment-wv2 clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -81,28 +81,28 @@ GPU_SITE := /tmp/das2f-site
 MAMBA_VERSION := 2.3.2.post1
 GPU_ENV = export PYTHONPATH=$(ROOT)/src:$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1
 
-gpu-wheels: $(STAMP) ## (here, with an index) the wheels a GPU machine lacks -> .whl/ (hydra, omegaconf; mamba-ssm sources)
+gpu-wheels: $(STAMP) ## (here, with an index) the wheels a GPU machine lacks -> .whl/ (hydra, omegaconf, submitit; mamba-ssm sources)
 	rm -rf $(WHEELS) && mkdir -p $(WHEELS)/src
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d $(WHEELS) \
-		"hydra-core==1.3.2" "omegaconf==2.3.0"
+		"hydra-core==1.3.2" "omegaconf==2.3.0" "submitit==1.5.4" "hydra-submitit-launcher==1.2.0"
 	$(PY) -m pip wheel -q --no-deps -w $(WHEELS) "antlr4-python3-runtime==4.9.3"   # source only on the index: pure Python
 	@# the source archives (pip reads their metadata here with the CUDA build skipped; nothing is compiled)
 	MAMBA_SKIP_CUDA_BUILD=TRUE $(PY) -m pip download -q --no-deps --no-binary=:all: --no-build-isolation \
 		-d $(WHEELS)/src "mamba-ssm==$(MAMBA_VERSION)"
 	@du -sh $(WHEELS)
 
-gpu-check: ## (on an NVIDIA GPU machine, no index needed) CUDA tests, a 1-epoch bf16 main job, GPU benchmark -> bench/results/gpu-<date>.md
+gpu-site: ## (on the GPU machine) install the carried wheels of .whl/ into /tmp/das2f-site (gpu-check does it first)
 	@if [ -d $(WHEELS) ] && ls $(WHEELS)/*.whl >/dev/null 2>&1; then \
 		$(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --upgrade --target $(GPU_SITE) $(WHEELS)/*.whl; fi
+
+gpu-check: gpu-site ## (on an NVIDIA GPU machine, no index needed) CUDA tests, main jobs, GPU benchmark, ranked -> bench/gpu-<date>.md
 	@$(GPU_ENV); $(GPU_PY) -c 'import torch, hydra; assert torch.cuda.is_available(), "no CUDA device"; \
 		print("gpu-check:", torch.cuda.get_device_name(), "torch", torch.__version__, "CUDA", torch.version.cuda)'
-	cd $(ROOT) && $(GPU_ENV) && $(GPU_PY) -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
-	$(GPU_ENV) && $(GPU_PY) -m das2f.train trainer=gpu trainer.max_epochs=1 trainer.precision=bf16-mixed data.num_workers=8 $(ARGS)
-	$(GPU_ENV) && $(GPU_PY) -m das2f.bench.gpu --out $(ROOT)/bench/results $(BENCH_ARGS)
+	$(GPU_ENV) && $(GPU_PY) -m das2f.bench.gpu --out $(ROOT)/bench $(BENCH_ARGS)
 
 gpu-deps: ## (on the GPU machine) build mamba-ssm from .whl/src for this GPU only; long: `setsid make gpu-deps > .whl/gpu-deps.log 2>&1 &`
-	$(GPU_PY) -m das2f.bench.gpu_deps $(WHEELS)/src/mamba_ssm-$(MAMBA_VERSION).tar.gz --target $(GPU_SITE)
+	$(GPU_ENV) && $(GPU_PY) -m das2f.bench.gpu_deps $(WHEELS)/src/mamba_ssm-$(MAMBA_VERSION).tar.gz --target $(GPU_SITE)
 
 experiment-gid5: $(STAMP) ## real Gaofen-2 tiles split by tile: DAS²F, CNN, ablations -> experiments/gid5/results/ (RUNS="variants:seeds ...", ALSO="earlier sweep dirs", CKPT=a checkpoint: its maps only)
 	PY=$(PY) bash $(ROOT)/experiments/gid5/run.sh $(ARGS)

@@ -310,10 +310,12 @@ def bench_loader(root: Path, workers: int = 2, per_class: int = 2000):
     return rate, n_all / prep, disk, raw32, n_train
 
 
-def bench_predict(root: Path, size: int = 64, window: int = 16, backend: str = "auto") -> tuple[float, float, int]:
+def bench_predict(root: Path, size: int = 64, window: int = 16, backend: str = "auto", overrides: list[str] = (),
+                  device: torch.device | str = "cpu") -> dict:
     """A generated scene mapped by the prediction job (trainer.predict, windows, workers, writer) beside
-    the same network's own inference rate at the same batch (window^2 patches): (map px/s, network
-    samples/s, pixels). The checkpoint is an untrained 1-stage model: speed does not depend on weights."""
+    the same network's own inference rate on ``device`` at the same batch (window^2 patches): {"map": px/s,
+    "net": samples/s, "pixels"}. ``overrides``: the predict config's (a trainer, a precision). The checkpoint
+    is an untrained 1-stage model: speed does not depend on weights. Files go under ``root``/bench/results."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
@@ -330,29 +332,35 @@ def bench_predict(root: Path, size: int = 64, window: int = 16, backend: str = "
     net_cfg = {"_target_": "das2f.models.DAS2F", "ms_channels": 4, "num_classes": 8, "stages": 1,
                "scan_backend": backend}
     model = Das2fClassifier(net=net_cfg, num_classes=8, class_names=CLASS_NAMES)
-    ckpt = root / "bench" / "map_model.ckpt"
+    ckpt = root / "bench" / "results" / "map_model.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                 "MsPanDataModule": dm.state_dict(), "pytorch-lightning_version": "2.6.0"}, ckpt)
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         pcfg = compose("predict", overrides=[f"ckpt_path={ckpt}", f"region=[0,{size},0,{size}]", f"window={window}",
-                                             "overwrite=true", "trainer.enable_progress_bar=false"],
+                                             "overwrite=true", "trainer.enable_progress_bar=false",
+                                             *overrides],
                        return_hydra_config=True)
     with open_dict(pcfg):
         pcfg.dataset = OmegaConf.create(cfg | {"rgb_bands": None})
-        pcfg.paths.output_dir = str(root / "bench" / "map")
+        pcfg.paths.output_dir = str(root / "bench" / "results" / "map")
         del pcfg["hydra"]
     summary = predict(pcfg)
     map_rate = summary["scenes"]["synthetic"]["pixels_per_s"]
-    net = model.net.eval()
-    ms, pan = torch.randn(window * window, 4, 16, 16), torch.randn(window * window, 1, 64, 64)
+    device = torch.device(device)
+    net = model.net.eval().to(device)
+    ms = torch.randn(window * window, 4, 16, 16, device=device)
+    pan = torch.randn(window * window, 1, 64, 64, device=device)
+    bf16 = "trainer.precision=bf16-mixed" in overrides
     times = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for _ in range(4):
             t = time.perf_counter()
             net(ms, pan)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t)
-    return map_rate, window * window / min(times[1:]), size * size
+    return {"map": map_rate, "net": window * window / min(times[1:]), "pixels": size * size}
 
 
 def write_report(path: Path, lines: list[str]) -> None:
@@ -415,7 +423,8 @@ def main(argv=None):
               f"- on disk: {disk:,.0f} bytes/sample vs {raw32:,} raw float32 ({raw32 / disk:.1f}x smaller)"]
     lines += ["", "## Full-scene map (prediction job) beside the network", ""]
     for backend in ("torch", "cpu"):
-        map_rate, net_rate, pixels = bench_predict(Path("."), backend=backend)
+        r = bench_predict(Path("."), backend=backend)
+        map_rate, net_rate, pixels = r["map"], r["net"], r["pixels"]
         print(f"map with {backend}: {map_rate:.1f} px/s", flush=True)
         lines.append(f"- scan backend {backend}: {pixels:,} px of the generated scene through `das2f.predict` "
                      f"(trainer.predict, windows of 16 x 16, 2 workers): {map_rate:,.1f} px/s; the same 1-stage network "

@@ -35,8 +35,32 @@ from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf, open_dict
+
+try:
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+except ImportError as missing:  # Hydra would skip this module and say only "Unknown plugin class"
+    from hydra.plugins.launcher import Launcher
+
+    _MISSING = f"{type(missing).__name__}: {missing}"
+
+    class BaseSubmititLauncher(Launcher):
+        """Stands in where hydra-submitit-launcher or submitit does not import: choosing a das2f launcher then
+        fails at once with what is missing and how to get it."""
+
+        def __init__(self, **params: Any) -> None:
+            from das2f.runtime.errors import ConfigError
+
+            raise ConfigError(
+                f"hydra/launcher={self._EXECUTOR} needs hydra-submitit-launcher and submitit, which do not import "
+                f"here ({_MISSING}): pip install 'hydra-submitit-launcher>=1.2,<1.3'; on a machine without a "
+                "package index, `make gpu-wheels` on one with an index carries them in .whl/")
+
+        def setup(self, **kwargs: Any) -> None:  # never reached: __init__ refuses
+            raise NotImplementedError
+
+        def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+            raise NotImplementedError
 
 log = logging.getLogger("das2f.launcher")
 
