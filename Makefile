@@ -92,7 +92,8 @@ gpu-wheels: $(STAMP) ## (here, with an index) the wheels a GPU machine lacks -> 
 		-d $(WHEELS)/src "mamba-ssm==$(MAMBA_VERSION)"
 	@du -sh $(WHEELS)
 
-gpu-site: ## (on the GPU machine) install the carried wheels of .whl/ into /tmp/das2f-site (gpu-check does it first)
+# (on the GPU machine) the carried wheels of .whl/ installed into /tmp/das2f-site; gpu-check does it first
+gpu-site:
 	@if [ -d $(WHEELS) ] && ls $(WHEELS)/*.whl >/dev/null 2>&1; then \
 		$(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --upgrade --target $(GPU_SITE) $(WHEELS)/*.whl; fi
 

@@ -1,5 +1,6 @@
 """Test-only callbacks (importable by Hydra `_target_` from the tests package)."""
 import os
+from pathlib import Path
 
 import lightning as L
 
@@ -11,9 +12,18 @@ class PauseAt(L.Callback):
     training step also sleeps this long (a long epoch in little time, for the periodic last.ckpt)."""
 
     def __init__(self, marker: str, stage: str = "train", step: int = 1, seconds: float = 60.0, slow_s: float = 0.0,
-                 hold_s: float = 0.0):
+                 hold_s: float = 0.0, jobs: list | None = None):
         self.marker, self.stage, self.step, self.seconds, self.slow_s = marker, stage, step, seconds, slow_s
         self.hold_s = hold_s  # after the signal, the step in hand goes on this long (a long step)
+        self.jobs = None if jobs is None else [str(j) for j in jobs]  # in a sweep: pause only in these jobs,
+        # each writing <marker>-<job>
+
+    def setup(self, trainer, pl_module, stage):
+        if self.jobs is not None:
+            from hydra.core.hydra_config import HydraConfig
+
+            job = Path(HydraConfig.get().runtime.output_dir).name
+            self.marker = f"{self.marker}-{job}" if job in self.jobs else None
 
     def _pause(self):
         import time
@@ -21,8 +31,8 @@ class PauseAt(L.Callback):
 
         from das2f.runtime import signals
 
-        if Path(self.marker).exists():  # paused once already (a resumed run carries the same callback)
-            return
+        if self.marker is None or Path(self.marker).exists():  # not this job, or paused once already (a resumed
+            return                                              # run carries the same callback)
         Path(self.marker).write_text(str(os.getpid()))
         t0 = time.monotonic()
         while signals.received() is None and signals._state.checkpoint is None and time.monotonic() - t0 < self.seconds:

@@ -4,11 +4,14 @@ slots a job gets."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+from pathlib import Path
 
 import pytest
 
 from tests.procs import BASE, PAUSE, finish, run, same_weights, start, wait_for, weights
+from tests.test_signals import SEEDS, SWEEP, continuation
 
 LOCAL = "hydra/launcher=local"
 
@@ -16,25 +19,6 @@ LOCAL = "hydra/launcher=local"
 def the_sweep(cwd):
     (sweep,) = (cwd / "logs" / "train" / "multiruns").iterdir()
     return sweep
-
-
-def test_local_launcher_runs_jobs_at_once_with_the_serial_sweeps_results(tmp_path, shared):
-    """Two jobs at once (each waits at its first step until the other has started: run one after another, the
-    first would wait alone and fail), each on its own core, ending with exactly the weights of the same sweep
-    run one job after another (threads=1, same seeds)."""
-    data, references = shared
-    code, out = run(tmp_path, "das2f.train", "-m", "seed=42,43", *BASE, f"paths.data_dir={data}", "test=false", LOCAL,
-                    "hydra.launcher.jobs=2", "+callbacks.barrier._target_=tests.helpers.Barrier",
-                    f"+callbacks.barrier.folder={tmp_path / 'barrier'}")
-    assert code == 0, out[-4000:]
-    assert "at most 2 at once" in out and "job 0 started (CPU" in out and "job 1 started (CPU" in out, out[-4000:]
-    sweep = the_sweep(tmp_path)
-    assert not (sweep / ".submitit" / "%j").exists()  # submitit's folder template is not left as a folder
-    for job, seed in enumerate((42, 43)):
-        assert same_weights(weights(sweep / str(job) / "checkpoints" / "last.ckpt"), references[seed]), f"job {job}"
-        log = (sweep / str(job) / "train.log").read_text()
-        if len(os.sched_getaffinity(0)) >= 2:
-            assert "torch threads: 1 of 1 cores (CPU affinity)" in log, log[:3000]
 
 
 def test_a_failed_job_is_reported_the_others_finish_and_the_sweep_fails(tmp_path):
@@ -89,21 +73,54 @@ def test_slots_share_out_gpus_and_cores(jobs, gpus, per, want):
         assert len({c for s in slots for c in s["cpus"]}) == share * len(want)
 
 
-def test_group_sigterm_stops_a_local_sweep_after_its_running_job_saved(tmp_path, shared):
-    """SIGTERM to the whole process group (launcher, submitit's controllers, jobs, their DataLoader workers): the
-    running job saves last.ckpt and stops, the launcher starts no further job, names both and exits 143."""
-    data, _ = shared
-    marker = tmp_path / "paused"
-    p = start(tmp_path, "das2f.train", "-m", "seed=42,43", *BASE, f"paths.data_dir={data}", "test=false", LOCAL,
-              "hydra.launcher.jobs=1", PAUSE, f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3")
-    wait_for(marker, p, tmp_path)
+def test_a_local_sweep_stopped_by_a_group_sigterm_is_continued_by_the_one_command_it_prints(tmp_path, shared):
+    """Four jobs, two at a time, each on its own core: jobs 0 and 1 both reach their pause point (run one after
+    another, the first would wait there alone). SIGTERM to the whole process group (launcher, submitit's controllers,
+    jobs, their DataLoader workers): both save last.ckpt and stop, the launcher starts no further job, names them and
+    prints the continuation command, exit 143. That command resumes both from their last.ckpt and runs the two
+    others: the four end with exactly the weights of the same sweep run uninterrupted one job after another, in one
+    directory, and the report counts 4 of 4."""
+    data, references = shared
+    marker, sweep = tmp_path / "paused", tmp_path / "sweep"
+    p = start(tmp_path, "das2f.train", "-m", SWEEP, *BASE, f"paths.data_dir={data}", "test=false", LOCAL,
+              "hydra.launcher.jobs=2", PAUSE, f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3",
+              "+callbacks.pause.jobs=[0,1]", f"hydra.sweep.dir={sweep}")
+    for job in (0, 1):
+        wait_for(Path(f"{marker}-{job}"), p, tmp_path)
     os.killpg(p.pid, signal.SIGTERM)
     code, out = finish(p, tmp_path)
     assert code == 143, out[-4000:]
-    assert "sweep stopped by SIGTERM: job(s) 0 stopped" in out and "job(s) 1 not started" in out, out[-3000:]
+    assert re.search(r"sweep stopped by SIGTERM: job\(s\) (0, 1|1, 0) stopped; job\(s\) 2, 3 not started", out), out[-3000:]
+    assert "at most 2 at once" in out and "job 0 started (CPU" in out and "job 1 started (CPU" in out, out[-4000:]
+    assert not (sweep / "2").exists() and not (sweep / ".submitit" / "%j").exists()
+    code, out = run(tmp_path, *continuation(out))
+    assert code == 0, out[-4000:]
+    for job, seed in enumerate(SEEDS):
+        log = (sweep / str(job) / "train.log").read_text()
+        if job < 2:
+            assert "Restoring states from the checkpoint path at" in log
+        if len(os.sched_getaffinity(0)) >= 2:
+            assert "torch threads: 1 of 1 cores (CPU affinity)" in log, log[:3000]
+        assert same_weights(weights(sweep / str(job) / "checkpoints" / "last.ckpt"), references[seed]), job
+    code, report = run(tmp_path, "das2f.report", str(sweep))
+    assert code == 0 and "4 of 4 jobs finished" in report, report[-2000:]
+
+
+def test_a_sweep_over_datasets_lives_in_one_directory_named_after_them(tmp_path):
+    """`-m dataset=synthetic,mine` (mine: a user's dataset from --config-dir): both jobs, the sweep's multirun.yaml
+    and its report in ONE directory, synthetic+mine_<time>."""
+    from das2f.runtime.config import CONF_DIR
+
+    (tmp_path / "myconf" / "dataset").mkdir(parents=True)
+    mine = (Path(CONF_DIR) / "dataset" / "synthetic.yaml").read_text().replace("name: synthetic", "name: mine")
+    (tmp_path / "myconf" / "dataset" / "mine.yaml").write_text(mine)
+    code, out = run(tmp_path, "das2f.train", "--config-dir", str(tmp_path / "myconf"), "-m", "dataset=synthetic,mine",
+                    *BASE, "trainer.max_epochs=1", LOCAL, "hydra.launcher.jobs=2")
+    assert code == 0, out[-4000:]
     sweep = the_sweep(tmp_path)
-    assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file() and not (sweep / "1").exists()
-    assert "resume=" in (sweep / "0" / "error.txt").read_text()
+    assert sweep.name.startswith("synthetic+mine_") and {"0", "1", "multirun.yaml"} <= {p.name for p in sweep.iterdir()}
+    code, report = run(tmp_path, "das2f.report", "--latest")
+    assert code == 0 and "2 of 2 jobs finished" in report and (sweep / "report.md").is_file(), report[-2000:]
 
 
 def test_jobs_that_need_different_preparations_run_side_by_side(tmp_path):
@@ -118,3 +135,28 @@ def test_jobs_that_need_different_preparations_run_side_by_side(tmp_path):
     used = [json.loads((sweep / str(j) / "metrics.json").read_text())["split"]["prepared"] for j in (0, 1)]
     assert len(set(used)) == 2 and {p.name for p in (tmp_path / "data" / "synthetic" / "prepared").iterdir()} == \
         {os.path.basename(u) for u in used}
+
+
+def test_a_sweep_directory_holding_another_sweep_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Continuing is for the same sweep: the stored command line's overrides (in any order) and the sweeper's
+    parameters must match; a difference is named, key by key."""
+    from omegaconf import OmegaConf
+
+    from das2f.runtime.errors import ConfigError
+    from das2f.runtime.sweeps import COMMAND_ENV, Sweep, release
+
+    monkeypatch.setenv(COMMAND_ENV, "unused")  # (a launcher sets it for its jobs; restored after the test)
+
+    def sweep(*overrides, params=None):
+        return OmegaConf.create({"optimized_metric": "val/oa_best", "hydra": {
+            "sweep": {"dir": str(tmp_path)}, "job": {"name": "train"}, "overrides": {"task": list(overrides)},
+            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": params}}})
+
+    Sweep(sweep("seed=1,2", "fusion=sum"))
+    release(tmp_path)
+    Sweep(sweep("fusion=sum", "seed=1,2"))  # the same sweep
+    release(tmp_path)
+    with pytest.raises(ConfigError, match=r"holds another sweep \(fusion: sum -> aalf; seed: 1,2 -> 1,2,3\)"):
+        Sweep(sweep("seed=1,2,3", "fusion=aalf"))
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.params.backbone: \(not set\) -> spvm,cnn"):
+        Sweep(sweep("seed=1,2", "fusion=sum", params={"backbone": "spvm,cnn"}))

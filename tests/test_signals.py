@@ -8,6 +8,7 @@ run ends with exactly the reference's weights."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,31 +21,75 @@ import torch
 
 from tests.procs import BASE, PAUSE, env, finish, no_survivors, run, same_weights, start, wait_for, weights
 
+SEEDS = (42, 43, 44, 45)
+SWEEP = "seed=" + ",".join(map(str, SEEDS))
 
-def test_group_sigterm_in_training_saves_then_resume_ends_as_uninterrupted(tmp_path, shared):
-    """SIGTERM to the process group of a multirun in epoch 1 (workers running): the step in hand ends,
-    last.ckpt is written, exit 143 naming the job, the sweep stops; resume= ends with the reference weights."""
+
+def continuation(out: str) -> list[str]:
+    """The one command a stopped sweep printed to continue it, as arguments of tests.procs.run."""
+    line = [ln for ln in out.splitlines() if "continue the whole sweep" in ln or "continue the sweep with:" in ln][-1]
+    command = shlex.split(line.rsplit(" with: ", 1)[1])
+    assert command[:3] == ["python", "-m", "das2f.train"], line
+    return command[2:]
+
+
+def test_a_sweep_stopped_by_a_group_sigterm_is_continued_by_the_one_command_it_prints(tmp_path, shared):
+    """SIGTERM to the process group of a serial sweep of 4 jobs while job 1 trains (workers running): job 0 has
+    finished, job 1 saves last.ckpt and stops, exit 143 with the continuation command. A second continuation while
+    the sweep runs is refused. The printed command keeps job 0, resumes job 1 from its last.ckpt, runs jobs 2 and 3:
+    all four end with the uninterrupted sweep's weights, in one directory, and the report counts 4 of 4."""
     data, references = shared
-    reference = references[42]
-    marker = tmp_path / "paused"
-    p = start(tmp_path, "das2f.train", "-m", "seed=42,43", *BASE, f"paths.data_dir={data}", "test=false", PAUSE,
-              f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3")
-    workers = wait_for(marker, p, tmp_path)
+    marker, sweep = tmp_path / "paused", tmp_path / "sweep"
+    args = ["das2f.train", "-m", SWEEP, *BASE, f"paths.data_dir={data}", "test=false", PAUSE,
+            f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3", "+callbacks.pause.jobs=[1]",
+            f"hydra.sweep.dir={sweep}"]
+    p = start(tmp_path, *args)
+    workers = wait_for(Path(f"{marker}-1"), p, tmp_path)
     assert len(workers) >= 2  # the training loader's workers receive the signal too
+    (tmp_path / "second").mkdir()
+    code, out = run(tmp_path / "second", *args)
+    assert code == 2 and "another process is running this sweep" in out, out[-2000:]
     os.killpg(p.pid, signal.SIGTERM)
     code, out = finish(p, tmp_path)
     assert code == 143, out[-3000:]
-    assert "stopped by SIGTERM while training at epoch 1, step 3" in out and "resume=" in out, out[-2000:]
-    assert "this was job 0 of the sweep" in out and "jobs after 0 did not run" in out
+    assert "stopped by SIGTERM while training at epoch 1, step 3" in out and "this was job 1 of the sweep" in out
     assert no_survivors(workers)
-    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
-    assert not (sweep / "1").exists()
-    last = sweep / "0" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 3
-    code, out = run(tmp_path, "das2f.train", f"resume={sweep / '0'}")
+    assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "2").exists()
+    assert torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    code, out = run(tmp_path, *continuation(out))
     assert code == 0, out[-3000:]
-    assert "torch threads: 1 of" in out  # the run's own threads=1, not the default of the resume command
-    assert same_weights(weights(last), reference)
+    assert "job 0 (seed=42): finished before: kept" in out and "job 1 (seed=43): resumes from its last.ckpt" in out
+    assert "Restoring states from the checkpoint path at" in (sweep / "1" / "train.log").read_text()
+    assert not (sweep / "1" / "error.txt").exists()
+    for job, seed in enumerate(SEEDS):
+        assert same_weights(weights(sweep / str(job) / "checkpoints" / "last.ckpt"), references[seed]), job
+    code, report = run(tmp_path, "das2f.report", str(sweep))
+    assert code == 0 and "4 of 4 jobs finished" in report, report[-2000:]
+
+
+@pytest.mark.slow  # three short trials and a stopped one: about 40 s
+def test_a_stopped_optuna_search_continues_with_its_trials_counted(tmp_path, shared):
+    """An Optuna search of 3 trials (its study in the sweep directory by default), stopped by a group SIGTERM in its
+    second trial: the continuation command asks that trial's parameters again and resumes its job from last.ckpt,
+    then runs the third trial as job 2; the study ends with 3 complete trials."""
+    import optuna
+
+    data, _ = shared
+    marker, sweep = tmp_path / "paused", tmp_path / "sweep"
+    p = start(tmp_path, "das2f.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *BASE,
+              f"paths.data_dir={data}", "trainer.max_epochs=1", PAUSE, f"+callbacks.pause.marker={marker}",
+              "+callbacks.pause.step=1", "+callbacks.pause.jobs=[1]", f"hydra.sweep.dir={sweep}")
+    wait_for(Path(f"{marker}-1"), p, tmp_path)
+    os.killpg(p.pid, signal.SIGTERM)
+    code, out = finish(p, tmp_path)
+    assert code == 143, out[-3000:]
+    code, out = run(tmp_path, *continuation(out))
+    assert code == 0, out[-3000:]
+    assert "1 of 3 trial(s) done, 2 to go" in out and "Optuna trial 1 was stopped: asked again" in out, out[-3000:]
+    assert "Restoring states from the checkpoint path at" in (sweep / "1" / "train.log").read_text()
+    study = optuna.load_study(study_name="das2f", storage=f"sqlite:///{sweep}/optuna.db")
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 3 and sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1", "2"]
 
 
 def csv_rows(path: Path) -> set:

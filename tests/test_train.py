@@ -138,6 +138,9 @@ def test_sweep_configs_compose():
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         optuna = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
         slurm = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        default = compose("train", overrides=[], return_hydra_config=True)
+    assert default.hydra.launcher._target_ == "hydra_plugins.das2f_launchers.launchers.SerialLauncher"
+    assert optuna.hydra.sweeper.storage == f"sqlite:///{optuna.hydra.sweep.dir}/optuna.db"  # the study stays with it
     assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper") and optuna.optimized_metric.startswith("val/")
     assert "model.optimizer.lr" in optuna.hydra.sweeper.params and optuna.test is False
     assert slurm.hydra.launcher._target_ == "hydra_plugins.das2f_launchers.launchers.SlurmLauncher"
@@ -147,7 +150,8 @@ def test_sweep_configs_compose():
     from hydra.plugins.launcher import Launcher
 
     found = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Launcher)}
-    assert {slurm.hydra.launcher._target_, "hydra_plugins.das2f_launchers.launchers.LocalLauncher"} <= found
+    assert {slurm.hydra.launcher._target_, default.hydra.launcher._target_,
+            "hydra_plugins.das2f_launchers.launchers.LocalLauncher"} <= found
 
 
 @pytest.mark.slow

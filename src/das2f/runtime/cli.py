@@ -171,20 +171,48 @@ def hydra_entry(config_name: str) -> Callable:
                 remove_if_unused(_hydra_output_dir())
                 sys.exit(EXIT_USER_ERROR)
 
-        return hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(guarded)
+        return mistakes_around(hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(guarded))
 
     return decorate
 
 
+def mistakes_around(main: Callable) -> Callable:
+    """Mistakes found by Hydra's machinery before or around the jobs (a config option that does not exist, a key not
+    in the config, a sweep directory that holds another sweep) are user mistakes too: one message, exit 2. Hydra
+    re-raises them here (HYDRA_FULL_ERROR) instead of printing its own traceback; anything else keeps its traceback."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    @functools.wraps(main)
+    def entry(*args, **kwargs):
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+        try:
+            return main(*args, **kwargs)
+        except (HydraException, UserError, OmegaConfBaseException) as err:
+            mistake = user_mistake(err, OmegaConfBaseException, HydraException)
+            if mistake is None:
+                raise
+            if isinstance(mistake, HydraException):
+                text = str(mistake).split("Config search path:")[0].strip()  # Hydra's options list kept
+                print(f"das2f: {text}", file=sys.stderr)
+            else:
+                report_user_error(mistake)
+            sys.exit(EXIT_USER_ERROR)
+
+    return entry
+
+
 def sweep_note() -> str:
-    """In a multirun: which job stopped, and that the sweep's later jobs did not run."""
+    """In a multirun: which job stopped, and the one command that continues the whole sweep."""
     from hydra.core.hydra_config import HydraConfig
+
+    from .sweeps import continue_command
 
     if not in_multirun():
         return ""
-    job = HydraConfig.get().job.num
-    return (f"; this was job {job} of the sweep in {Path(HydraConfig.get().sweep.dir)}: the sweep stops here, its jobs "
-            f"after {job} did not run (run the sweep again with the remaining values)")
+    hc = HydraConfig.get()
+    return (f"; this was job {Path(hc.runtime.output_dir).name} of the sweep in {hc.sweep.dir}: continue the whole sweep "
+            f"(finished jobs kept, stopped ones resumed) with: {continue_command(hc.sweep.dir)}")
 
 
 def route_lightning_logs() -> None:

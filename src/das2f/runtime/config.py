@@ -106,6 +106,12 @@ def _isatty() -> bool:
     return sys.stderr.isatty()
 
 
+def _sweep_name(default: str, overrides) -> str:
+    from .sweeps import sweep_name
+
+    return sweep_name(default, overrides)
+
+
 RESOLVERS = {
     "len": lambda x: len(x),
     "wandb_offline": wandb_offline,
@@ -113,6 +119,7 @@ RESOLVERS = {
     "das2f_cwd": os.getcwd,  # outputs go where the command runs (never needs Hydra's runtime, so sweeps resolve too)
     "das2f_project": project_dir,
     "das2f_run_dir": _run_dir,
+    "das2f_sweep_name": _sweep_name,
     "isatty": _isatty,
 }
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..runtime.cli import sweep_note
+from ..runtime.cli import in_multirun, sweep_note
 from ..runtime.errors import CheckpointError, ConfigError, Interrupted, MissingFileError
 
 log = logging.getLogger("das2f.train")
@@ -197,7 +197,7 @@ def stopped(cfg: DictConfig, phase: str, trainer=None) -> Interrupted:
     where = f" at epoch {trainer.current_epoch + 1}, step {trainer.global_step}" if trainer is not None else ""
     last = out / "checkpoints" / LAST
     if phase == "training" and last.is_file():
-        then = f"{last} holds it: continue with python -m das2f.train resume={out}"
+        then = f"{last} holds it" + ("" if in_multirun() else f": continue with python -m das2f.train resume={out}")
     elif phase == "training" or not cfg.get("train"):
         then = "nothing to continue from: the same command starts it again"
     else:

@@ -18,12 +18,17 @@ as a single run does (last.ckpt, exit 128 + the signal); the launcher starts no 
 running ones, names each stopped job and exits with the same status. submitit's local controller
 processes are started ignoring SIGINT (which they would answer by killing their job one second later,
 before it saved) and forward SIGTERM as they do.
+
+``hydra/launcher=serial`` (:class:`SerialLauncher`, the default): the jobs one after another in this process.
+
+All three continue a stopped sweep in place (das2f.runtime.sweeps): the same sweep command with
+``hydra.sweep.dir=<its directory>`` keeps the finished jobs, resumes the stopped ones from their last.ckpt and runs
+the rest; every stop message prints that command.
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -34,14 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
+
+from das2f.runtime.sweeps import ContinuesSweep, Sweep, continue_command, override
 
 try:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 except ImportError as missing:  # Hydra would skip this module and say only "Unknown plugin class"
-    from hydra.plugins.launcher import Launcher
-
     _MISSING = f"{type(missing).__name__}: {missing}"
 
     class BaseSubmititLauncher(Launcher):
@@ -67,12 +73,32 @@ log = logging.getLogger("das2f.launcher")
 # the shell submitit's local executor runs before each job's controller: the controller (and the shell) then
 # ignore Ctrl-C and the warning signals; the job's own process installs das2f's handlers for all of them.
 IGNORE_IN_CONTROLLER = "trap '' INT TERM USR1 USR2"
-SAFE_VALUE = re.compile(r"^[\w/.\-:+@%~]+$")
 
 
-def resume_override(run_dir: Path) -> str:
-    value = str(run_dir)
-    return f"resume={value}" if SAFE_VALUE.match(value) else "resume='" + value.replace("'", "\\'") + "'"
+class SerialLauncher(ContinuesSweep, Launcher):
+    """The sweep's jobs one after another in this process (Hydra's basic launcher, continued in place)."""
+
+    def __init__(self, **params: Any) -> None:
+        self.config = self.hydra_context = self.task_function = None
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+        self.sweep = Sweep(config)
+
+    def launch_jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None and self.hydra_context is not None
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        returns = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = cfg.hydra.job.num = idx
+            log.info("job %s: %s", cfg.hydra.sweep.subdir, " ".join(filter_overrides(overrides)) or "(no overrides)")
+            returns.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
+                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return returns
 
 
 class ContinuesAfterRequeue:
@@ -89,18 +115,43 @@ class ContinuesAfterRequeue:
         out = Path(HydraConfig.get().runtime.output_dir)
         overrides = [o for o in sweep_overrides if not o.startswith("resume=")]
         if any((out / "checkpoints" / name).is_file() for name in (LAST, PREVIOUS)):
-            overrides.append(resume_override(out))
+            overrides.append(override("resume", str(out)))
             log.warning("requeued: the job continues from %s", out / "checkpoints" / LAST)
         else:
             log.warning("requeued: the job has no checkpoint yet and starts again in %s", out)
         return submitit.helpers.DelayedSubmission(self, overrides, *args)
 
 
-class SlurmLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
+class SlurmLauncher(ContinuesSweep, ContinuesAfterRequeue, BaseSubmititLauncher):
+    """Hydra's submitit SLURM launcher, continued in place, with the requeue that continues. A signal to the
+    submitting process (Ctrl-C, the end of its own allocation) stops only its wait: the submitted jobs go on."""
+
     _EXECUTOR = "slurm"
 
+    def launch_jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        def stop(signum, frame):
+            raise _DriverStopped(signum)
 
-class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
+        saved = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return super().launch_jobs(job_overrides, initial_job_idx)
+        except _DriverStopped as err:
+            log.error("%s: this process stops waiting for the sweep's jobs; those submitted go on under SLURM (squeue "
+                      "lists them). Once they have ended, continue the sweep with: %s", signal.Signals(err.signum).name,
+                      continue_command(self.sweep.dir))
+            sys.exit(128 + err.signum)
+        finally:
+            for s, h in saved.items():
+                signal.signal(s, h)
+
+
+class _DriverStopped(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class LocalLauncher(ContinuesSweep, ContinuesAfterRequeue, BaseSubmititLauncher):
     """At most ``jobs`` sweep jobs at once on this machine, each on its own GPU(s) and share of the cores.
 
     ``jobs``: how many at once (null: one per ``gpus_per_job`` visible GPUs, else 1); ``gpus_per_job``:
@@ -197,7 +248,7 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
             cfg.hydra.job.num = idx
         return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch_jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -220,8 +271,8 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
         free = deque(range(len(slots)))
         running: dict[int, tuple[int, list[str], Any, Path, float]] = {}  # slot -> (idx, overrides, job, dir, t0)
         results: dict[int, JobReturn] = {}
-        stopped: list[int] = []
-        not_started: list[int] = []
+        stopped: list[str] = []
+        not_started: list[str] = []
         with _StopSignals() as stop:
             while pending or running:
                 for k, (idx, overrides, job, out, t0) in list(running.items()):
@@ -230,7 +281,7 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
                         free.append(k)
                         results[idx] = self.outcome(idx, overrides, job, out, t0)
                         if results[idx].status != JobStatus.COMPLETED and stop.signum is not None:
-                            stopped.append(idx)
+                            stopped.append(out.name)
                 while pending and free and stop.signum is None:
                     k = free.popleft()
                     idx, overrides = pending.popleft()
@@ -240,22 +291,22 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
                         job = executor.submit(self, overrides, "hydra.sweep.dir", idx, f"job_id_for_{idx}",
                                               Singleton.get_state())
                     running[k] = (idx, overrides, job, out, time.monotonic())
-                    log.info("job %d started (%s): %s", idx, self.describe(slots[k]),
+                    log.info("job %s started (%s): %s", out.name, self.describe(slots[k]),
                              " ".join(filter_overrides(overrides)) or "(no overrides)")
                 if stop.signum is not None and not stop.answered:
                     stop.answered = True
                     log.warning("%s: no more jobs are started; waiting for the %d running one(s) to save and stop",
                                 signal.Signals(stop.signum).name, len(running))
-                    not_started = [i for i, _ in pending]
+                    not_started = [self.job_dir(o, i).name for i, o in pending]
                     pending.clear()
                     stop.forward()
                 if pending or running:
                     time.sleep(self.poll_s)
         if stop.signum is not None:
             status, left = 128 + stop.signum, not_started
-            log.error("sweep stopped by %s: job(s) %s stopped (each says how to continue in its error.txt)%s",
-                      signal.Signals(stop.signum).name, ", ".join(map(str, stopped)) or "none",
-                      f"; job(s) {', '.join(map(str, left))} not started" if left else "")
+            log.error("sweep stopped by %s: job(s) %s stopped%s; continue the sweep with: %s",
+                      signal.Signals(stop.signum).name, ", ".join(stopped) or "none",
+                      f"; job(s) {', '.join(left)} not started" if left else "", continue_command(sweep_dir))
             sys.exit(status)
         return [results[initial_job_idx + i] for i in range(len(job_overrides))]
 
@@ -271,23 +322,23 @@ class LocalLauncher(ContinuesAfterRequeue, BaseSubmititLauncher):
                 why = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             else:
                 if ret.status == JobStatus.COMPLETED:
-                    log.info("job %d finished after %.0f s: %s", idx, took, out)
+                    log.info("job %s finished after %.0f s: %s", out.name, took, out)
                 else:
                     try:
                         ret.return_value  # noqa: B018  (Hydra's public accessor raises the job's exception)
                     except Exception as failure:
                         error = error or f"{type(failure).__name__}: {failure}"
-                    log.error("job %d failed after %.0f s: %s", idx, took, error)
+                    log.error("job %s failed after %.0f s: %s", out.name, took, error)
                 return ret
         if error:
             why = error
         elif job.paths.stderr.is_file():
             lines = [ln for ln in job.paths.stderr.read_text(errors="replace").splitlines() if ln.strip()]
             why = lines[-1] if lines else why
-        log.error("job %d ended without results after %.0f s: %s (its log: %s)", idx, took, why, job.paths.stdout)
+        log.error("job %s ended without results after %.0f s: %s (its log: %s)", out.name, took, why, job.paths.stdout)
         ret = JobReturn(overrides=overrides, working_dir=str(out), task_name=str(self.config.hydra.job.name),
                         status=JobStatus.FAILED, cfg=OmegaConf.create(), hydra_cfg=OmegaConf.create())
-        ret.return_value = JobFailed(f"job {idx} ({' '.join(overrides)}): {why}")
+        ret.return_value = JobFailed(f"job {out.name} ({' '.join(overrides)}): {why}")
         return ret
 
 
