@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs import BASE, PAUSE, finish, run, same_weights, start, wait_for, weights
-from tests.test_signals import SEEDS, SWEEP, continuation
+from tests.test_signals import continuation
 
 LOCAL = "hydra/launcher=local"
 
@@ -74,17 +74,23 @@ def test_slots_share_out_gpus_and_cores(jobs, gpus, per, want):
 
 
 def test_a_local_sweep_stopped_by_a_group_sigterm_is_continued_by_the_one_command_it_prints(tmp_path, shared):
-    """Four jobs, two at a time, each on its own core: jobs 0 and 1 both reach their pause point (run one after
-    another, the first would wait there alone). SIGTERM to the whole process group (launcher, submitit's controllers,
-    jobs, their DataLoader workers): both save last.ckpt and stop, the launcher starts no further job, names them and
-    prints the continuation command, exit 143. That command resumes both from their last.ckpt and runs the two
-    others: the four end with exactly the weights of the same sweep run uninterrupted one job after another, in one
-    directory, and the report counts 4 of 4."""
+    """A sweep over two datasets (synthetic, and `mine` from a user's --config-dir: the same generated scene under
+    another name) and two seeds: four jobs, two at a time, each on its own core; jobs 0 and 1 both reach their pause
+    point (run one after another, the first would wait there alone). SIGTERM to the whole process group (launcher,
+    submitit's controllers, jobs, their DataLoader workers): both save last.ckpt and stop, the launcher starts no
+    further job, names them and prints the continuation command, exit 143. That command resumes both from their
+    last.ckpt and runs the two others: the four end with exactly the weights of the same seeds run uninterrupted one
+    after another, in ONE directory named after both datasets, and the report counts 4 of 4."""
+    from das2f.runtime.config import CONF_DIR
+
     data, references = shared
-    marker, sweep = tmp_path / "paused", tmp_path / "sweep"
-    p = start(tmp_path, "das2f.train", "-m", SWEEP, *BASE, f"paths.data_dir={data}", "test=false", LOCAL,
-              "hydra.launcher.jobs=2", PAUSE, f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3",
-              "+callbacks.pause.jobs=[0,1]", f"hydra.sweep.dir={sweep}")
+    (tmp_path / "myconf" / "dataset").mkdir(parents=True)
+    mine = (Path(CONF_DIR) / "dataset" / "synthetic.yaml").read_text().replace("name: synthetic", "name: mine")
+    (tmp_path / "myconf" / "dataset" / "mine.yaml").write_text(mine)
+    marker = tmp_path / "paused"
+    p = start(tmp_path, "das2f.train", "--config-dir", str(tmp_path / "myconf"), "-m", "dataset=synthetic,mine",
+              "seed=42,43", *BASE, f"paths.data_dir={data}", "test=false", LOCAL, "hydra.launcher.jobs=2", PAUSE,
+              f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3", "+callbacks.pause.jobs=[0,1]")
     for job in (0, 1):
         wait_for(Path(f"{marker}-{job}"), p, tmp_path)
     os.killpg(p.pid, signal.SIGTERM)
@@ -92,35 +98,21 @@ def test_a_local_sweep_stopped_by_a_group_sigterm_is_continued_by_the_one_comman
     assert code == 143, out[-4000:]
     assert re.search(r"sweep stopped by SIGTERM: job\(s\) (0, 1|1, 0) stopped; job\(s\) 2, 3 not started", out), out[-3000:]
     assert "at most 2 at once" in out and "job 0 started (CPU" in out and "job 1 started (CPU" in out, out[-4000:]
-    assert not (sweep / "2").exists() and not (sweep / ".submitit" / "%j").exists()
+    sweep = the_sweep(tmp_path)
+    assert sweep.name.startswith("synthetic+mine_") and not (sweep / "2").exists()
+    assert not (sweep / ".submitit" / "%j").exists()
     code, out = run(tmp_path, *continuation(out))
     assert code == 0, out[-4000:]
-    for job, seed in enumerate(SEEDS):
+    assert the_sweep(tmp_path) == sweep
+    for job, seed in enumerate((42, 43, 42, 43)):
         log = (sweep / str(job) / "train.log").read_text()
         if job < 2:
             assert "Restoring states from the checkpoint path at" in log
         if len(os.sched_getaffinity(0)) >= 2:
             assert "torch threads: 1 of 1 cores (CPU affinity)" in log, log[:3000]
         assert same_weights(weights(sweep / str(job) / "checkpoints" / "last.ckpt"), references[seed]), job
-    code, report = run(tmp_path, "das2f.report", str(sweep))
-    assert code == 0 and "4 of 4 jobs finished" in report, report[-2000:]
-
-
-def test_a_sweep_over_datasets_lives_in_one_directory_named_after_them(tmp_path):
-    """`-m dataset=synthetic,mine` (mine: a user's dataset from --config-dir): both jobs, the sweep's multirun.yaml
-    and its report in ONE directory, synthetic+mine_<time>."""
-    from das2f.runtime.config import CONF_DIR
-
-    (tmp_path / "myconf" / "dataset").mkdir(parents=True)
-    mine = (Path(CONF_DIR) / "dataset" / "synthetic.yaml").read_text().replace("name: synthetic", "name: mine")
-    (tmp_path / "myconf" / "dataset" / "mine.yaml").write_text(mine)
-    code, out = run(tmp_path, "das2f.train", "--config-dir", str(tmp_path / "myconf"), "-m", "dataset=synthetic,mine",
-                    *BASE, "trainer.max_epochs=1", LOCAL, "hydra.launcher.jobs=2")
-    assert code == 0, out[-4000:]
-    sweep = the_sweep(tmp_path)
-    assert sweep.name.startswith("synthetic+mine_") and {"0", "1", "multirun.yaml"} <= {p.name for p in sweep.iterdir()}
     code, report = run(tmp_path, "das2f.report", "--latest")
-    assert code == 0 and "2 of 2 jobs finished" in report and (sweep / "report.md").is_file(), report[-2000:]
+    assert code == 0 and "4 of 4 jobs finished" in report and (sweep / "report.md").is_file(), report[-2000:]
 
 
 def test_jobs_that_need_different_preparations_run_side_by_side(tmp_path):
@@ -142,8 +134,9 @@ def test_a_sweep_directory_holding_another_sweep_is_refused_in_one_line(tmp_path
     parameters must match; a difference is named, key by key."""
     from omegaconf import OmegaConf
 
+    from das2f.runtime.cli import COMMAND_ENV
     from das2f.runtime.errors import ConfigError
-    from das2f.runtime.sweeps import COMMAND_ENV, Sweep, release
+    from das2f.runtime.sweeps import Sweep, release
 
     monkeypatch.setenv(COMMAND_ENV, "unused")  # (a launcher sets it for its jobs; restored after the test)
 
@@ -160,3 +153,30 @@ def test_a_sweep_directory_holding_another_sweep_is_refused_in_one_line(tmp_path
         Sweep(sweep("seed=1,2,3", "fusion=aalf"))
     with pytest.raises(ConfigError, match=r"hydra.sweeper.params.backbone: \(not set\) -> spvm,cnn"):
         Sweep(sweep("seed=1,2", "fusion=sum", params={"backbone": "spvm,cnn"}))
+
+
+def test_the_slurm_submitting_process_stopped_prints_the_continuation(tmp_path, monkeypatch, caplog):
+    """A signal to the process that submitted a SLURM sweep and waits for its jobs: it stops waiting (the jobs go on
+    under SLURM), prints the command that continues the sweep and exits 128 + the signal."""
+    import time
+    from types import SimpleNamespace
+
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+    from das2f.runtime.cli import COMMAND_ENV
+    from hydra_plugins.das2f_launchers.launchers import SlurmLauncher
+
+    def waiting(self, job_overrides, initial_job_idx):  # submitit waiting for the array's results
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+
+    monkeypatch.setattr(BaseSubmititLauncher, "launch", waiting)
+    monkeypatch.setenv(COMMAND_ENV, f"python -m das2f.train -m seed=1,2 hydra.sweep.dir={tmp_path}")
+    launcher = SlurmLauncher(submitit_folder=str(tmp_path))
+    launcher.sweep = SimpleNamespace(dir=tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stop:
+        launcher.launch_jobs([["seed=1"], ["seed=2"]], 0)
+    assert stop.value.code == 143 and signal.getsignal(signal.SIGTERM) == before
+    assert f"go on under SLURM (squeue lists them). Once they have ended, continue the sweep with: python -m " \
+           f"das2f.train -m seed=1,2 hydra.sweep.dir={tmp_path}" in caplog.text

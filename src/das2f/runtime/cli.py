@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
+import shlex
 import shutil
 import sys
 import warnings
@@ -28,6 +30,9 @@ from .config import CONF_DIR, update_moved_targets  # (registers the resolvers t
 from .errors import EXIT_USER_ERROR, Interrupted, UserError
 
 log = logging.getLogger("das2f")
+
+COMMAND_ENV = "DAS2F_SWEEP_COMMAND"  # set by a sweep's launching process: its jobs print the same continuation command
+SAFE_VALUE = re.compile(r"^[\w/.\-:+@%~]+$")
 
 
 class _DropMessages(logging.Filter):
@@ -202,11 +207,24 @@ def mistakes_around(main: Callable) -> Callable:
     return entry
 
 
+def override(key: str, value: str) -> str:
+    """``key=value`` as Hydra's override parser reads it back (quoted where the value needs it)."""
+    return f"{key}={value}" if SAFE_VALUE.match(value) else f"{key}='" + value.replace("'", "\\'") + "'"
+
+
+def continue_command(sweep_dir: str | Path) -> str:
+    """The one command that continues a sweep: this sweep's command line with ``hydra.sweep.dir=<its directory>``."""
+    if os.environ.get(COMMAND_ENV):
+        return os.environ[COMMAND_ENV]
+    program = sys.argv[0]
+    head = program if program.startswith("das2f ") else f"python -m das2f.{Path(program).stem}"
+    args = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "hydra/sweep.dir="))]
+    return " ".join([head, *map(shlex.quote, args), shlex.quote(override("hydra.sweep.dir", str(sweep_dir)))])
+
+
 def sweep_note() -> str:
     """In a multirun: which job stopped, and the one command that continues the whole sweep."""
     from hydra.core.hydra_config import HydraConfig
-
-    from .sweeps import continue_command
 
     if not in_multirun():
         return ""

@@ -107,9 +107,14 @@ def _isatty() -> bool:
 
 
 def _sweep_name(default: str, overrides) -> str:
-    from .sweeps import sweep_name
+    """A new sweep directory's name (hydra.sweep.dir): the datasets a sweep runs, joined by ``+``, when it sweeps
+    ``dataset``; else ``default`` (the dataset's name)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    return sweep_name(default, overrides)
+    for o in OverridesParser.create().parse_overrides([str(x) for x in overrides or []]):
+        if o.key_or_group == "dataset" and o.is_sweep_override() and o.is_discrete_sweep():
+            return "+".join(o.sweep_string_iterator())
+    return default
 
 
 RESOLVERS = {

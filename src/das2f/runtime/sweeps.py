@@ -22,36 +22,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cli import COMMAND_ENV, continue_command, override, recorded_failure
 from .errors import ConfigError
 
 log = logging.getLogger("das2f.sweep")
 
 LOCK = ".sweep.lock"
-COMMAND_ENV = "DAS2F_SWEEP_COMMAND"  # set by the launching process: its jobs print the same continuation command
-SAFE_VALUE = re.compile(r"^[\w/.\-:+@%~]+$")
 _held: dict[Path, Any] = {}  # sweep directory -> its lock, held by this process until it ends
-
-
-def override(key: str, value: str) -> str:
-    """``key=value`` as Hydra's override parser reads it back (quoted where the value needs it)."""
-    return f"{key}={value}" if SAFE_VALUE.match(value) else f"{key}='" + value.replace("'", "\\'") + "'"
-
-
-def continue_command(sweep_dir: str | Path) -> str:
-    """The one command that continues a sweep: this sweep's command line with ``hydra.sweep.dir=<its directory>``."""
-    if os.environ.get(COMMAND_ENV):
-        return os.environ[COMMAND_ENV]
-    program = sys.argv[0]
-    head = program if program.startswith("das2f ") else f"python -m das2f.{Path(program).stem}"
-    args = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "hydra/sweep.dir="))]
-    return " ".join([head, *map(shlex.quote, args), shlex.quote(override("hydra.sweep.dir", str(sweep_dir)))])
 
 
 def claim(sweep_dir: Path) -> None:
@@ -119,7 +100,6 @@ class Job:
 
 def job_state(job_dir: Path) -> str:
     from ..checkpoint import LAST, PREVIOUS
-    from .cli import recorded_failure
 
     if (job_dir / "metrics.json").is_file() and recorded_failure(job_dir) is None:
         return "finished"
@@ -223,14 +203,3 @@ class ContinuesSweep:
     def launch_jobs(self, job_overrides, initial_job_idx: int):
         """Runs the jobs (the launcher's own way): what ``launch`` does without the plan."""
         return super().launch(job_overrides, initial_job_idx)
-
-
-def sweep_name(default: str, overrides) -> str:
-    """A new sweep directory's name (resolver ``das2f_sweep_name``): the datasets a sweep runs, joined by ``+``,
-    when it sweeps ``dataset``; else ``default`` (the dataset's name)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    for o in OverridesParser.create().parse_overrides([str(x) for x in overrides or []]):
-        if o.key_or_group == "dataset" and o.is_sweep_override() and o.is_discrete_sweep():
-            return "+".join(o.sweep_string_iterator())
-    return default

@@ -43,7 +43,8 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
-from das2f.runtime.sweeps import ContinuesSweep, Sweep, continue_command, override
+from das2f.runtime.cli import continue_command, override
+from das2f.runtime.sweeps import ContinuesSweep, Sweep
 
 try:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
