@@ -117,5 +117,5 @@ experiment-protocols: $(STAMP) ## real Gaofen-2 tiles under the pixel, block and
 experiment-wv2: $(STAMP) ## real WorldView-2 scene, full map with the main job's model -> experiments/wv2/results/
 	PY=$(PY) bash $(ROOT)/experiments/wv2/run.sh $(ARGS)
 
-clean: ## remove generated data, outputs and caches (not the venv)
-	rm -rf data logs outputs multirun wandb bench/results .pytest_cache
+clean: ## remove what das2f generated: prepared files, the generated scene, logs, outputs, caches (never raw data, never the venv)
+	rm -rf data/synthetic data/*/prepared data/*/.prepared.das2f.lock logs outputs multirun wandb bench/results .pytest_cache

@@ -148,3 +148,18 @@ def test_a_wheel_carries_its_configs_and_takes_a_users_config_dir(tmp_path):
     summary = json.loads(metrics.read_text())
     assert summary["dataset"] == "mine" and "test/oa" in summary["metrics"]
     assert str(root) not in (work / "logs").joinpath(metrics.parent.relative_to(work / "logs"), "config.yaml").read_text()
+
+
+def test_make_clean_leaves_raw_data_and_tracked_files(tmp_path):
+    """`make clean` removes what das2f generated (prepared files, the generated scene, logs) and never a user's raw
+    data: the dataset template puts it under data/<name>/raw."""
+    made = ["data/mydata/raw/ms.tif", "data/mydata/prepared/abc123/train.h5", "data/synthetic/raw/ms.npy",
+            "logs/train/runs/x/metrics.json", "bench/gpu-2026-12-04.md", "bench/results/bench.md"]
+    for name in made:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    r = subprocess.run(["make", "-s", "-f", str(SRC.parent / "Makefile"), "clean"], cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == \
+        ["bench/gpu-2026-12-04.md", "data/mydata/raw/ms.tif"]

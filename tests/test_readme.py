@@ -61,7 +61,7 @@ NOT_RUN = {  # README commands the test suite does not run, and why
     "make experiment-protocols": "nine trainings on the real tiles, about 40 minutes (docs/splits.md states the results)",
     "das2f train -m dataset.split_blocks=64 dataset.split_folds=5 dataset.split_fold=0,1,2,3,4":
         "five trainings on a scene large enough for five folds of 64-pixel blocks; the folds: test_split",
-    "make clean": "deletes outputs",
+    "make clean": "deletes outputs (what it leaves: test_layout.test_make_clean_leaves_raw_data_and_tracked_files)",
     "make gpu-check": "needs an NVIDIA GPU (test_gpu.py skips without one; its benchmark runs at toy sizes on the CPU in "
                       "test_precision.test_gpu_benchmark_runs_end_to_end_on_the_cpu)",
     "make gpu-deps": "compiles mamba-ssm's CUDA kernel: needs a GPU and nvcc (its setup.py rewrite: test_gpu_tools.py)",

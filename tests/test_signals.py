@@ -203,6 +203,13 @@ def test_group_sigterm_in_test_phase_keeps_the_trained_checkpoint(tmp_path, shar
     assert "stopped by SIGTERM while testing" in out and "training is complete" in out and "das2f.eval ckpt_path=" in out
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     assert (run_dir / "checkpoints" / "epoch_000.ckpt").is_file() and not (run_dir / "metrics.json").exists()
+    # resumed: no epoch is left to train; the test runs, and the validation metrics come from the checkpoint
+    code, out = run(tmp_path, "das2f.train", f"resume={run_dir}")
+    assert code == 0, out[-3000:]
+    import json
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert {"test/oa", "val/oa", "val/oa_best", "train/loss_epoch"} <= metrics.keys(), sorted(metrics)
 
 
 def test_group_sigterm_during_preparation_leaves_no_half_written_file(tmp_path):

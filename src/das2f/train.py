@@ -89,6 +89,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _run(cfg: DictConfig, at: Phase) -> dict:
+    from .training.callbacks import RunRecord
     from .training.results import print_results, write_results
 
     started = time.perf_counter()
@@ -101,7 +102,8 @@ def _run(cfg: DictConfig, at: Phase) -> dict:
     del saved
     try:
         best = fit(cfg, trainer, model, datamodule, ckpt, at) if cfg.get("train") else ckpt  # eval: the checkpoint given
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
+        metrics = record.metrics(trainer) if record else {}
         if cfg.get("test"):
             metrics.update(evaluate(cfg, trainer, model, datamodule, best, at), best_checkpoint=best)
         at("writing the results", trainer)

@@ -196,13 +196,23 @@ class AdaptThreads(L.Callback):
 
 class RunRecord(L.Callback):
     """Writes the run's own facts into every checkpoint (key "das2f"): the Hydra overrides it was started
-    with (``resume=<run dir>`` composes them again) and its W&B run id (a resumed run continues it)."""
+    with (``resume=<run dir>`` composes them again), its W&B run id (a resumed run continues it) and the metrics
+    logged so far (a run resumed after its last epoch, stopped while testing, trains no epoch more: its train and
+    validation metrics come from there)."""
 
     def __init__(self, overrides: list[str] | None = None):
         self.overrides = list(overrides or [])
+        self.restored: dict[str, float] = {}
+
+    def metrics(self, trainer) -> dict[str, float]:
+        """The run's scalar metrics: those logged by this process over those its checkpoint brought."""
+        return {**self.restored, **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        self.restored = dict(checkpoint.get("das2f", {}).get("metrics", {}))
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        info = {"overrides": self.overrides}
+        info = {"overrides": self.overrides, "metrics": self.metrics(trainer)}
         for lg in trainer.loggers:
             if type(lg).__name__ == "WandbLogger":
                 info["wandb_run_id"] = lg.experiment.id
