@@ -7,6 +7,7 @@ run checks several things: exit status, message, last.ckpt, no worker left behin
 run ends with exactly the reference's weights."""
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -61,8 +62,11 @@ def test_a_sweep_stopped_by_a_group_sigterm_is_continued_by_the_one_command_it_p
     assert "job 0 (seed=42): finished before: kept" in out and "job 1 (seed=43): resumes from its last.ckpt" in out
     assert "Restoring states from the checkpoint path at" in (sweep / "1" / "train.log").read_text()
     assert not (sweep / "1" / "error.txt").exists()
+    (uninterrupted,) = (data.parent / "logs" / "train" / "multiruns").iterdir()  # the references' sweep
     for job, seed in enumerate(SEEDS):
         assert same_weights(weights(sweep / str(job) / "checkpoints" / "last.ckpt"), references[seed]), job
+        got, want = (json.loads((d / str(job) / "metrics.json").read_text())["metrics"] for d in (sweep, uninterrupted))
+        assert got == want, job  # the epochs' training and validation metrics too
     code, report = run(tmp_path, "das2f.report", str(sweep))
     assert code == 0 and "4 of 4 jobs finished" in report, report[-2000:]
 
@@ -206,7 +210,6 @@ def test_group_sigterm_in_test_phase_keeps_the_trained_checkpoint(tmp_path, shar
     # resumed: no epoch is left to train; the test runs, and the validation metrics come from the checkpoint
     code, out = run(tmp_path, "das2f.train", f"resume={run_dir}")
     assert code == 0, out[-3000:]
-    import json
 
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert {"test/oa", "val/oa", "val/oa_best", "train/loss_epoch"} <= metrics.keys(), sorted(metrics)

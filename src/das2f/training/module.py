@@ -5,7 +5,7 @@ import hydra
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import ConfusionMatrix, MaxMetric
+from torchmetrics import ConfusionMatrix, MaxMetric, MeanMetric
 
 from ..metrics import metric_collection
 from ..runtime.config import plain
@@ -42,6 +42,9 @@ class Das2fClassifier(L.LightningModule):
         self.confusion = nn.ModuleDict({f"{s}_": ConfusionMatrix("multiclass", num_classes=num_classes)
                                         for s in ("val", "test")})
         self.val_oa_best = MaxMetric()
+        self.train_loss = MeanMetric()  # the epoch's mean training loss
+        for metric in (*self.metrics["train_"].values(), self.train_loss, self.val_oa_best):
+            metric.persistent(True)  # in every checkpoint: a resumed run goes on with exactly these metrics' states
         self.test_confusion: torch.Tensor | None = None
 
     def forward(self, ms, pan):
@@ -54,8 +57,11 @@ class Das2fClassifier(L.LightningModule):
         self.metrics[f"{stage}_"].update(preds, batch["label"])
         if f"{stage}_" in self.confusion:
             self.confusion[f"{stage}_"].update(preds, batch["label"])
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 batch_size=len(preds))
+        if stage == "train":
+            self.train_loss.update(loss.detach(), len(preds))
+            self.log("train/loss_step", loss, prog_bar=True)
+        else:
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(preds))
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -82,6 +88,16 @@ class Das2fClassifier(L.LightningModule):
 
     def on_train_epoch_end(self):
         self._log_epoch("train")
+        loss = self.train_loss.compute()
+        self.log_dict({"train/loss": loss, "train/loss_epoch": loss})
+        self.train_loss.reset()
+
+    def on_load_checkpoint(self, checkpoint):
+        """A checkpoint written before the training metrics were saved in it: they start from their initial state."""
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            if key.startswith(("metrics.train_.", "train_loss.", "val_oa_best.")) and key not in state:
+                state[key] = value
 
     def on_validation_epoch_end(self):
         values = self._log_epoch("val")
