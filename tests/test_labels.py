@@ -98,9 +98,72 @@ def test_inspect_in_a_log_file_keeps_whole_lines(tmp_path):
     log = io.StringIO()
     inspect_dataset(dataset(tmp_path, [scene]), console=Console(file=log, width=80))
     lines = log.getvalue().splitlines()
-    (line,) = [ln for ln in lines if ln.startswith(name)]
+    (line,) = [ln for ln in lines if ln.startswith(name) and "(3, 12, 12)" in ln]
     assert "(3, 12, 12) | (1, 48, 48)" in line and "0: 30" in line and "15: 24" in line and len(line) > 80
     assert "…" not in log.getvalue()
+
+
+def geotiff(path: Path, arr: np.ndarray, crs: str, origin: tuple[float, float], pixel: float) -> str:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    arr = arr if arr.ndim == 3 else arr[None]
+    with rasterio.open(path, "w", driver="GTiff", height=arr.shape[1], width=arr.shape[2], count=arr.shape[0],
+                       dtype=arr.dtype, crs=crs, transform=from_origin(*origin, pixel, pixel)) as dst:
+        dst.write(arr)
+    return str(path)
+
+
+def geo_scene(tmp_path, pan_crs="EPSG:32650", pan_origin=(500000.0, 4000000.0), pan_pixel=1.0, plain_pan=False):
+    """A georeferenced MS (4 m pixels, 12 x 12) + PAN (1 m, 48 x 48) + label (on the MS grid); one thing changed."""
+    rng, origin = np.random.default_rng(0), (500000.0, 4000000.0)
+    pan = rng.integers(0, 1000, (48, 48), dtype=np.uint16)
+    if pan_crs != "EPSG:32650":  # the same ground in another CRS (a little more of it: the grids are rotated)
+        from rasterio.warp import transform
+
+        (x,), (y,) = transform("EPSG:32650", pan_crs, [origin[0] - 8], [origin[1] + 8])
+        pan_origin, pan = (x, y), rng.integers(0, 1000, (64, 64), dtype=np.uint16)
+    if plain_pan:
+        np.save(tmp_path / "pan.npy", pan)
+    return {"name": "geo", "ms": geotiff(tmp_path / "ms.tif", rng.integers(0, 1000, (3, 12, 12), dtype=np.uint16),
+                                         "EPSG:32650", origin, 4.0),
+            "pan": str(tmp_path / "pan.npy") if plain_pan else geotiff(tmp_path / "pan.tif", pan, pan_crs, pan_origin,
+                                                                      pan_pixel),
+            "label": geotiff(tmp_path / "label.tif", labels_0_to_3_and_15(), "EPSG:32650", origin, 4.0)}
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({}, None),
+    ({"pan_crs": "EPSG:32651"}, r"pan.tif: CRS EPSG:32651, expected the MS's EPSG:32650 \(.*ms.tif\); set `align: true`"),
+    ({"pan_origin": (500010.0, 4000000.0)}, r"pan.tif: extent \(500010.00, 3999952.00, 500058.00, 4000000.00\), "
+                                            r"expected the MS's \(500000.00, .*within half an MS pixel \(2\); it is off by 10"),
+    ({"pan_pixel": 1.5}, r"pan.tif: pixel size 1.5 x 1.5, expected the MS's / 4: 1 x 1 \(.*ms.tif: 4 x 4\)"),
+    ({"plain_pan": True}, r"scene geo: .*ms.tif, .*label.tif georeferenced \(CRS\), .*pan.npy not"),
+])
+def test_files_that_do_not_cover_the_same_ground_are_refused_at_inspect(tmp_path, capsys, change, expected):
+    """MS, PAN and label of a georeferenced scene: one CRS, extents within half an MS pixel, PAN's pixel size the
+    MS's / ratio, no mix with plain files. Inspect prints each file's CRS, extent and pixel size, then refuses."""
+    from rich.console import Console
+
+    cfg = dataset(tmp_path, [geo_scene(tmp_path, **change)], class_values=[0, 1, 2, 3])
+    if expected is None:
+        inspect_dataset(cfg, console=Console(width=250))
+        assert "EPSG:32650" in capsys.readouterr().out
+        return
+    with pytest.raises(SceneError, match=expected):
+        inspect_dataset(cfg, console=Console(width=250))
+    out = capsys.readouterr().out
+    assert "(500000.00, 3999952.00, 500048.00, 4000000.00) | 4 x 4" in out.replace("│", "|").replace("  ", " ") or \
+        ("500000.00, 3999952.00, 500048.00, 4000000.00" in out and "4 x 4" in out), out  # the table came first
+    with pytest.raises(SceneError, match=expected):
+        prepare_dataset(cfg)
+    if change.get("plain_pan"):
+        return
+    # align: true resamples PAN (and the label) onto the MS grid, cropped to the extent all files cover
+    cfg = dataset(tmp_path, [dict(geo_scene(tmp_path, **change), align=True)], class_values=[0, 1, 2, 3],
+                  split={"train": 1, "val": 1, "test": "rest"}, ms_patch=4)
+    inspect_dataset(cfg, console=Console(width=250))
+    assert all(p.is_file() for p in prepare_dataset(cfg).values())
 
 
 def write_tiles(root, names: dict[str, list[int]], size: int = 32) -> None:

@@ -19,7 +19,7 @@ from ..runtime.locks import directory_lock
 from .hdf5 import FORMAT_VERSION, PatchFileError, PatchWriter, read_attrs
 from .patches import PatchCutter
 from .readers import SceneError
-from .scenes import file_fingerprint, load_scene, validate_scene
+from .scenes import extent, file_fingerprint, load_scene, pixel_size, validate_scene
 from .split import SPLITS, counts_only, map_coords, overlap_shares, split_by_blocks, stratified_split
 from .synthetic import write_scene
 from .tiles import scene_specs
@@ -273,10 +273,15 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
     ratio = int(cfg.get("ratio", 4))
     specs = scene_specs(cfg)
     columns = ("scene", "split", "MS (C, H, W)", "PAN (1, H, W)", "dtype MS / PAN", "label values (value: pixels)")
-    rows = []
+    rows, grids, problems = [], [], []
     every: dict[int, int] = {}
     for spec in specs:
         scene = load_scene(spec, ratio)
+        grids += [(scene.name, r.path.name, *grid_cells(r)) for r in scene.files()]
+        try:
+            validate_scene(scene, ratio, require_labels=False)
+        except SceneError as err:
+            problems.append(err)
         labels = []
         for path, counts in scene.label_values.items():
             labels.append(f"{Path(path).name}: {_counts_text(counts)}")
@@ -284,21 +289,14 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
                 every[v] = every.get(v, 0) + n
         rows.append((scene.name, str(spec.get("split", "")), str(scene.ms.data.shape), str(scene.pan.data.shape),
                      f"{scene.ms.data.dtype} / {scene.pan.data.dtype}", labels))
-    title = f"{cfg.get('name')}: {len(specs)} scenes"
-    if console.is_terminal:
-        table = Table(title=title)
-        for col in columns:
-            table.add_column(col)
-        for *cells, labels in rows:
-            table.add_row(*cells, "\n".join(labels) or "(no labels)")
-        console.print(table)
-    else:  # a log file: one whole line per scene (rich would squeeze a table into 80 columns, cutting names)
-        console.print(f"{title}; per scene: {', '.join(columns)}", soft_wrap=True, markup=False, highlight=False)
-        for *cells, labels in rows:
-            console.print(" | ".join([*cells, "; ".join(labels) or "(no labels)"]), soft_wrap=True, markup=False,
-                          highlight=False)
+    print_table(console, f"{cfg.get('name')}: {len(specs)} scenes", columns,
+                [(*cells, "; ".join(labels) or "(no labels)") for *cells, labels in rows])
+    print_table(console, "georeferencing per file", ("scene", "file", "CRS", "extent (left, bottom, right, top)",
+                                                      "pixel size"), grids)
     console.print(f"label values over all scenes (value: pixels): {_counts_text(every) or 'none'}", soft_wrap=True,
                   highlight=False)
+    if problems:  # after the tables: the facts to fix it from
+        raise problems[0]
     try:
         _, values, ignore = class_rule(cfg)
         check_label_values(cfg, {"all scenes": every}, values, ignore, bool(cfg.get("class_values")))
@@ -306,6 +304,30 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
     except (ConfigError, SceneError) as err:
         console.print(f"[bold red]does not fit the config yet:[/] {err}")
     return every
+
+
+def grid_cells(r) -> tuple[str, str, str]:
+    """A file's CRS, extent and pixel size as table cells ("none" without georeferencing)."""
+    if not r.georeferenced:
+        return "none", "-", "-"
+    px, py = pixel_size(r)
+    return str(r.profile["crs"]), "(" + ", ".join(f"{v:.2f}" for v in extent(r)) + ")", f"{px:g} x {py:g}"
+
+
+def print_table(console: Console, title: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """A rich table on a terminal; one whole line per row in a log file (rich would squeeze a table into 80
+    columns, cutting names)."""
+    if console.is_terminal:
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*map(str, row))
+        console.print(table)
+    else:
+        console.print(f"{title}: {', '.join(columns)}", soft_wrap=True, markup=False, highlight=False)
+        for row in rows:
+            console.print(" | ".join(map(str, row)), soft_wrap=True, markup=False, highlight=False)
 
 
 def prepare_dataset(cfg: dict, force: bool = False, console: Console | None = None, check=None) -> dict[str, Path]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,11 @@ class Scene:
     maps: dict[str, np.ndarray]  # "label" (one map to split) or "train"/"test" ready-made maps, (H, W)
     # per label file as read (before any resampling): {path: {value: pixel count}}, for the label checks
     label_values: dict[str, dict[int, int]] = field(default_factory=dict)
+    labels: dict[str, Raster] = field(default_factory=dict)  # the label files as read (their georeferencing)
+
+    def files(self) -> list[Raster]:
+        """Every file of the scene: MS, PAN, then the label maps."""
+        return [self.ms, self.pan, *self.labels.values()]
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -51,7 +57,7 @@ def block_mode(label: np.ndarray, ratio: int) -> np.ndarray:
 def load_scene(spec: dict, ratio: int) -> Scene:
     """Read one scene described by ``spec`` (a dict from the dataset config)."""
     kind = spec.get("kind", "files")
-    maps, found = {}, {}
+    maps, found, labels = {}, {}, {}
     if kind == "wald_rgb":
         ms, pan = wald_from_rgb(Path(spec["image"]), ratio)
         lab = read_raster(spec["label"], label=True)
@@ -64,10 +70,13 @@ def load_scene(spec: dict, ratio: int) -> Scene:
             if spec.get(m):
                 lab = read_raster(spec[m], key=spec.get(f"{m}_key"), label=True, color_table=spec.get("color_table"))
                 found[str(lab.path)] = value_counts(lab.data)
-                maps[m] = lab.data
+                maps[m], labels[m] = lab.data, lab
     else:
         raise SceneError(f"scene {spec.get('name')}: unknown kind {kind!r}, expected 'files' or 'wald_rgb'")
-    return Scene(spec.get("name", Path(str(ms.path)).stem), ms, pan, maps, found)
+    if spec.get("align"):
+        ms, pan, labels = align(ms, pan, labels, ratio, spec.get("align_resampling", "bilinear"))
+        maps = {m: lab.data for m, lab in labels.items()}
+    return Scene(spec.get("name", Path(str(ms.path)).stem), ms, pan, maps, found, labels)
 
 
 def value_counts(label: np.ndarray) -> dict[int, int]:
@@ -77,7 +86,9 @@ def value_counts(label: np.ndarray) -> dict[int, int]:
 
 
 def validate_scene(scene: Scene, ratio: int, require_labels: bool = True) -> None:
-    """PAN exactly ratio x the MS size, one PAN band, label maps the MS size (and present, unless not required)."""
+    """The same ground (:func:`check_georeferencing`), PAN exactly ratio x the MS size, one PAN band, label maps the
+    MS size (and present, unless not required)."""
+    check_georeferencing(scene, ratio)  # first: a grid mismatch explains a size mismatch
     c, h, w = scene.ms.data.shape
     if scene.pan.data.shape[0] != 1:
         raise SceneError(f"{scene.pan.path}: PAN has {scene.pan.data.shape[0]} bands, expected 1")
@@ -91,3 +102,95 @@ def validate_scene(scene: Scene, ratio: int, require_labels: bool = True) -> Non
             raise SceneError(f"scene {scene.name}: {name} map has size {m.shape}, expected the MS size {(h, w)}")
     if require_labels and not scene.maps:
         raise SceneError(f"scene {scene.name}: no label map (set `label`, or `train` and `test`)")
+
+
+def pixel_size(r: Raster) -> tuple[float, float]:
+    t = r.profile["transform"]
+    return abs(t.a), abs(t.e)
+
+
+def extent(r: Raster) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) in the file's CRS."""
+    from rasterio.transform import array_bounds
+
+    h, w = r.data.shape[-2:]
+    west, south, east, north = array_bounds(h, w, r.profile["transform"])
+    return west, south, east, north
+
+
+def check_georeferencing(scene: Scene, ratio: int) -> None:
+    """Georeferenced files of a scene must cover the same ground: one CRS, extents within half an MS pixel of the
+    MS's, PAN's pixel size the MS's / ratio, label maps on the MS grid (same pixel size and origin). Files without
+    georeferencing (.mat, .npy, PNG, a GeoTIFF without CRS) keep the size checks only; a scene may not mix both.
+    Each mismatch is one error naming the files, both values and the way out (``align: true``)."""
+    files = scene.files()
+    plain_files = [str(r.path) for r in files if not r.georeferenced]
+    if len(plain_files) == len(files):
+        return
+    if plain_files:
+        geo = [str(r.path) for r in files if r.georeferenced]
+        raise SceneError(f"scene {scene.name}: {', '.join(geo)} georeferenced (CRS), {', '.join(plain_files)} not: "
+                         "give every file of a scene a CRS, or none")
+    ms, fix = scene.ms, "set `align: true` on the scene to resample onto the MS grid"
+    px, py = pixel_size(ms)
+    for r in files[1:]:
+        if r.profile["crs"] != ms.profile["crs"]:
+            raise SceneError(f"{r.path}: CRS {r.profile['crs']}, expected the MS's {ms.profile['crs']} ({ms.path}); {fix}")
+    want = (px / ratio, py / ratio)
+    got = pixel_size(scene.pan)
+    if any(abs(g - e) > 1e-6 * e for g, e in zip(got, want)):
+        raise SceneError(f"{scene.pan.path}: pixel size {got[0]:g} x {got[1]:g}, expected the MS's / {ratio}: "
+                         f"{want[0]:g} x {want[1]:g} ({ms.path}: {px:g} x {py:g}); {fix}")
+    for r in files[1:]:
+        shift = max(abs(a - b) for a, b in zip(extent(r), extent(ms)))
+        if shift > min(px, py) / 2:
+            box = lambda r: "(" + ", ".join(f"{v:.2f}" for v in extent(r)) + ")"  # noqa: E731
+            raise SceneError(f"{r.path}: extent {box(r)}, expected the MS's {box(ms)} ({ms.path}) within half an MS "
+                             f"pixel ({min(px, py) / 2:g}); it is off by {shift:g}; {fix}")
+    for r in scene.labels.values():
+        if any(abs(g - e) > 1e-6 * e for g, e in zip(pixel_size(r), (px, py))):
+            raise SceneError(f"{r.path}: pixel size {pixel_size(r)[0]:g} x {pixel_size(r)[1]:g}, expected the MS "
+                             f"grid's {px:g} x {py:g} ({ms.path}): label maps sit on the MS grid; {fix}")
+
+
+def align(ms: Raster, pan: Raster, labels: dict[str, Raster], ratio: int, resampling: str = "bilinear"
+          ) -> tuple[Raster, Raster, dict[str, Raster]]:
+    """``align: true`` on a scene: MS, PAN and labels onto one grid. The MS is cropped to the extent all files cover
+    (whole MS pixels), PAN is resampled onto that grid at the MS pixel size / ``ratio`` (``resampling``: bilinear or
+    cubic; from any CRS), the label maps onto the MS grid (nearest), with rasterio's warp. Logged."""
+    import logging
+
+    from rasterio.transform import Affine
+    from rasterio.warp import Resampling, reproject, transform_bounds
+
+    if resampling not in ("bilinear", "cubic"):
+        raise SceneError(f"{pan.path}: align_resampling {resampling!r}, expected 'bilinear' or 'cubic'")
+    for r in (ms, pan, *labels.values()):
+        if not r.georeferenced:
+            raise SceneError(f"{r.path}: `align: true` needs georeferenced files (a CRS and a transform); this one has none")
+    crs, t = ms.profile["crs"], ms.profile["transform"]
+    boxes = [extent(ms)] + [transform_bounds(r.profile["crs"], crs, *extent(r)) for r in (pan, *labels.values())]
+    west, south = max(b[0] for b in boxes), max(b[1] for b in boxes)
+    east, north = min(b[2] for b in boxes), min(b[3] for b in boxes)
+    (c0, r0), (c1, r1) = ~t * (west, north), ~t * (east, south)
+    c0, r0, c1, r1 = math.ceil(c0 - 1e-6), math.ceil(r0 - 1e-6), math.floor(c1 + 1e-6), math.floor(r1 + 1e-6)
+    if c1 <= c0 or r1 <= r0:
+        raise SceneError(f"{pan.path}: covers no whole pixel of the MS {ms.path} (in the MS's CRS {crs}): nothing to "
+                         "align")
+    grid = t @ Affine.translation(c0, r0)
+
+    def warp(r: Raster, shape: tuple[int, ...], transform, how) -> Raster:
+        out = np.zeros(shape, r.data.dtype)
+        reproject(r.data, out, src_transform=r.profile["transform"], src_crs=r.profile["crs"], dst_transform=transform,
+                  dst_crs=crs, resampling=how)
+        return Raster(out, r.path, {"crs": crs, "transform": transform})
+
+    h, w = r1 - r0, c1 - c0
+    new_ms = Raster(np.ascontiguousarray(ms.data[:, r0:r1, c0:c1]), ms.path, {"crs": crs, "transform": grid})
+    new_pan = warp(pan, (1, ratio * h, ratio * w), grid @ Affine.scale(1 / ratio), Resampling[resampling])
+    new_labels = {m: warp(lab, (h, w), grid, Resampling.nearest) for m, lab in labels.items()}
+    logging.getLogger("das2f.data").info(
+        "align: %s cropped to rows %d:%d, cols %d:%d (the extent every file covers); %s resampled onto it at 1/%d of "
+        "its pixel (%s)%s", ms.path.name, r0, r1, c0, c1, pan.path.name, ratio, resampling,
+        f"; {', '.join(lab.path.name for lab in labels.values())} onto it (nearest)" if labels else "")
+    return new_ms, new_pan, new_labels
