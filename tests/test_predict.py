@@ -46,6 +46,22 @@ def beside(tmp_path: Path, trained: dict) -> dict:
     return trained
 
 
+def test_a_georeferenced_map_is_a_cloud_optimized_geotiff_with_overviews_and_colours(tmp_path):
+    """A map GIS software opens at once: LAYOUT=COG, overviews (by the most frequent class), the colour table,
+    the input's CRS and transform."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    values = np.repeat(np.arange(4, dtype=np.uint8), 1200 * 300).reshape(1200, 1200)
+    profile = {"crs": rasterio.crs.CRS.from_epsg(32650), "transform": from_origin(500000, 4000000, 4, 4)}
+    path = write_map(values, tmp_path / "scene_map", profile, colors={0: (0, 0, 255), 3: (255, 0, 0)})
+    with rasterio.open(path) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and src.overviews(1)
+        assert src.colormap(1)[3][:3] == (255, 0, 0) and src.crs.to_epsg() == 32650 and src.transform == profile["transform"]
+        assert (src.read(1) == values).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene_map.tif"]  # no temporary file left
+
+
 def test_predict_maps_every_pixel_like_the_test_pass(tmp_path, monkeypatch, trained):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -22,7 +22,7 @@ import torch
 
 from tests.procs import BASE, PAUSE, env, finish, no_survivors, run, same_weights, start, wait_for, weights
 
-SEEDS = (42, 43, 44, 45)
+SEEDS = (42, 43, 44)
 SWEEP = "seed=" + ",".join(map(str, SEEDS))
 
 
@@ -35,10 +35,10 @@ def continuation(out: str) -> list[str]:
 
 
 def test_a_sweep_stopped_by_a_group_sigterm_is_continued_by_the_one_command_it_prints(tmp_path, shared):
-    """SIGTERM to the process group of a serial sweep of 4 jobs while job 1 trains (workers running): job 0 has
+    """SIGTERM to the process group of a serial sweep of 3 jobs while job 1 trains (workers running): job 0 has
     finished, job 1 saves last.ckpt and stops, exit 143 with the continuation command. A second continuation while
-    the sweep runs is refused. The printed command keeps job 0, resumes job 1 from its last.ckpt, runs jobs 2 and 3:
-    all four end with the uninterrupted sweep's weights, in one directory, and the report counts 4 of 4."""
+    the sweep runs is refused. The printed command keeps job 0, resumes job 1 from its last.ckpt, runs job 2: all
+    three end with the uninterrupted sweep's weights and metrics, in one directory, and the report counts 3 of 3."""
     data, references = shared
     marker, sweep = tmp_path / "paused", tmp_path / "sweep"
     args = ["das2f.train", "-m", SWEEP, *BASE, f"paths.data_dir={data}", "test=false", PAUSE,
@@ -68,7 +68,7 @@ def test_a_sweep_stopped_by_a_group_sigterm_is_continued_by_the_one_command_it_p
         got, want = (json.loads((d / str(job) / "metrics.json").read_text())["metrics"] for d in (sweep, uninterrupted))
         assert got == want, job  # the epochs' training and validation metrics too
     code, report = run(tmp_path, "das2f.report", str(sweep))
-    assert code == 0 and "4 of 4 jobs finished" in report, report[-2000:]
+    assert code == 0 and "3 of 3 jobs finished" in report, report[-2000:]
 
 
 @pytest.mark.slow  # three short trials and a stopped one: about 40 s

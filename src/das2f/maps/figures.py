@@ -20,26 +20,37 @@ def row_bands(r0: int, r1: int, rows: int) -> list[tuple[int, int]]:
     return [(a, min(a + rows, r1)) for a in range(r0, r1, rows)]
 
 
-def write_map(values: np.ndarray, stem: Path, profile: dict | None = None) -> Path:
+def write_map(values: np.ndarray, stem: Path, profile: dict | None = None, colors: dict[int, tuple] | None = None
+              ) -> Path:
     """Write an (H, W) map: ``stem.tif`` when ``profile`` carries georeferencing, else ``stem.npy``.
 
-    The file appears under its final name only once complete (written to a temporary name first).
+    The GeoTIFF is a Cloud Optimized GeoTIFF (GDAL's COG driver: tiled, deflate, overviews by the most frequent
+    class of each block, so that a GIS opens a large map at once) with the input's CRS and transform and, given
+    ``colors`` ({value: (r, g, b)}), an embedded colour table. The file appears under its final name only once
+    complete (written to a temporary name first).
     """
     stem = Path(stem)
     if profile and profile.get("crs"):
         import rasterio
+        import rasterio.shutil
+        from rasterio.windows import Window
 
         path = stem.with_suffix(".tif")
         tmp = path.with_name(path.name + ".tmp")
+        plain = path.with_name(path.name + ".plain.tmp")
         bands = row_bands(0, values.shape[0], 512)  # a memory-mapped map is never read whole
         small = all(values[a:b].max() < 256 and values[a:b].min() >= 0 for a, b in bands)
         dtype = "uint8" if small else "int32"
-        with rasterio.open(tmp, "w", driver="GTiff", height=values.shape[0], width=values.shape[1], count=1,
-                           dtype=dtype, crs=profile["crs"], transform=profile["transform"], compress="deflate") as dst:
-            from rasterio.windows import Window
-
-            for a, b in bands:
-                dst.write(np.asarray(values[a:b]).astype(dtype), 1, window=Window(0, a, values.shape[1], b - a))
+        try:
+            with rasterio.open(plain, "w", driver="GTiff", height=values.shape[0], width=values.shape[1], count=1,
+                               dtype=dtype, crs=profile["crs"], transform=profile["transform"], tiled=True) as dst:
+                for a, b in bands:
+                    dst.write(np.asarray(values[a:b]).astype(dtype), 1, window=Window(0, a, values.shape[1], b - a))
+                if colors and dtype == "uint8":
+                    dst.write_colormap(1, {int(v): (*map(int, c), 255) for v, c in colors.items()})
+            rasterio.shutil.copy(plain, tmp, driver="COG", compress="deflate", overview_resampling="mode")
+        finally:
+            plain.unlink(missing_ok=True)
     else:
         path = stem.with_suffix(".npy")
         tmp = path.with_name(path.name + ".tmp.npy")

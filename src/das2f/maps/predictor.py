@@ -350,7 +350,8 @@ def map_scene(cfg: DictConfig, predictor: Predictor, dataset: dict, out_dir: Pat
         values.flush()
     scores, figure = finish_scene(values, map_path, region, predictor.class_values, predictor.class_names,
                                   TruthReader.of(spec, ratio, predictor.class_values), ms, dataset.get("rgb_bands"))
-    final = write_map(values, out_dir / f"{name}_map", ms.profile) if ms.profile else map_path
+    colors = dict(zip(predictor.class_values, map(tuple, class_colors(len(predictor.class_values)))))
+    final = write_map(values, out_dir / f"{name}_map", ms.profile, colors) if ms.profile else map_path
     r0, r1, c0, c1 = region
     pixels = (r1 - r0) * (c1 - c0) if stride == 1 else len(range(0, r1 - r0, stride)) * len(range(0, c1 - c0, stride))
     entry = {"map": str(final), "shape": [r1 - r0, c1 - c0], "region": list(region), "seconds": round(seconds, 2),
