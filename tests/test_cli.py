@@ -1,11 +1,14 @@
 """The entry points as a user meets them: run through the real CLI in a temporary working directory,
 with size limits only (never path overrides): exit codes, one-line errors, resume, quiet consoles."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from das2f.runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 # size limits only: a 48x48 scene, a few samples per class, a narrow network, one epoch
@@ -29,7 +32,7 @@ def test_user_mistakes_are_one_line_exit_2_and_leave_no_run_dir(tmp_path):
     cases = [
         (("eval", *SIZE), "evaluation needs a checkpoint: ckpt_path="),
         (("train", *SIZE, "ckpt_path=nowhere.ckpt"), "ckpt_path: no checkpoint at nowhere.ckpt"),
-        (("train", *SIZE, "data.normalization=max"), "data.normalization must be 'minmax' or 'zscore', got 'max'"),
+        (("train", *SIZE, "data.normalization=max"), "data.normalization='max': expected one of ['minmax', 'zscore']"),
         (("prepare", "dataset=xian"), "input file not found: "),
         (("predict",), "predict needs a checkpoint"),
     ]
@@ -40,6 +43,27 @@ def test_user_mistakes_are_one_line_exit_2_and_leave_no_run_dir(tmp_path):
         assert len(errors) == 1 and expected in errors[0], (args, r.stdout[-1000:], r.stderr[-1000:])
         assert "Traceback" not in r.stderr and "HYDRA_FULL_ERROR" not in r.stderr, args
     assert not any((tmp_path / "logs").rglob("*.log")), list((tmp_path / "logs").rglob("*"))  # no empty run dirs
+
+
+def test_config_values_are_checked_before_any_work(tmp_path):
+    """A value of the wrong type or range is one line naming the key, the value and what is expected, exit 2,
+    before any data is generated, prepared or read."""
+    from das2f.runtime.checks import check_config
+    from tests.conftest import compose_in
+
+    cases = {"data.batch_size=abc": "data.batch_size='abc': expected an integer >= 1",
+             "model.optimizer.lr=abc": "model.optimizer.lr='abc': expected a number > 0",
+             "data.num_workers=-1": "data.num_workers=-1: expected an integer >= 0",
+             "threads=0": "threads=0: expected 'auto' or an integer >= 1",
+             "dataset.split.train=1.5": "dataset.split.train=1.5: expected a ratio in (0, 1]"}
+    for override, expected in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            check_config(compose_in(tmp_path, "train", [override]))
+    check_config(compose_in(tmp_path, "train", []))
+    r = das2f(tmp_path, "train", "data.batch_size=abc")
+    out = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2 and len(out) == 1 and "data.batch_size='abc': expected an integer >= 1" in out[0], out
+    assert not (tmp_path / "data").exists()
 
 
 def test_eval_rebuilds_the_network_from_the_checkpoint(tmp_path):

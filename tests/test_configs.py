@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from das2f.runtime.checks import check_config
 from das2f.runtime.config import CONF_DIR
 from das2f.train import run
 
@@ -80,6 +81,7 @@ def test_every_config_option_composes_and_runs_a_batch(group, option, tmp_path, 
         pytest.skip(f"composed; not run here: {NOT_RUN[(group, option)]}")
     cfg, dataset = config(tmp_path, group, option)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    check_config(cfg)  # and its values pass the checks every entry point makes first
     if (group, option) in NOT_RUN:
         pytest.skip(f"composed; not run here: {NOT_RUN[(group, option)]}")
     if dataset == "gid5" and not (SHARED / "gid5").is_dir():

@@ -69,6 +69,7 @@ def test_config_mistakes_hydra_finds_are_one_short_message_and_exit_2():
         assert len(r.stderr.strip().splitlines()) <= 8 and ("aalf" in r.stderr) == (arg == "fusion=max"), r.stderr
 
 
+@pytest.mark.slow  # the README's `-m fusion=aalf,sum seed=1,2,3` runs end to end by default (test_readme)
 def test_cli_multirun_and_report(tmp_path):
     # as typed, from a directory that is not the project root, with no path override (size limits only)
     args = [sys.executable, "-m", "das2f.train", "-m", "fusion=aalf,sum", *SMALL, "logger=many"]

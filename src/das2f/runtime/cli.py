@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import signals
+from .checks import check_config
 from .config import CONF_DIR, update_moved_targets  # (registers the resolvers too)
 from .errors import EXIT_USER_ERROR, Interrupted, UserError
 
@@ -153,6 +154,7 @@ def hydra_entry(config_name: str) -> Callable:
                 signals.reset()
                 signals.install()
                 update_moved_targets(cfg)  # a user's config written before the package move
+                check_config(cfg)  # the values users edit most: type and range, before any work
                 from .threads import configure, run_setting
 
                 configure(run_setting(cfg))  # before any torch work; logged once

@@ -1,0 +1,88 @@
+"""The values users edit most, checked before any work: a value of the wrong type or out of range is one line,
+exit 2, naming the key, the value found and what is expected (not a TypeError deep inside a run).
+
+One table, ``CHECKS``: a key (as a dotted path; absent keys are skipped, so the same table serves every entry
+point and any dataset config, one from ``--config-dir`` included) -> what it must be. Lightning's own ``trainer``
+keys beyond these, and keys a user adds with ``++``, pass through to the classes that take them.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+
+
+def integer(low: int) -> tuple[str, Callable]:
+    return f"an integer >= {low}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def number(low: float, inclusive: bool = False) -> tuple[str, Callable]:
+    ok = (lambda v: v >= low) if inclusive else (lambda v: v > low)
+    return (f"a number {'>=' if inclusive else '>'} {low:g}",
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v))
+
+
+def choice(*values) -> tuple[str, Callable]:
+    return f"one of {list(values)}", lambda v: v in values
+
+
+def boolean() -> tuple[str, Callable]:
+    return "true or false", lambda v: isinstance(v, bool)
+
+
+def ratio_or_count() -> tuple[str, Callable]:
+    return ("a ratio in (0, 1] (float), a count >= 0 (integer) or 'rest'",
+            lambda v: v == "rest" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+            or (isinstance(v, float) and 0 < v <= 1))
+
+
+CHECKS: dict[str, tuple[str, Callable]] = {
+    "seed": integer(0),
+    "threads": ("'auto' or an integer >= 1", lambda v: v == "auto" or integer(1)[1](v)),
+    "deterministic": boolean(),
+    "train": boolean(),
+    "test": boolean(),
+    "data.batch_size": integer(1),
+    "data.num_workers": integer(0),
+    "data.window": integer(1),
+    "data.augment": boolean(),
+    "data.normalization": choice("minmax", "zscore"),
+    "model.optimizer.lr": number(0),
+    "model.optimizer.weight_decay": number(0, inclusive=True),
+    "model.scheduler.gamma": number(0),
+    "model.label_smoothing": ("a number in [0, 1)", lambda v: number(0, inclusive=True)[1](v) and v < 1),
+    "model.compile": boolean(),
+    "model.net.stages": choice(1, 2),
+    "model.net.d_model": integer(1),
+    "model.net.d_state": integer(1),
+    "model.net.dt_rank": integer(1),
+    "model.net.hidden": integer(1),
+    "model.net.dominant": boolean(),
+    "trainer.max_epochs": ("an integer >= 1, or -1 (no limit)", lambda v: v == -1 or integer(1)[1](v)),
+    "trainer.devices": ("an integer >= 1, -1 (all), a list of device ids, or a string ('auto', '0,1')",
+                        lambda v: v == -1 or integer(1)[1](v) or isinstance(v, (list, str))),
+    "dataset.ratio": integer(1),
+    "dataset.ms_patch": integer(1),
+    "dataset.ms_channels": integer(1),
+    "dataset.split_blocks": ("null or an integer >= 1 (block side in MS pixels)", lambda v: v is None or integer(1)[1](v)),
+    "dataset.split.train": ratio_or_count(),
+    "dataset.split.val": ratio_or_count(),
+    "dataset.split.test": ratio_or_count(),
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every key of ``CHECKS`` that the config has, against what it must be (resolved values)."""
+    for key, (expected, ok) in CHECKS.items():
+        value = OmegaConf.select(cfg, key, default="<absent>", throw_on_missing=False)
+        if isinstance(value, str) and value == "<absent>":
+            continue
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r}: expected {expected}")
+    for i, scene in enumerate(OmegaConf.select(cfg, "dataset.scenes", default=None) or []):
+        for key, (expected, ok) in {"align": boolean(), "align_resampling": choice("bilinear", "cubic")}.items():
+            if key in scene and not ok(scene[key]):
+                raise ConfigError(f"dataset.scenes[{i}].{key}={scene[key]!r}: expected {expected}")
