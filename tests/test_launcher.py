@@ -22,17 +22,17 @@ def the_sweep(cwd):
 
 
 def test_a_failed_job_is_reported_the_others_finish_and_the_sweep_fails(tmp_path):
-    """One job fails (a learning rate torch refuses), the other finishes: the sweep exits non-zero, the failed job
+    """One job fails (an epsilon torch's Adam refuses), the other finishes: the sweep exits non-zero, the failed job
     keeps its directory with error.txt, the launcher names it with its error, the report lists it under the table.
     (The same with Hydra's basic launcher: test_train.test_a_sweep_with_a_failing_job_..., slow.)"""
-    code, out = run(tmp_path, "das2f.train", "-m", "model.optimizer.lr=-1,0.01", *BASE, "data.num_workers=0", LOCAL,
+    code, out = run(tmp_path, "das2f.train", "-m", "+model.optimizer.eps=-1,1e-8", *BASE, "data.num_workers=0", LOCAL,
                     "hydra.launcher.jobs=2")
     assert code != 0
-    assert "job 0 failed after" in out and "Invalid learning rate" in out and "job 1 finished after" in out, out[-3000:]
+    assert "job 0 failed after" in out and "Invalid epsilon value" in out and "job 1 finished after" in out, out[-3000:]
     sweep = the_sweep(tmp_path)
-    assert "Invalid learning rate" in (sweep / "0" / "error.txt").read_text()
+    assert "Invalid epsilon value" in (sweep / "0" / "error.txt").read_text()
     code, report = run(tmp_path, "das2f.report", str(sweep))
-    assert code == 0 and "1 of 2 jobs finished" in report and "model.optimizer.lr=-1" in report, report[-3000:]
+    assert code == 0 and "1 of 2 jobs finished" in report and "model.optimizer.eps=-1" in report, report[-3000:]
 
 
 def test_warning_signal_requeues_and_the_job_continues_in_place(tmp_path, shared):

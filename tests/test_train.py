@@ -94,15 +94,15 @@ def test_cli_multirun_and_report(tmp_path):
 
 @pytest.mark.slow  # the same with the parallel launcher runs by default (test_launcher)
 def test_a_sweep_with_a_failing_job_exits_non_zero_and_its_report_lists_it(tmp_path):
-    args = [sys.executable, "-m", "das2f.train", "-m", "model.optimizer.lr=-1,0.01", *SMALL]
+    args = [sys.executable, "-m", "das2f.train", "-m", "+model.optimizer.eps=-1,1e-8", *SMALL]
     r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode != 0, r.stderr[-3000:]
     (multirun,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
-    assert "Invalid learning rate" in (multirun / "0" / "error.txt").read_text()
+    assert "Invalid epsilon value" in (multirun / "0" / "error.txt").read_text()
     r = subprocess.run([sys.executable, "-m", "das2f.report", "--latest"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     text = (multirun / "report.md").read_text()
-    assert "1 of 2 jobs finished" in text and "model.optimizer.lr=-1" in text and "Invalid learning rate" in text
+    assert "1 of 2 jobs finished" in text and "model.optimizer.eps=-1" in text and "Invalid epsilon value" in text
 
 
 def test_same_seed_reproduces_metrics_and_weights(tmp_path):

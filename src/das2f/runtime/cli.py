@@ -28,7 +28,7 @@ from pathlib import Path
 from . import signals
 from .checks import check_config
 from .config import CONF_DIR, update_moved_targets  # (registers the resolvers too)
-from .errors import EXIT_USER_ERROR, Interrupted, UserError
+from .errors import EXIT_USER_ERROR, Interrupted, SweepJobsFailed, UserError
 
 log = logging.getLogger("das2f")
 
@@ -195,6 +195,9 @@ def mistakes_around(main: Callable) -> Callable:
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")
         try:
             return main(*args, **kwargs)
+        except SweepJobsFailed as err:
+            log.error("%s", err)
+            sys.exit(1)
         except (HydraException, UserError, OmegaConfBaseException) as err:
             mistake = user_mistake(err, OmegaConfBaseException, HydraException)
             if mistake is None:

@@ -27,6 +27,11 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint that does not fit the requested job."""
 
 
+class SweepJobsFailed(Exception):
+    """A sweep that ran with job(s) that ended without results (each one already reported with its error): the
+    sweep ends with this one line and exit status 1."""
+
+
 class Interrupted(Exception):
     """A run stopped by a signal after saving what it could; the process exits with ``status``, 128 + the
     signal (143 for SIGTERM, 130 for SIGINT), as a shell reports a job ended by that signal."""

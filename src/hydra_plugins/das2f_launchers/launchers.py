@@ -44,6 +44,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
 from das2f.runtime.cli import continue_command, override
+from das2f.runtime.errors import SweepJobsFailed
 from das2f.runtime.sweeps import ContinuesSweep, Sweep
 
 try:
@@ -343,7 +344,7 @@ class LocalLauncher(ContinuesSweep, ContinuesAfterRequeue, BaseSubmititLauncher)
         return ret
 
 
-class JobFailed(RuntimeError):
+class JobFailed(SweepJobsFailed):
     """A sweep job that ended without results (its error.txt, or the last line of its log)."""
 
 
