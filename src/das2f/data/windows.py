@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .patches import PatchCutter
 from .readers import _channels_first, mat_key, read_raster
-from .scenes import wald_from_rgb
+from .scenes import load_scene, wald_from_rgb
 from .transforms import normalize_pair
 
 
@@ -108,6 +108,11 @@ def open_scene(spec: dict, ratio: int) -> tuple[LazyImage, LazyImage]:
     if spec.get("kind", "files") == "wald_rgb":
         ms, pan = wald_from_rgb(Path(spec["image"]), ratio)  # a small RGB tile, made whole
         return LazyImage(ms.path, array=ms.data), LazyImage(pan.path, array=pan.data)
+    if spec.get("align"):  # resampled onto one grid in memory, as training saw it (scenes.align)
+        scene = load_scene({k: v for k, v in spec.items() if k not in ("label", "train", "val", "test")}, ratio)
+        images = LazyImage(scene.ms.path, array=scene.ms.data), LazyImage(scene.pan.path, array=scene.pan.data)
+        images[0].profile = scene.ms.profile
+        return images
     ms = LazyImage(spec["ms"], spec.get("ms_key"), spec.get("band_axis"), spec.get("ms_bands"))
     pan = LazyImage(spec["pan"], spec.get("pan_key"), spec.get("band_axis"))
     return ms, pan

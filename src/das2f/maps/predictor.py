@@ -143,8 +143,8 @@ class TruthReader:
     @classmethod
     def of(cls, spec: dict, ratio: int, class_values: np.ndarray) -> TruthReader | None:
         sources = []
-        if spec.get("kind") == "wald_rgb":
-            sources.append(load_scene(spec, ratio).maps["label"])
+        if spec.get("kind") == "wald_rgb" or spec.get("align"):  # made whole (resampled onto the MS grid: align)
+            sources += list(load_scene(spec, ratio).maps.values())
         else:
             for k in ("label", "test", "train", "val"):
                 if not spec.get(k):
