@@ -157,6 +157,11 @@ def test_files_that_do_not_cover_the_same_ground_are_refused_at_inspect(tmp_path
         ("500000.00, 3999952.00, 500048.00, 4000000.00" in out and "4 x 4" in out), out  # the table came first
     with pytest.raises(SceneError, match=expected):
         prepare_dataset(cfg)
+    from das2f.data.windows import open_scene  # a map refuses the scene alike, from the files' headers
+
+    with pytest.raises(SceneError, match=r"ms.tif georeferenced \(CRS\), .*pan.npy not" if change.get("plain_pan")
+                       else expected):  # (a map reads no label file to check)
+        open_scene(cfg["scenes"][0], 4)
     if change.get("plain_pan"):
         return
     # align: true resamples PAN (and the label) onto the MS grid, cropped to the extent all files cover
@@ -164,8 +169,6 @@ def test_files_that_do_not_cover_the_same_ground_are_refused_at_inspect(tmp_path
                   split={"train": 1, "val": 1, "test": "rest"}, ms_patch=4)
     inspect_dataset(cfg, console=Console(width=250))
     assert all(p.is_file() for p in prepare_dataset(cfg).values())
-    from das2f.data.windows import open_scene  # a map reads the scene on the same grid
-
     ms, pan = open_scene(cfg["scenes"][0], 4)
     assert pan.shape == (1, 4 * ms.shape[1], 4 * ms.shape[2]) and ms.profile["crs"].to_epsg() == 32650
     assert ms.shape[1:] == ((12, 9) if "pan_origin" in change else (12, 12) if "pan_pixel" in change else ms.shape[1:])

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .patches import PatchCutter
-from .readers import _channels_first, mat_key, read_raster
-from .scenes import load_scene, wald_from_rgb
+from .readers import Raster, _channels_first, mat_key, read_raster
+from .scenes import Scene, check_georeferencing, load_scene, wald_from_rgb
 from .transforms import normalize_pair
 
 
@@ -115,6 +115,9 @@ def open_scene(spec: dict, ratio: int) -> tuple[LazyImage, LazyImage]:
         return images
     ms = LazyImage(spec["ms"], spec.get("ms_key"), spec.get("band_axis"), spec.get("ms_bands"))
     pan = LazyImage(spec["pan"], spec.get("pan_key"), spec.get("band_axis"))
+    # the same ground, as training checks it (scenes.check_georeferencing), from the headers alone
+    headers = [Raster(np.broadcast_to(np.zeros((), img.dtype), img.shape), img.path, img.profile) for img in (ms, pan)]
+    check_georeferencing(Scene(spec.get("name", ms.path.stem), *headers, maps={}), ratio)
     return ms, pan
 
 
