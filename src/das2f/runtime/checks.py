@@ -73,11 +73,14 @@ CHECKS: dict[str, tuple[str, Callable]] = {
 }
 
 
+_ABSENT = object()
+
+
 def check_config(cfg: DictConfig) -> None:
     """Every key of ``CHECKS`` that the config has, against what it must be (resolved values)."""
     for key, (expected, ok) in CHECKS.items():
-        value = OmegaConf.select(cfg, key, default="<absent>", throw_on_missing=False)
-        if isinstance(value, str) and value == "<absent>":
+        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+        if value is _ABSENT:
             continue
         value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         if not ok(value):

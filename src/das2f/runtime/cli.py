@@ -187,8 +187,10 @@ def mistakes_around(main: Callable) -> Callable:
     """Mistakes found by Hydra's machinery before or around the jobs (a config option that does not exist, a key not
     in the config, a sweep directory that holds another sweep) are user mistakes too: one message, exit 2. Hydra
     re-raises them here (HYDRA_FULL_ERROR) instead of printing its own traceback; anything else keeps its traceback."""
-    from hydra.errors import HydraException
+    from hydra.errors import ConfigCompositionException, HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
+
+    composition = (ConfigCompositionException, OverrideParseException)  # (MissingConfigException is one too)
 
     @functools.wraps(main)
     def entry(*args, **kwargs):
@@ -199,10 +201,10 @@ def mistakes_around(main: Callable) -> Callable:
             log.error("%s", err)
             sys.exit(1)
         except (HydraException, UserError, OmegaConfBaseException) as err:
-            mistake = user_mistake(err, OmegaConfBaseException, HydraException)
+            mistake = user_mistake(err, OmegaConfBaseException, *composition)  # a bug wrapped by Hydra keeps its traceback
             if mistake is None:
                 raise
-            if isinstance(mistake, HydraException):
+            if isinstance(mistake, composition):
                 text = str(mistake).split("Config search path:")[0].strip()  # Hydra's options list kept
                 print(f"das2f: {text}", file=sys.stderr)
             else:
@@ -223,7 +225,7 @@ def continue_command(sweep_dir: str | Path) -> str:
         return os.environ[COMMAND_ENV]
     program = sys.argv[0]
     head = program if program.startswith("das2f ") else f"python -m das2f.{Path(program).stem}"
-    args = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "hydra/sweep.dir="))]
+    args = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
     return " ".join([head, *map(shlex.quote, args), shlex.quote(override("hydra.sweep.dir", str(sweep_dir)))])
 
 

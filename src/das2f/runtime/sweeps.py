@@ -99,11 +99,11 @@ class Job:
 
 
 def job_state(job_dir: Path) -> str:
-    from ..checkpoint import LAST, PREVIOUS
+    from ..checkpoint import resumable
 
     if (job_dir / "metrics.json").is_file() and recorded_failure(job_dir) is None:
         return "finished"
-    if any((job_dir / "checkpoints" / name).is_file() for name in (LAST, PREVIOUS)):
+    if resumable(job_dir):
         return "resume"
     return "rerun"
 

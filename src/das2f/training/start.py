@@ -82,9 +82,9 @@ def intact_last(run_dir: Path) -> tuple[str, dict]:
     """The newest intact resumable checkpoint of a run and its contents: last.ckpt, else the one before it
     (last.prev.ckpt) when last.ckpt is broken (a kill while it was written, a full disk); says which it took when
     it skipped one."""
-    from ..checkpoint import LAST, PREVIOUS
+    from ..checkpoint import LAST, resumable
 
-    found = [p for p in (run_dir / "checkpoints" / LAST, run_dir / "checkpoints" / PREVIOUS) if p.is_file()]
+    found = resumable(run_dir)
     if not found:
         raise MissingFileError(f"resume={run_dir}: no checkpoint at {run_dir / 'checkpoints' / LAST} (a run directory of "
                                "das2f.train holds checkpoints/last.ckpt once its first epoch ended or it was interrupted)")

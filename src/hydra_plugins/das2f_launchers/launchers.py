@@ -112,11 +112,11 @@ class ContinuesAfterRequeue:
         import submitit
         from hydra.core.hydra_config import HydraConfig
 
-        from das2f.checkpoint import LAST, PREVIOUS
+        from das2f.checkpoint import LAST, resumable
 
         out = Path(HydraConfig.get().runtime.output_dir)
         overrides = [o for o in sweep_overrides if not o.startswith("resume=")]
-        if any((out / "checkpoints" / name).is_file() for name in (LAST, PREVIOUS)):
+        if resumable(out):
             overrides.append(override("resume", str(out)))
             log.warning("requeued: the job continues from %s", out / "checkpoints" / LAST)
         else:
