@@ -187,10 +187,8 @@ def mistakes_around(main: Callable) -> Callable:
     """Mistakes found by Hydra's machinery before or around the jobs (a config option that does not exist, a key not
     in the config, a sweep directory that holds another sweep) are user mistakes too: one message, exit 2. Hydra
     re-raises them here (HYDRA_FULL_ERROR) instead of printing its own traceback; anything else keeps its traceback."""
-    from hydra.errors import ConfigCompositionException, HydraException, OverrideParseException
+    from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    composition = (ConfigCompositionException, OverrideParseException)  # (MissingConfigException is one too)
 
     @functools.wraps(main)
     def entry(*args, **kwargs):
@@ -201,10 +199,10 @@ def mistakes_around(main: Callable) -> Callable:
             log.error("%s", err)
             sys.exit(1)
         except (HydraException, UserError, OmegaConfBaseException) as err:
-            mistake = user_mistake(err, OmegaConfBaseException, *composition)  # a bug wrapped by Hydra keeps its traceback
+            mistake = user_mistake(err, OmegaConfBaseException, HydraException)
             if mistake is None:
                 raise
-            if isinstance(mistake, composition):
+            if isinstance(mistake, HydraException):
                 text = str(mistake).split("Config search path:")[0].strip()  # Hydra's options list kept
                 print(f"das2f: {text}", file=sys.stderr)
             else:
