@@ -87,6 +87,44 @@ def test_predict_maps_every_pixel_like_the_test_pass(tmp_path, monkeypatch, trai
     assert pred_run.name.rsplit("-", 1)[1] == train_run.name.rsplit("-", 1)[1]
 
 
+def test_a_nodata_border_is_left_unclassified_in_a_cog_map_with_a_confidence(tmp_path, trained):
+    """The generated scene tiled to 528 x 528 MS pixels as GeoTIFFs whose first 40 columns are nodata (0, declared):
+    a stride-8 preview map is a COG with overviews whose border holds the map's nodata value, left out of the
+    class fractions and the accuracy; confidence=true writes the top class probability beside it (NaN: nodata)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    trained = beside(tmp_path, trained)
+    raw = trained["data"] / "synthetic" / "raw"
+    tiles, border = 11, 40
+    arrays = {k: np.load(raw / f"{k}.npy") for k in ("ms", "pan", "label")}
+    ms = np.tile(arrays["ms"].transpose(2, 0, 1) if arrays["ms"].shape[-1] == 4 else arrays["ms"], (1, tiles, tiles))
+    pan = np.tile(arrays["pan"].reshape(1, *arrays["pan"].shape[-2:]), (1, tiles, tiles))
+    label = np.tile(arrays["label"], (tiles, tiles))
+    ms[:, :, :border], pan[:, :, :4 * border] = 0, 0
+    spec = {"name": "geo"}
+    for key, arr, pixel in (("ms", ms, 4.0), ("pan", pan, 1.0), ("label", label[None], 4.0)):
+        spec[key] = str(tmp_path / f"{key}.tif")
+        with rasterio.open(spec[key], "w", driver="GTiff", height=arr.shape[1], width=arr.shape[2], count=len(arr),
+                           dtype=arr.dtype, crs="EPSG:32650", transform=from_origin(500000, 4000000, pixel, pixel),
+                           nodata=None if key == "label" else 0) as dst:
+            dst.write(arr)
+    scenes = "[{" + ",".join(f"{k}:'{v}'" for k, v in spec.items()) + "}]"
+    summary = predict(predict_cfg(tmp_path, trained["best"], f"dataset.scenes={scenes}", "stride=8", "window=32",
+                                  "confidence=true", f"out={tmp_path / 'maps'}"))
+    entry = summary["scenes"]["geo"]
+    assert entry["nodata_value"] == 0 and entry["nodata_pixels"] >= 528 * (border - 4)
+    with rasterio.open(entry["map"]) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and src.overviews(1) and src.nodata == 0
+        values = src.read(1)
+    assert (values[:, :border - 4] == 0).all() and (values[:, border + 4:] >= 1).all()
+    assert entry["labelled_pixels"] == int(((values > 0) & (label > 0)).sum()) and 0 <= entry["oa"] <= 1
+    with rasterio.open(entry["confidence"]) as src:
+        conf = src.read(1)
+        assert src.dtypes[0] == "float32" and src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    assert np.isnan(conf[:, :border - 4]).all() and ((conf[:, border + 4:] > 0) & (conf[:, border + 4:] <= 1)).all()
+
+
 def test_predict_refuses_other_classes_and_unknown_scenes(tmp_path, trained):
     trained = beside(tmp_path, trained)
     ckpt = trained["last"]
@@ -325,7 +363,7 @@ def test_a_region_of_a_large_scene_reads_only_that_region(tmp_path, monkeypatch,
     assert summary["scenes"]["big"]["shape"] == [16, 16]
     assert reads and max(reads) <= (4 * (16 + 15)) ** 2  # a window's PAN with its margins, never the scene
     values = np.load(tmp_path / "pred" / "big_map.npy", mmap_mode="r")
-    assert (values[500:516, 700:716] >= 1).all() and (values[:500] == -1).all()
+    assert (values[500:516, 700:716] >= 1).all() and (values[:500] == 0).all()  # outside the region: nodata (0)
 
 
 def test_a_finished_map_is_checked_scored_and_drawn_band_by_band(tmp_path, monkeypatch):

@@ -33,10 +33,16 @@ def _spec_files(spec: dict) -> list[str]:
     return [str(spec[k]) for k in ("ms", "pan", "image", "label", "train", "val", "test") if spec.get(k)]
 
 
+SCENE_OPTIONS = ("nodata", "align", "align_resampling", "ms_bands", "band_axis", "ms_key", "pan_key", "label_key")
+
+
 def _fingerprint(cfg: dict, specs: list[dict], files: list[str]) -> str:
     rule = {k: cfg.get(k) for k in ("classes", "class_values", "ignore_value", "split", "seed", "ms_patch", "ratio",
                                     "split_blocks", "split_folds", "split_fold", "split_sample")}
     rule["scene_splits"] = [s.get("split") for s in specs]  # a split by scene changes the files
+    options = [{k: s[k] for k in SCENE_OPTIONS if s.get(k) is not None} for s in specs]
+    if any(options):  # so do a scene's nodata value, alignment and band selection
+        rule["scene_options"] = options
     rule["shuffle_memory_mb"] = cfg.get("shuffle_memory_mb", 2048)  # so does the shuffle grouping
     h = hashlib.sha256(json.dumps(rule, sort_keys=True, default=str).encode())
     for f in files:
@@ -185,9 +191,11 @@ def _split_items(coords: list[dict], group: list[int], split: str) -> np.ndarray
     return np.concatenate(parts).astype(np.int64) if parts else np.empty((0, 3), np.int64)
 
 
-def _cut_block(block: np.ndarray, cutters: dict, scenes: dict, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Patches and raw label values of a block of (scene, row, col) rows, in the block's order."""
-    ms = pan = None
+def _cut_block(block: np.ndarray, cutters: dict, scenes: dict, split: str, masks: dict
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple | None]:
+    """Patches and raw label values of a block of (scene, row, col) rows, in the block's order, and where scenes
+    hold nodata, the patches' valid pixels (ms (n, 1, P, P), pan (n, 1, rP, rP) bool; None: all valid)."""
+    ms = pan = valid = None
     raw = np.empty(len(block), np.int64)
     for i in np.unique(block[:, 0]):
         sel = np.flatnonzero(block[:, 0] == i)
@@ -198,7 +206,20 @@ def _cut_block(block: np.ndarray, cutters: dict, scenes: dict, split: str) -> tu
             pan = np.empty((len(block), *p.shape[1:]), p.dtype)
         ms[sel], pan[sel] = m, p
         raw[sel] = _map_for(scenes[i], split)[xy[:, 0], xy[:, 1]]
-    return ms, pan, raw
+        if masks.get(i) is not None:
+            if valid is None:
+                valid = (np.ones((len(block), 1, *m.shape[2:]), bool), np.ones((len(block), 1, *p.shape[2:]), bool))
+            valid[0][sel], valid[1][sel] = (x > 0 for x in masks[i].cut(xy))
+    return ms, pan, raw, valid
+
+
+def _mask_cutter(scene, ms_patch: int, ratio: int) -> PatchCutter | None:
+    """A cutter of the scene's valid-pixel masks (MS and PAN), None when the scene holds no nodata."""
+    if scene.ms.valid is None and scene.pan.valid is None:
+        return None
+    ok = [np.ones(r.data.shape[1:], np.uint8) if r.valid is None else r.valid.astype(np.uint8)
+          for r in (scene.ms, scene.pan)]
+    return PatchCutter(ok[0][None], ok[1][None], ms_patch, ratio)
 
 
 REQUIRED_KEYS = {
@@ -404,6 +425,10 @@ def _draw(cfg: dict, specs: list[dict], values: list[int], blocks: tuple | None)
     for i, spec in enumerate(specs):
         scene = load_scene(spec, ratio)
         validate_scene(scene, ratio)
+        lost = scene.exclude_nodata(values)  # no sample centre in nodata
+        if scene.valid is not None:
+            log.info("scene %s: %d MS pixels are nodata (MS or PAN); %d labelled pixels among them are no sample",
+                     scene.name, int((~scene.valid).sum()), lost)
         drawn.found.update(scene.label_values)
         drawn.protocols.add(_protocol(scene, spec, drawn.blocks))
         if drawn.blocks and spec.get("split") is None and "label" in scene.maps:
@@ -419,6 +444,7 @@ def _draw(cfg: dict, specs: list[dict], values: list[int], blocks: tuple | None)
         drawn.shapes = shapes
         drawn.meta.append({"name": scene.name, "files": _spec_files(spec), "ms_size": list(scene.ms.data.shape),
                            "bytes": int(scene.ms.data.nbytes + scene.pan.data.nbytes),
+                           "nodata_pixels": 0 if scene.valid is None else int((~scene.valid).sum()),
                            "georeferenced": scene.ms.georeferenced})
     return drawn
 
@@ -493,6 +519,7 @@ def _cut_group(cfg: dict, specs: list[dict], drawn: Drawn, group: list[int], g: 
     ratio, seed, values = int(cfg["ratio"]), int(cfg.get("seed", 0)), np.array(cfg["class_values"])
     scenes = {i: load_scene(specs[i], ratio) for i in group}
     cutters = {i: PatchCutter(sc.ms.data, sc.pan.data, cfg["ms_patch"], ratio) for i, sc in scenes.items()}
+    masks = {i: _mask_cutter(sc, cfg["ms_patch"], ratio) for i, sc in scenes.items()}
     for s in SPLITS:
         items = _split_items(drawn.coords, group, s)  # (n, 3): scene, row, col
         if s != "test":
@@ -500,12 +527,12 @@ def _cut_group(cfg: dict, specs: list[dict], drawn: Drawn, group: list[int], g: 
         for b in range(0, len(items), BLOCK):
             check()  # a stop signal whose Stop was lost (see das2f.runtime.signals.check)
             block = items[b:b + BLOCK]
-            ms, pan, raw = _cut_block(block, cutters, scenes, s)
+            ms, pan, raw, valid = _cut_block(block, cutters, scenes, s, masks)
             writers[s].append(ms=ms, pan=pan, label=np.searchsorted(values, raw), coord=block[:, 1:].astype(np.int32),
                               scene=block[:, 0].astype(np.int16))
-            if s == "train":
-                stats["ms"].update(ms)
-                stats["pan"].update(pan)
+            if s == "train":  # over valid pixels only: nodata never enters the statistics
+                stats["ms"].update(ms, valid and valid[0])
+                stats["pan"].update(pan, valid and valid[1])
             advance(len(block))
 
 

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from ..runtime.errors import DataError, MissingFileError
+from .nodata import declared, filled, valid_pixels
 
 KNOWN_DTYPES = (np.uint8, np.uint16, np.int16, np.int32, np.uint32, np.float32, np.float64)
 
@@ -24,6 +25,7 @@ class Raster:
     data: np.ndarray
     path: Path
     profile: dict = field(default_factory=dict)  # rasterio profile (crs, transform) when georeferenced
+    valid: np.ndarray | None = None  # (H, W) True where the image holds data (das2f.data.nodata); None: everywhere
 
     @property
     def georeferenced(self) -> bool:
@@ -95,8 +97,9 @@ def read_color_labels(path: Path, color_table: dict | None) -> np.ndarray:
 
 
 def _read_file(path: Path, key: str | None, label: bool, color_table: dict | None, band_axis: int | None
-               ) -> tuple[np.ndarray, dict, int | None]:
-    """The array of a file as stored, its georeferencing (crs and transform, or {}) and its band axis if known."""
+               ) -> tuple[np.ndarray, dict, int | None, np.ndarray | None]:
+    """The array of a file as stored, its georeferencing (crs and transform, or {}), its band axis if known and
+    the GeoTIFF's own valid-data mask (das2f.data.nodata.declared; None: every pixel)."""
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         import warnings
@@ -110,24 +113,27 @@ def _read_file(path: Path, key: str | None, label: bool, color_table: dict | Non
         with src:
             arr = src.read()  # (C, H, W)
             profile = {"crs": src.crs, "transform": src.transform} if src.crs is not None else {}
-        return arr, profile, 0
+            mask = None if label else declared(src)
+        return arr, profile, 0, mask
     if suffix == ".mat":
-        return _read_mat(path, key), {}, band_axis
+        return _read_mat(path, key), {}, band_axis, None
     if suffix == ".npy":
-        return np.load(path, mmap_mode="r"), {}, band_axis
+        return np.load(path, mmap_mode="r"), {}, band_axis, None
     if suffix == ".png" and label:
-        return read_color_labels(path, color_table), {}, band_axis
+        return read_color_labels(path, color_table), {}, band_axis, None
     raise SceneError(f"{path}: unknown format {suffix!r}, expected .tif, .tiff, .mat or .npy (or .png for label maps)")
 
 
 def read_raster(path: str | Path, *, key: str | None = None, band_axis: int | None = None,
-                bands: list[int] | None = None, label: bool = False, color_table: dict | None = None) -> Raster:
+                bands: list[int] | None = None, label: bool = False, color_table: dict | None = None,
+                nodata: float | None = None) -> Raster:
     """Read an image (-> (C, H, W)) or, with ``label=True``, a label map (-> (H, W)); label maps may
-    also be colour-coded PNGs (see :func:`read_color_labels`)."""
+    also be colour-coded PNGs (see :func:`read_color_labels`). An image's nodata pixels (das2f.data.nodata: the
+    GeoTIFF's mask, NaN, the ``nodata`` value) are marked in ``valid`` and filled with their band's mean."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"scene file not found: {path}")
-    arr, profile, band_axis = _read_file(path, key, label, color_table, band_axis)
+    arr, profile, band_axis, mask = _read_file(path, key, label, color_table, band_axis)
     arr = np.asarray(arr)
     if not any(arr.dtype == d for d in KNOWN_DTYPES):
         raise SceneError(f"{path}: dtype {arr.dtype}, expected one of {[np.dtype(d).name for d in KNOWN_DTYPES]}")
@@ -139,7 +145,5 @@ def read_raster(path: str | Path, *, key: str | None = None, band_axis: int | No
     arr = _channels_first(arr, path, band_axis)
     if bands is not None:
         arr = arr[list(bands)]
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).sum())
-        raise SceneError(f"{path}: {bad} non-finite values (NaN/inf); expected finite values everywhere")
-    return Raster(np.ascontiguousarray(arr), path, profile)
+    valid = valid_pixels(arr, mask, nodata)
+    return Raster(np.ascontiguousarray(filled(arr, valid)), path, profile, valid)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .nodata import on_ms_grid
 from .readers import Raster, SceneError, read_raster
 
 
@@ -20,10 +21,31 @@ class Scene:
     # per label file as read (before any resampling): {path: {value: pixel count}}, for the label checks
     label_values: dict[str, dict[int, int]] = field(default_factory=dict)
     labels: dict[str, Raster] = field(default_factory=dict)  # the label files as read (their georeferencing)
+    valid: np.ndarray | None = None  # (H, W) True where MS and PAN hold data (das2f.data.nodata); None: everywhere
 
     def files(self) -> list[Raster]:
         """Every file of the scene: MS, PAN, then the label maps."""
         return [self.ms, self.pan, *self.labels.values()]
+
+    def exclude_nodata(self, values: list[int]) -> int:
+        """Set the label maps' nodata pixels to a value that is no class, so that no split draws a sample centre
+        there; returns how many labelled pixels (of a class) that took."""
+        if self.valid is None:
+            return 0
+        lost = 0
+        for m, lab in self.maps.items():
+            lost += int(np.isin(lab[~self.valid], values).sum())
+            self.maps[m] = np.where(self.valid, lab, no_class_value(lab.dtype, values)).astype(lab.dtype)
+        return lost
+
+
+def no_class_value(dtype, values: list[int]):
+    """A value of ``dtype`` that is no class value (NaN for floats)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return np.nan
+    used, info = {int(v) for v in values}, np.iinfo(dtype)
+    return next(v for v in range(int(info.max), int(info.min) - 1, -1) if v not in used)
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -64,8 +86,10 @@ def load_scene(spec: dict, ratio: int) -> Scene:
         found[str(lab.path)] = value_counts(lab.data)
         maps["label"] = block_mode(lab.data, ratio)
     elif kind == "files":
-        ms = read_raster(spec["ms"], key=spec.get("ms_key"), band_axis=spec.get("band_axis"), bands=spec.get("ms_bands"))
-        pan = read_raster(spec["pan"], key=spec.get("pan_key"), band_axis=spec.get("band_axis"))
+        nodata = spec.get("nodata")
+        ms = read_raster(spec["ms"], key=spec.get("ms_key"), band_axis=spec.get("band_axis"), bands=spec.get("ms_bands"),
+                         nodata=nodata)
+        pan = read_raster(spec["pan"], key=spec.get("pan_key"), band_axis=spec.get("band_axis"), nodata=nodata)
         for m in ("label", "train", "val", "test"):
             if spec.get(m):
                 lab = read_raster(spec[m], key=spec.get(f"{m}_key"), label=True, color_table=spec.get("color_table"))
@@ -76,7 +100,10 @@ def load_scene(spec: dict, ratio: int) -> Scene:
     if spec.get("align"):
         ms, pan, labels = align(ms, pan, labels, ratio, spec.get("align_resampling", "bilinear"))
         maps = {m: lab.data for m, lab in labels.items()}
-    return Scene(spec.get("name", Path(str(ms.path)).stem), ms, pan, maps, found, labels)
+    h, w = ms.data.shape[1:]
+    fits = pan.data.shape[1:] == (ratio * h, ratio * w)  # (sizes that do not fit are refused by validate_scene)
+    valid = on_ms_grid(ms.valid, pan.valid, ratio) if fits else None
+    return Scene(spec.get("name", Path(str(ms.path)).stem), ms, pan, maps, found, labels, valid)
 
 
 def value_counts(label: np.ndarray) -> dict[int, int]:
@@ -180,13 +207,20 @@ def align(ms: Raster, pan: Raster, labels: dict[str, Raster], ratio: int, resamp
     grid = t @ Affine.translation(c0, r0)
 
     def warp(r: Raster, shape: tuple[int, ...], transform, how) -> Raster:
-        out = np.zeros(shape, r.data.dtype)
-        reproject(r.data, out, src_transform=r.profile["transform"], src_crs=r.profile["crs"], dst_transform=transform,
-                  dst_crs=crs, resampling=how)
-        return Raster(out, r.path, {"crs": crs, "transform": transform})
+        def onto(data: np.ndarray, out: np.ndarray, how) -> np.ndarray:
+            reproject(data, out, src_transform=r.profile["transform"], src_crs=r.profile["crs"],
+                      dst_transform=transform, dst_crs=crs, resampling=how)
+            return out
+
+        out = onto(r.data, np.zeros(shape, r.data.dtype), how)
+        valid = None  # nodata stays nodata (nearest), so does any part the file does not cover
+        if r.valid is not None:
+            valid = onto(r.valid.astype(np.uint8), np.zeros(shape[-2:], np.uint8), Resampling.nearest) > 0
+        return Raster(out, r.path, {"crs": crs, "transform": transform}, valid)
 
     h, w = r1 - r0, c1 - c0
-    new_ms = Raster(np.ascontiguousarray(ms.data[:, r0:r1, c0:c1]), ms.path, {"crs": crs, "transform": grid})
+    new_ms = Raster(np.ascontiguousarray(ms.data[:, r0:r1, c0:c1]), ms.path, {"crs": crs, "transform": grid},
+                    None if ms.valid is None else ms.valid[r0:r1, c0:c1])
     new_pan = warp(pan, (1, ratio * h, ratio * w), grid @ Affine.scale(1 / ratio), Resampling[resampling])
     new_labels = {m: warp(lab, (h, w), grid, Resampling.nearest) for m, lab in labels.items()}
     logging.getLogger("das2f.data").info(

@@ -83,7 +83,8 @@ def _tile_scene(tiles: dict, kind: str, root: Path, rel: Path, path: Path) -> di
     if kind == "wald_rgb":
         return dict(scene, kind="wald_rgb", image=str(path))
     scene.update(ms=str(path), pan=str(root / str(tiles["pan_dir"]) / rel))
-    for key in ("ms_key", "pan_key", "label_key", "ms_bands", "band_axis", "color_table"):
+    for key in ("ms_key", "pan_key", "label_key", "ms_bands", "band_axis", "color_table", "nodata", "align",
+                "align_resampling"):
         if tiles.get(key) is not None:
             scene[key] = tiles[key]
     return scene

@@ -16,8 +16,17 @@ class RunningStats:
         self.min = np.full(bands, np.inf)
         self.max = np.full(bands, -np.inf)
 
-    def update(self, x: np.ndarray) -> None:
+    def update(self, x: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add a block of patches; ``valid`` (n, 1, h, w) bool: only those pixels count (nodata left out)."""
         x = x.astype(np.float64)
+        if valid is not None:
+            valid = np.broadcast_to(valid, x.shape)
+            self.n += int(valid[:, 0].sum())
+            self.sum += np.where(valid, x, 0).sum((0, 2, 3))
+            self.sumsq += np.where(valid, x * x, 0).sum((0, 2, 3))
+            self.min = np.minimum(self.min, np.where(valid, x, np.inf).min((0, 2, 3)))
+            self.max = np.maximum(self.max, np.where(valid, x, -np.inf).max((0, 2, 3)))
+            return
         self.n += x.shape[0] * x.shape[2] * x.shape[3]
         self.sum += x.sum((0, 2, 3))
         self.sumsq += (x * x).sum((0, 2, 3))

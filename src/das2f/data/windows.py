@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .nodata import BandSums, declared, declares_mask, fill, may_hold_nodata, on_ms_grid, valid_pixels
 from .patches import PatchCutter
 from .readers import Raster, _channels_first, mat_key, read_raster
 from .scenes import Scene, check_georeferencing, load_scene, wald_from_rgb
@@ -25,16 +26,23 @@ from .transforms import normalize_pair
 
 
 class LazyImage:
-    """A (C, H, W) image with ``read(r0, r1, c0, c1)``; nothing but its header is read up front."""
+    """A (C, H, W) image with ``read(r0, r1, c0, c1)``; nothing but its header is read up front. Nodata pixels
+    (das2f.data.nodata: the GeoTIFF's mask, NaN, the scene's ``nodata`` value) read as their band's mean over the
+    image's valid pixels (``fill``, computed on first need by a pass over the image), as the preparation fills
+    them; ``valid`` tells where they are."""
 
     def __init__(self, path: str | Path, key: str | None = None, band_axis: int | None = None,
-                 bands: list[int] | None = None, array: np.ndarray | None = None):
-        self.path, self.bands = Path(path), bands
+                 bands: list[int] | None = None, array: np.ndarray | None = None, nodata: float | None = None,
+                 valid: np.ndarray | None = None):
+        """``array``: the image in memory, already filled; ``valid`` its valid pixels (None: all)."""
+        self.path, self.bands, self.nodata = Path(path), bands, nodata
         self.profile: dict = {}
+        self.fill: np.ndarray | None = None
         suffix = self.path.suffix.lower()
-        self._array = self._tif = self._h5 = None
+        self._array = self._tif = self._h5 = self._valid = None
+        declares, in_memory = False, True  # in memory: filled when read whole
         if array is not None:
-            self._array = array
+            self._array, self._valid = array, valid
         elif suffix in (".tif", ".tiff"):
             import warnings
 
@@ -47,31 +55,64 @@ class LazyImage:
                     self._shape, self.dtype = (src.count, src.height, src.width), np.dtype(src.dtypes[0])
                     if src.crs is not None:
                         self.profile = {"crs": src.crs, "transform": src.transform}
-            self._tif = str(self.path)
+                    declares = declares_mask(src)
+            self._tif, in_memory = str(self.path), False
         elif suffix == ".npy":
             self._array = _channels_first(np.load(self.path, mmap_mode="r"), self.path, band_axis)  # a view
+            in_memory = False
         elif suffix == ".mat" and h5py.is_hdf5(self.path):  # MATLAB v7.3: HDF5, arrays stored transposed
             self._h5 = _mat73_layout(self.path, key, band_axis)
             self._shape, self.dtype = self._h5["shape"], self._h5["dtype"]
-        else:  # .mat v5: read whole, like the readers do
-            self._array = read_raster(self.path, key=key, band_axis=band_axis).data
+            in_memory = False
+        else:  # .mat v5: read whole, like the readers do (nodata filled there)
+            raster = read_raster(self.path, key=key, band_axis=band_axis, nodata=nodata)
+            self._array, self._valid = raster.data, raster.valid
         if self._array is not None:
             self._shape, self.dtype = self._array.shape, self._array.dtype
         self.shape = (len(bands) if bands is not None else self._shape[0], *self._shape[1:])
+        self._declares, self._in_memory = declares, in_memory
+        self.may_hold_nodata = self._valid is not None or (not in_memory and may_hold_nodata(self.dtype, declares, nodata))
 
-    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The region as stored, and the file's own mask of it (None: every pixel valid)."""
         if self._tif is not None:
             import rasterio
             from rasterio.windows import Window
 
             indexes = [b + 1 for b in self.bands] if self.bands is not None else None
             with rasterio.open(self._tif) as src:
-                return src.read(indexes, window=Window(c0, r0, c1 - c0, r1 - r0))
+                window = Window(c0, r0, c1 - c0, r1 - r0)
+                return src.read(indexes, window=window), declared(src, window) if self._declares else None
         if self._h5 is not None:
             region = _mat73_read(self._h5, r0, r1, c0, c1)
-            return region[list(self.bands)] if self.bands is not None else region
+            return (region[list(self.bands)] if self.bands is not None else region), None
         region = self._array[:, r0:r1, c0:c1]
-        return np.asarray(region[list(self.bands)] if self.bands is not None else region)
+        mask = None if self._valid is None else self._valid[r0:r1, c0:c1]
+        return np.asarray(region[list(self.bands)] if self.bands is not None else region), mask
+
+    def valid(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
+        """(h, w) True where the region holds data; None when all of it does."""
+        if not self.may_hold_nodata:
+            return None
+        data, mask = self._read(r0, r1, c0, c1)
+        return mask if self._in_memory else valid_pixels(data, mask, self.nodata)
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        data, mask = self._read(r0, r1, c0, c1)
+        if self._in_memory or not self.may_hold_nodata:
+            return data
+        valid = valid_pixels(data, mask, self.nodata)
+        return data if valid is None else fill(data, valid, self.fill_values())
+
+    def fill_values(self, rows: int = 256) -> np.ndarray:
+        """Each band's mean over the image's valid pixels (what its nodata pixels read as), computed once."""
+        if self.fill is None:
+            sums = BandSums(self.shape[0], self.dtype)
+            for a in range(0, self.shape[1], rows):
+                data, mask = self._read(a, min(a + rows, self.shape[1]), 0, self.shape[2])
+                sums.add(data, valid_pixels(data, mask, self.nodata))
+            self.fill = sums.means()
+        return self.fill
 
 
 def _mat73_layout(path: Path, key: str | None, band_axis: int | None) -> dict:
@@ -110,11 +151,12 @@ def open_scene(spec: dict, ratio: int) -> tuple[LazyImage, LazyImage]:
         return LazyImage(ms.path, array=ms.data), LazyImage(pan.path, array=pan.data)
     if spec.get("align"):  # resampled onto one grid in memory, as training saw it (scenes.align)
         scene = load_scene({k: v for k, v in spec.items() if k not in ("label", "train", "val", "test")}, ratio)
-        images = LazyImage(scene.ms.path, array=scene.ms.data), LazyImage(scene.pan.path, array=scene.pan.data)
+        images = tuple(LazyImage(r.path, array=r.data, valid=r.valid) for r in (scene.ms, scene.pan))
         images[0].profile = scene.ms.profile
         return images
-    ms = LazyImage(spec["ms"], spec.get("ms_key"), spec.get("band_axis"), spec.get("ms_bands"))
-    pan = LazyImage(spec["pan"], spec.get("pan_key"), spec.get("band_axis"))
+    nodata = spec.get("nodata")
+    ms = LazyImage(spec["ms"], spec.get("ms_key"), spec.get("band_axis"), spec.get("ms_bands"), nodata=nodata)
+    pan = LazyImage(spec["pan"], spec.get("pan_key"), spec.get("band_axis"), nodata=nodata)
     # the same ground, as training checks it (scenes.check_georeferencing), from the headers alone
     headers = [Raster(np.broadcast_to(np.zeros((), img.dtype), img.shape), img.path, img.profile) for img in (ms, pan)]
     check_georeferencing(Scene(spec.get("name", ms.path.stem), *headers, maps={}), ratio)
@@ -145,15 +187,23 @@ def window_patches(ms: LazyImage, pan: LazyImage, r0: int, r1: int, c0: int, c1:
     return m, p, coords
 
 
+def scene_valid(ms: LazyImage, pan: LazyImage, ratio: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
+    """(h, w) True where the MS pixels rows r0..r1, cols c0..c1 and their PAN pixels hold data (None: all)."""
+    return on_ms_grid(ms.valid(r0, r1, c0, c1), pan.valid(ratio * r0, ratio * r1, ratio * c0, ratio * c1), ratio)
+
+
 class SceneWindows(Dataset):
     """The windows of a scene: item i = the patches of window i (``size`` x ``size`` MS pixels, row-major
-    windows). ``stride`` k classifies every k-th pixel of each row and column only (a preview)."""
+    windows). ``stride`` k classifies every k-th pixel of each row and column only (a preview). Nodata pixels are not
+    classified: an item's ``nodata`` holds their coordinates."""
 
     def __init__(self, spec: dict, ratio: int, ms_patch: int, size: int = 16, stride: int = 1,
                  region: tuple[int, int, int, int] | None = None):
         self.spec, self.ratio, self.ms_patch, self.size, self.stride = spec, ratio, ms_patch, size, stride
-        ms, _ = open_scene(spec, ratio)
+        ms, pan = open_scene(spec, ratio)
         self.shape = ms.shape[1:]
+        # what nodata pixels read as, computed once here (each worker opens the files again)
+        self.fills = [img.fill_values() if img.may_hold_nodata else None for img in (ms, pan)]
         self.region = region or (0, self.shape[0], 0, self.shape[1])
         r0, r1, c0, c1 = self.region
         self.grid = (math.ceil((r1 - r0) / size), math.ceil((c1 - c0) / size))
@@ -174,6 +224,8 @@ class SceneWindows(Dataset):
     def __getitem__(self, i: int) -> dict:
         if self._images is None:
             self._images = open_scene(self.spec, self.ratio)
+            for img, values in zip(self._images, self.fills):
+                img.fill = values
         r0, r1, c0, c1 = self.bounds(i)
         coords = None
         if self.stride > 1:
@@ -182,8 +234,13 @@ class SceneWindows(Dataset):
             rr, cc = np.meshgrid(rows, cols, indexing="ij")
             coords = np.stack([rr.ravel(), cc.ravel()], 1).astype(np.int64)
         ms, pan, coords = window_patches(*self._images, r0, r1, c0, c1, self.ms_patch, self.ratio, coords)
+        nodata = np.empty((0, 2), np.int64)
+        valid = scene_valid(*self._images, self.ratio, r0, r1, c0, c1)
+        if valid is not None:
+            keep = valid[coords[:, 0] - r0, coords[:, 1] - c0]
+            ms, pan, coords, nodata = ms[keep], pan[keep], coords[keep], coords[~keep]
         return {"ms": torch.from_numpy(ms), "pan": torch.from_numpy(pan), "coord": torch.from_numpy(coords),
-                "window": torch.tensor(i)}
+                "nodata": torch.from_numpy(np.asarray(nodata, np.int64)), "window": torch.tensor(i)}
 
 
 class SceneDataModule(L.LightningDataModule):

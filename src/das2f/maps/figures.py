@@ -20,14 +20,15 @@ def row_bands(r0: int, r1: int, rows: int) -> list[tuple[int, int]]:
     return [(a, min(a + rows, r1)) for a in range(r0, r1, rows)]
 
 
-def write_map(values: np.ndarray, stem: Path, profile: dict | None = None, colors: dict[int, tuple] | None = None
-              ) -> Path:
+def write_map(values: np.ndarray, stem: Path, profile: dict | None = None, colors: dict[int, tuple] | None = None,
+              nodata: float | None = None) -> Path:
     """Write an (H, W) map: ``stem.tif`` when ``profile`` carries georeferencing, else ``stem.npy``.
 
-    The GeoTIFF is a Cloud Optimized GeoTIFF (GDAL's COG driver: tiled, deflate, overviews by the most frequent
-    class of each block, so that a GIS opens a large map at once) with the input's CRS and transform and, given
-    ``colors`` ({value: (r, g, b)}), an embedded colour table. The file appears under its final name only once
-    complete (written to a temporary name first).
+    The GeoTIFF is a Cloud Optimized GeoTIFF (GDAL's COG driver: tiled, deflate, overviews so that a GIS opens a
+    large map at once) with the input's CRS and transform and ``nodata`` as its nodata value. A class map (integers)
+    is uint8 where its values fit (int32 otherwise), its overviews take the most frequent class of each block, and,
+    given ``colors`` ({value: (r, g, b)}), it embeds a colour table; a float map (a confidence) is float32 with
+    averaged overviews. The file appears under its final name only once complete (written to a temporary name first).
     """
     stem = Path(stem)
     if profile and profile.get("crs"):
@@ -39,16 +40,20 @@ def write_map(values: np.ndarray, stem: Path, profile: dict | None = None, color
         tmp = path.with_name(path.name + ".tmp")
         plain = path.with_name(path.name + ".plain.tmp")
         bands = row_bands(0, values.shape[0], 512)  # a memory-mapped map is never read whole
-        small = all(values[a:b].max() < 256 and values[a:b].min() >= 0 for a, b in bands)
-        dtype = "uint8" if small else "int32"
+        if values.dtype.kind == "f":
+            dtype, resampling = "float32", "average"
+        else:
+            small = all(values[a:b].max() < 256 and values[a:b].min() >= 0 for a, b in bands)
+            dtype, resampling = "uint8" if small else "int32", "mode"
         try:
             with rasterio.open(plain, "w", driver="GTiff", height=values.shape[0], width=values.shape[1], count=1,
-                               dtype=dtype, crs=profile["crs"], transform=profile["transform"], tiled=True) as dst:
+                               dtype=dtype, crs=profile["crs"], transform=profile["transform"], tiled=True,
+                               nodata=nodata) as dst:
                 for a, b in bands:
                     dst.write(np.asarray(values[a:b]).astype(dtype), 1, window=Window(0, a, values.shape[1], b - a))
                 if colors and dtype == "uint8":
                     dst.write_colormap(1, {int(v): (*map(int, c), 255) for v, c in colors.items()})
-            rasterio.shutil.copy(plain, tmp, driver="COG", compress="deflate", overview_resampling="mode")
+            rasterio.shutil.copy(plain, tmp, driver="COG", compress="deflate", overview_resampling=resampling)
         finally:
             plain.unlink(missing_ok=True)
     else:

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from omegaconf import DictConfig, OmegaConf
 
+from ..data.nodata import map_nodata
 from ..data.readers import read_raster
 from ..data.scenes import load_scene
 from ..data.tiles import scene_specs
@@ -70,9 +71,10 @@ class Predictor:
         accumulated band of rows by band of rows (memory: one band)."""
         stats_ms, stats_pan = RunningStats(ms.shape[0]), RunningStats(1)
         h, w = ms.shape[1:]
-        for r, r1 in row_bands(0, h, rows):
-            stats_ms.update(ms.read(r, r1, 0, w)[None])
-            stats_pan.update(pan.read(self.ratio * r, self.ratio * r1, 0, self.ratio * w)[None])
+        for r, r1 in row_bands(0, h, rows):  # valid pixels only: nodata never enters the statistics
+            for stats, img, k in ((stats_ms, ms, 1), (stats_pan, pan, self.ratio)):
+                valid = img.valid(k * r, k * r1, 0, k * w)
+                stats.update(img.read(k * r, k * r1, 0, k * w)[None], None if valid is None else valid[None, None])
         return shift_scale(self.normalization, {**stats_ms.as_attrs("ms"), **stats_pan.as_attrs("pan")})
 
 
@@ -83,22 +85,28 @@ class MapWriter(BasePredictionWriter):
     Every rank of a DDP run writes its own windows into the same files."""
 
     def __init__(self, map_path: Path, progress_path: Path, class_values: np.ndarray, flush_every: int = 32,
-                 total: int = 0, every_s: float = 60.0):
+                 total: int = 0, every_s: float = 60.0, confidence_path: Path | None = None):
+        """``confidence_path``: a float32 ``.npy`` memory map that takes each pixel's top class probability."""
         super().__init__(write_interval="batch")
-        self.map_path, self.progress_path = map_path, progress_path
+        self.map_path, self.progress_path, self.confidence_path = map_path, progress_path, confidence_path
         self.class_values = torch.as_tensor(np.asarray(class_values), dtype=torch.int32)
-        self.flush_every, self._map, self._done, self._n = flush_every, None, None, 0
+        self.flush_every, self._map, self._done, self._conf, self._n = flush_every, None, None, None, 0
         self.total, self.every_s, self._t0, self._last, self._px = total, every_s, None, None, 0
 
     def __getstate__(self):  # spawned DDP workers open the files themselves
-        return {**self.__dict__, "_map": None, "_done": None}
+        return {**self.__dict__, "_map": None, "_done": None, "_conf": None}
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if self._map is None:
             self._map = np.load(self.map_path, mmap_mode="r+")
             self._done = np.load(self.progress_path, mmap_mode="r+")
-        coords = prediction["coord"].cpu().numpy()
+            if self.confidence_path is not None:
+                self._conf = np.load(self.confidence_path, mmap_mode="r+")
+        coords, nodata = prediction["coord"].cpu().numpy(), prediction["nodata"].cpu().numpy()
         self._map[coords[:, 0], coords[:, 1]] = self.class_values[prediction["classes"].cpu()].numpy()
+        self._map[nodata[:, 0], nodata[:, 1]] = NODATA_MARK
+        if self._conf is not None:
+            self._conf[coords[:, 0], coords[:, 1]] = prediction["confidence"].cpu().numpy()
         self._done[int(prediction["window"])] = 1
         self._n += 1
         self._px += len(coords)
@@ -123,6 +131,8 @@ class MapWriter(BasePredictionWriter):
         if self._map is not None:
             self._map.flush()
             self._done.flush()
+            if self._conf is not None:
+                self._conf.flush()
 
     def on_predict_end(self, trainer, pl_module):
         self.flush()
@@ -166,6 +176,7 @@ class TruthReader:
 
 
 FINISH_ROWS = 256  # MS rows per band when a finished map is filled, checked, counted, scored and drawn
+NODATA_MARK = -2  # in a map being written: a nodata pixel (-1: not written yet); the finished map has its nodata value
 
 
 def _map_files(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
@@ -173,10 +184,16 @@ def _map_files(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
     return base.with_suffix(".npy"), base.with_name(base.name + ".progress.npy"), base.with_suffix(".json")
 
 
+def confidence_file(map_path: Path) -> Path:
+    """Where a map's confidence (top class probability) is written, beside the map."""
+    return map_path.with_name(map_path.name.replace("_map", "_confidence"))
+
+
 def start_map(out_dir: Path, name: str, shape: tuple[int, int], n_windows: int, meta: dict, overwrite: bool
               ) -> tuple[Path, Path, np.ndarray]:
     """The map files of a scene: new ones, or those of an interrupted run of the same job (continued), or
-    an error when they hold another or a finished map (unless overwrite)."""
+    an error when they hold another or a finished map (unless overwrite). With ``meta["confidence"]`` also the
+    confidence's memory map (NaN where not written)."""
     map_path, progress_path, meta_path = _map_files(out_dir, name)
     if map_path.exists() and not overwrite:
         same = meta_path.is_file() and json.loads(meta_path.read_text()) == meta and progress_path.is_file()
@@ -189,6 +206,8 @@ def start_map(out_dir: Path, name: str, shape: tuple[int, int], n_windows: int, 
         what = "a finished map of this job" if same else "a map of another checkpoint, scene or setting"
         raise ConfigError(f"{map_path}: already holds {what}; overwrite=true replaces it (or choose another out=)")
     np.lib.format.open_memmap(map_path, mode="w+", dtype=np.int32, shape=shape)[:] = -1
+    if meta.get("confidence"):
+        np.lib.format.open_memmap(confidence_file(map_path), mode="w+", dtype=np.float32, shape=shape)[:] = np.nan
     np.save(progress_path, np.zeros(n_windows, np.uint8))
     meta_path.write_text(json.dumps(meta))
     return map_path, progress_path, np.arange(n_windows)
@@ -210,32 +229,40 @@ def finish_scene(values: np.ndarray, map_path: Path, region: tuple[int, int, int
                  class_names: list[str], truth: TruthReader | None, ms: LazyImage | None = None,
                  rgb_bands: list[int] | None = None) -> tuple[dict, dict]:
     """A finished map, read band of rows by band of rows (memory: a band, not the scene): every pixel
-    checked written, class fractions, the metrics over labelled pixels with the confusion matrix, and the
-    figure's arrays at every ``step``-th pixel. Returns (summary entries, figure arrays)."""
+    checked written, nodata pixels given the map's nodata value (das2f.data.nodata.map_nodata), class
+    fractions, the metrics over labelled pixels with data, with the confusion matrix, and the figure's arrays at
+    every ``step``-th pixel. Returns (summary entries, figure arrays)."""
     r0, r1, c0, c1 = region
     step = figure_step((r1 - r0, c1 - c0))
     rows = step * max(1, FINISH_ROWS // step)  # bands start on a shown row: the figure is every step-th pixel
     counts = np.zeros(len(class_values), np.int64)
     metrics = StreamMetrics(class_names) if truth is not None else None
     shown: dict[str, list] = {"index": [], "truth": [], "ms": []}
-    labelled = 0
+    labelled = nodata = 0
+    nodata_value = map_nodata(class_values)
     for a, b in row_bands(r0, r1, rows):
-        v = np.asarray(values[a:b, c0:c1])
-        if (v < 0).any():
-            raise RuntimeError(f"{map_path}: {(v < 0).sum()} pixels in rows {a}..{b - 1} were not written")  # a bug
-        index = np.searchsorted(class_values, v)
-        counts += np.bincount(index.ravel(), minlength=len(class_values))
+        v = np.array(values[a:b, c0:c1])
+        if (v == -1).any():
+            raise RuntimeError(f"{map_path}: {(v == -1).sum()} pixels in rows {a}..{b - 1} were not written")  # a bug
+        ok = v != NODATA_MARK
+        if not ok.all():
+            nodata += int((~ok).sum())
+            v[~ok] = nodata_value
+            values[a:b, c0:c1] = v
+        index = np.where(ok, np.searchsorted(class_values, v), -1)
+        counts += np.bincount(index[ok].ravel(), minlength=len(class_values))
         shown["index"].append(index[::step, ::step].astype(np.int16))
         if truth is not None:
             t = truth.read(a, b, c0, c1)
-            sel = t >= 0
+            sel = (t >= 0) & ok
             labelled += int(sel.sum())
             metrics.update(torch.from_numpy(index[sel]), torch.from_numpy(t[sel]))
             shown["truth"].append(t[::step, ::step].astype(np.int16))
         if rgb_bands:
             shown["ms"].append(ms.read(a, b, c0, c1)[:, ::step, ::step])
-    total = counts.sum()
-    entry = {"class_fractions": {n: float(c / total) for n, c in zip(class_names, counts)}}
+    total = max(int(counts.sum()), 1)
+    entry = {"class_fractions": {n: float(c / total) for n, c in zip(class_names, counts)},
+             "nodata_pixels": nodata, "nodata_value": nodata_value}
     if labelled:
         entry.update({"labelled_pixels": labelled, **json_values(metrics.compute()),
                       "confusion": metrics.confusion.tolist()})
@@ -323,14 +350,16 @@ def map_scene(cfg: DictConfig, predictor: Predictor, dataset: dict, out_dir: Pat
     spec, name, ms, pan, region = scene
     ratio = int(dataset["ratio"])
     windows = SceneWindows(spec, ratio, predictor.ms_patch, window, stride, region)
+    confidence = bool(cfg.get("confidence"))
     meta = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "files": [str(ms.path), str(pan.path)],
-            "region": list(region), "stride": stride, "window": window, "stats": cfg.stats}
+            "region": list(region), "stride": stride, "window": window, "stats": cfg.stats, "confidence": confidence}
     map_path, progress_path, todo = start_map(out_dir, name, ms.shape[1:], len(windows), meta, bool(cfg.get("overwrite")))
     shift, scale = (predictor.train_shift, predictor.train_scale) if cfg.stats == "train" else \
         predictor.scene_stats(ms, pan)
     log.info("scene %s: MS %s, PAN %s, region %s, %d windows of %dx%d px%s", name, ms.shape, pan.shape,
              list(region), len(todo), window, window, f", every {stride}-th pixel" if stride > 1 else "")
-    writer = MapWriter(map_path, progress_path, predictor.class_values, total=len(todo))
+    writer = MapWriter(map_path, progress_path, predictor.class_values, total=len(todo),
+                       confidence_path=confidence_file(map_path) if confidence else None)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer, AdaptThreads(), StopOnSignal()], logger=False,
                                       enable_model_summary=False, default_root_dir=str(out_dir))
     t0 = time.perf_counter()
@@ -348,11 +377,24 @@ def map_scene(cfg: DictConfig, predictor: Predictor, dataset: dict, out_dir: Pat
     if stride > 1:
         fill_from_stride(values, region, stride)
         values.flush()
+        if confidence:
+            conf = np.load(confidence_file(map_path), mmap_mode="r+")
+            fill_from_stride(conf, region, stride)
+            conf.flush()
     scores, figure = finish_scene(values, map_path, region, predictor.class_values, predictor.class_names,
                                   TruthReader.of(spec, ratio, predictor.class_values), ms, dataset.get("rgb_bands"))
     colors = dict(zip(predictor.class_values, map(tuple, class_colors(len(predictor.class_values)))))
-    final = write_map(values, out_dir / f"{name}_map", ms.profile, colors) if ms.profile else map_path
-    r0, r1, c0, c1 = region
+    r0, r1, c0, c1 = region  # outside a region: nodata too
+    for rows, cols in ((slice(0, r0), slice(None)), (slice(r1, None), slice(None)), (slice(r0, r1), slice(0, c0)),
+                       (slice(r0, r1), slice(c1, None))):
+        values[rows, cols] = scores["nodata_value"]
+    values.flush()
+    final = write_map(values, out_dir / f"{name}_map", ms.profile, colors, scores["nodata_value"]) \
+        if ms.profile else map_path
+    if confidence:
+        scores["confidence"] = str(write_map(np.load(confidence_file(map_path), mmap_mode="r"),
+                                             out_dir / f"{name}_confidence", ms.profile, nodata=float("nan"))
+                                   if ms.profile else confidence_file(map_path))
     pixels = (r1 - r0) * (c1 - c0) if stride == 1 else len(range(0, r1 - r0, stride)) * len(range(0, c1 - c0, stride))
     entry = {"map": str(final), "shape": [r1 - r0, c1 - c0], "region": list(region), "seconds": round(seconds, 2),
              "classified_pixels": pixels, "pixels_per_s": round(pixels / seconds, 1), **scores}

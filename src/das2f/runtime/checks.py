@@ -63,6 +63,7 @@ CHECKS: dict[str, tuple[str, Callable]] = {
     "trainer.max_epochs": ("an integer >= 1, or -1 (no limit)", lambda v: v == -1 or integer(1)[1](v)),
     "trainer.devices": ("an integer >= 1, -1 (all), a list of device ids, or a string ('auto', '0,1')",
                         lambda v: v == -1 or integer(1)[1](v) or isinstance(v, (list, str))),
+    "confidence": boolean(),
     "dataset.ratio": integer(1),
     "dataset.ms_patch": integer(1),
     "dataset.ms_channels": integer(1),
@@ -85,7 +86,17 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         if not ok(value):
             raise ConfigError(f"{key}={value!r}: expected {expected}")
-    for i, scene in enumerate(OmegaConf.select(cfg, "dataset.scenes", default=None) or []):
-        for key, (expected, ok) in {"align": boolean(), "align_resampling": choice("bilinear", "cubic")}.items():
-            if key in scene and not ok(scene[key]):
-                raise ConfigError(f"dataset.scenes[{i}].{key}={scene[key]!r}: expected {expected}")
+    entries = [(f"dataset.scenes[{i}]", s) for i, s in enumerate(OmegaConf.select(cfg, "dataset.scenes", default=None) or [])]
+    tiles = OmegaConf.select(cfg, "dataset.tiles", default=None)
+    for where, entry in entries + ([("dataset.tiles", tiles)] if tiles else []):
+        for key, (expected, ok) in SCENE_CHECKS.items():
+            if entry.get(key) is not None and not ok(entry[key]):
+                raise ConfigError(f"{where}.{key}={entry[key]!r}: expected {expected}")
+
+
+SCENE_CHECKS = {  # the keys of one scene entry (or of a tiles block, for every tile)
+    "align": boolean(),
+    "align_resampling": choice("bilinear", "cubic"),
+    "nodata": ("null or a number: the pixel value meaning no data (in every band)",
+               lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+}

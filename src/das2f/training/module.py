@@ -74,9 +74,15 @@ class Das2fClassifier(L.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx):
-        """A window of a scene (das2f.data.windows) -> its pixels' classes (n,) with their coordinates."""
-        return {"window": batch["window"], "coord": batch["coord"],
-                "classes": self(batch["ms"], batch["pan"]).argmax(1)}
+        """A window of a scene (das2f.data.windows) -> its pixels' classes (n,) and confidences (the top class
+        probability) with their coordinates, and the coordinates of its nodata pixels (not classified)."""
+        if len(batch["ms"]) == 0:  # a window of nodata only
+            classes, confidence = batch["coord"].new_zeros(0), batch["ms"].new_zeros(0, dtype=torch.float32)
+        else:
+            logits = self(batch["ms"], batch["pan"])
+            classes, confidence = logits.argmax(1), logits.float().softmax(1).amax(1)
+        return {"window": batch["window"], "coord": batch["coord"], "classes": classes, "confidence": confidence,
+                "nodata": batch.get("nodata", batch["coord"][:0])}
 
     def _log_epoch(self, stage: str):
         values = self.metrics[f"{stage}_"].compute()
