@@ -62,6 +62,15 @@ def test_no_sample_centre_and_no_statistic_in_nodata(tmp_path, nodata_in_file):
     (min >= 100), and patches reaching into it read the band's mean, never the raw 0."""
     cfg = dataset(tmp_path, [bordered_scene(tmp_path, nodata_in_file)], class_values=[0, 1, 2, 3], ignore_value=None,
                   split={"train": 0.5, "val": 0.2, "test": "rest"}, ms_patch=8)
+    import io
+
+    from rich.console import Console
+
+    from das2f.data.prepare import inspect_dataset
+
+    log = io.StringIO()
+    inspect_dataset(cfg, console=Console(file=log))  # a log file: one line per scene, the nodata count in it
+    assert "uint16 / uint16 | 64 |" in log.getvalue()
     paths = prepare_dataset(cfg)
     for split, path in paths.items():
         with h5py.File(path, "r") as f:

@@ -293,7 +293,8 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
         write_scene(Path(cfg["raw_dir"]), **cfg["generate"])
     ratio = int(cfg.get("ratio", 4))
     specs = scene_specs(cfg)
-    columns = ("scene", "split", "MS (C, H, W)", "PAN (1, H, W)", "dtype MS / PAN", "label values (value: pixels)")
+    columns = ("scene", "split", "MS (C, H, W)", "PAN (1, H, W)", "dtype MS / PAN", "nodata (MS px)",
+               "label values (value: pixels)")
     rows, grids, problems = [], [], []
     every: dict[int, int] = {}
     for spec in specs:
@@ -309,7 +310,8 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
             for v, n in counts.items():
                 every[v] = every.get(v, 0) + n
         rows.append((scene.name, str(spec.get("split", "")), str(scene.ms.data.shape), str(scene.pan.data.shape),
-                     f"{scene.ms.data.dtype} / {scene.pan.data.dtype}", labels))
+                     f"{scene.ms.data.dtype} / {scene.pan.data.dtype}",
+                     "0" if scene.valid is None else str(int((~scene.valid).sum())), labels))
     print_table(console, f"{cfg.get('name')}: {len(specs)} scenes", columns,
                 [(*cells, "; ".join(labels) or "(no labels)") for *cells, labels in rows])
     print_table(console, "georeferencing per file", ("scene", "file", "CRS", "extent (left, bottom, right, top)",
