@@ -68,6 +68,8 @@ NOT_RUN = {  # README commands the test suite does not run, and why
     "make gpu-wheels": "downloads from the package index",
     "python -m das2f.bench.gpu": "part of make gpu-check, needs a GPU",
     "hydra/launcher=slurm": "needs a SLURM cluster (the config composes: test_train.test_sweep_configs_compose)",
+    "hydra/launcher=mycluster": "needs a SLURM cluster (docs/slurm.md's launcher config and commands compose: "
+                                "test_the_slurm_how_to_composes_as_written)",
     "python -m das2f.*": "a pattern, not a command",
     "python -m das2f.checkpoint OLD.ckpt NEW.ckpt": "needs a checkpoint of an older das2f: "
                                                     "test_predict.test_checkpoints_describe_themselves_and_load_safely",
@@ -290,3 +292,31 @@ def test_readme_is_short_and_every_docs_page_is_linked():
     nav = (ROOT / "mkdocs.yml").read_text()
     for page in (ROOT / "docs").glob("*.md"):
         assert page.name in nav, f"{page.name} is not in mkdocs.yml's nav"
+
+
+def test_the_slurm_how_to_composes_as_written(tmp_path):
+    """docs/slurm.md: its launcher config, saved where the page says, composes with das2f's slurm launcher under
+    it; the page's sweep commands (the DDP one over two nodes too) compose with it and pass the config checks."""
+    from hydra import compose, initialize_config_dir
+
+    from das2f.runtime.checks import check_config
+    from das2f.runtime.config import CONF_DIR
+
+    page = (ROOT / "docs" / "slurm.md").read_text()
+    (yaml_block,) = re.findall(r"```yaml\n(# conf/hydra/launcher/mycluster.yaml\n.*?)```", page, re.S)
+    (tmp_path / "hydra" / "launcher").mkdir(parents=True)
+    (tmp_path / "hydra" / "launcher" / "mycluster.yaml").write_text(yaml_block)
+    commands = [" ".join(block.replace("\\\n", " ").split()) for block in re.findall(r"```bash\n(.*?)```", page, re.S)
+                if "hydra/launcher=mycluster" in block and block.lstrip().startswith("das2f train")]
+    assert len(commands) == 2, commands  # the sweep and the DDP one
+    for command in commands:
+        overrides = [o.replace("NAME", "synthetic") for o in command.split()[3:]]
+        with initialize_config_dir(str(CONF_DIR), version_base=None):
+            cfg = compose("train", [*overrides, f"hydra.searchpath=[file://{tmp_path}]"], return_hydra_config=True)
+        launcher = cfg.hydra.launcher
+        assert launcher._target_.endswith("SlurmLauncher") and launcher.account == "my_project"
+        assert launcher.qos == "normal" and launcher.setup[0] == "module load cuda/12.4"
+        assert launcher.additional_parameters["mail-type"] == "FAIL" and launcher.timeout_min == 240
+        check_config(cfg)
+    assert cfg.trainer.num_nodes == 2 and launcher.nodes == 2 and launcher.tasks_per_node == cfg.trainer.devices == 4
+
