@@ -31,7 +31,7 @@ $(STAMP): $(ROOT)/pyproject.toml
 	@touch $(STAMP)
 
 test: $(STAMP) ## the linter, the strict docs build, then the test suite (CI runs exactly this); slow and GPU tests left out
-	cd $(ROOT) && $(PY) -m ruff check src tests
+	cd $(ROOT) && $(PY) -m ruff check src tests experiments docs
 	cd $(ROOT) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir $$(mktemp -d)
 	cd $(ROOT) && $(PY) -m pytest -q -n auto --dist loadfile
 

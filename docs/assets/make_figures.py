@@ -63,9 +63,9 @@ def network(path: Path) -> None:
     for s, x in ((1, 5.8), (2, 9.0)):
         ax.add_patch(Rectangle((x - 1.05, 0.55), 2.9, 4.55, fc="none", ec="#999999", ls="--", lw=0.8))
         ax.text(x + 0.4, 5.22, f"stage {s}", ha="center", fontsize=9, color="#555555")
-        spvm_ms = box(ax, x, 4.4, f"SPVM (MS)", COLORS["ms"], w=1.5)
-        spvm_pan = box(ax, x, 1.2, f"SPVM (PAN)", COLORS["pan"], w=1.5)
-        cmda = box(ax, x, 2.8, "CMDA\nswap the SSM\nparameters", COLORS["common"], w=1.5, h=1.0)
+        spvm_ms = box(ax, x, 4.4, "SPVM (MS)", COLORS["ms"], w=1.5)
+        spvm_pan = box(ax, x, 1.2, "SPVM (PAN)", COLORS["pan"], w=1.5)
+        box(ax, x, 2.8, "CMDA\nswap the SSM\nparameters", COLORS["common"], w=1.5, h=1.0)
         arrow(ax, edge(inputs[0], "r", 1.6 if s == 1 else 1.5), edge(spvm_ms, "l", 1.5))
         arrow(ax, edge(inputs[1], "r", 1.6 if s == 1 else 1.5), edge(spvm_pan, "l", 1.5))
         arrow(ax, edge(inputs[0], "r", 1.6 if s == 1 else 1.5), (x - 0.75, 3.05), rad=0.0)
