@@ -110,10 +110,17 @@ def test_a_nodata_border_is_left_unclassified_in_a_cog_map_with_a_confidence(tmp
                            nodata=None if key == "label" else 0) as dst:
             dst.write(arr)
     scenes = "[{" + ",".join(f"{k}:'{v}'" for k, v in spec.items()) + "}]"
-    summary = predict(predict_cfg(tmp_path, trained["best"], f"dataset.scenes={scenes}", "stride=8", "window=32",
+    run_dir = Path(trained["best"]).parents[1]  # a run directory stands for its best-on-validation checkpoint
+    summary = predict(predict_cfg(tmp_path, str(run_dir), f"dataset.scenes={scenes}", "stride=8", "window=32",
                                   "confidence=true", f"out={tmp_path / 'maps'}"))
+    assert summary["checkpoint"] == trained["best"]
+    from das2f.checkpoint import best_of_run
+
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*: a run directory gives .* it holds none: name the file"):
+        best_of_run(tmp_path)
     entry = summary["scenes"]["geo"]
     assert entry["nodata_value"] == 0 and entry["nodata_pixels"] >= 528 * (border - 4)
+    assert entry["classified_pixels"] == 66 * 66 - 66 * 5  # every 8th pixel, less the 5 nodata columns of them
     with rasterio.open(entry["map"]) as src:
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and src.overviews(1) and src.nodata == 0
         values = src.read(1)

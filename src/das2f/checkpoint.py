@@ -56,6 +56,20 @@ def checkpoint_problem(path: str | Path) -> str | None:
     return None
 
 
+def best_of_run(path: str | Path) -> str:
+    """``ckpt_path`` as given: a checkpoint file as it is, a run directory as its best-on-validation checkpoint
+    (``checkpoints/epoch_NNN.ckpt``, the one checkpoint of an epoch a run keeps)."""
+    run = Path(str(path))
+    if not run.is_dir():
+        return str(path)
+    found = sorted((run / "checkpoints").glob("epoch_*.ckpt"))
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found) or "none"
+        raise MissingFileError(f"ckpt_path={run}: a run directory gives its best-on-validation checkpoint, "
+                               f"checkpoints/epoch_NNN.ckpt; it holds {names}: name the file")
+    return str(found[0])
+
+
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     """A checkpoint's contents through torch's safe loader; old or foreign checkpoints are refused."""
     import torch

@@ -323,7 +323,8 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
     try:
         _, values, ignore = class_rule(cfg)
         check_label_values(cfg, {"all scenes": every}, values, ignore, bool(cfg.get("class_values")))
-        console.print(f"configured class_values {values} and ignore_value {ignore} cover every value found")
+        console.print(f"configured class_values {values} and ignore_value {ignore} cover every value found",
+                      soft_wrap=True, highlight=False)
     except (ConfigError, SceneError) as err:
         console.print(f"[bold red]does not fit the config yet:[/] {err}")
     return every

@@ -49,10 +49,10 @@ def write_map(values: np.ndarray, stem: Path, profile: dict | None = None, color
             with rasterio.open(plain, "w", driver="GTiff", height=values.shape[0], width=values.shape[1], count=1,
                                dtype=dtype, crs=profile["crs"], transform=profile["transform"], tiled=True,
                                nodata=nodata) as dst:
+                if colors and dtype == "uint8":  # before the pixels: GDAL sets the photometric tag with it
+                    dst.write_colormap(1, {int(v): (*map(int, c), 255) for v, c in colors.items()})
                 for a, b in bands:
                     dst.write(np.asarray(values[a:b]).astype(dtype), 1, window=Window(0, a, values.shape[1], b - a))
-                if colors and dtype == "uint8":
-                    dst.write_colormap(1, {int(v): (*map(int, c), 255) for v, c in colors.items()})
             rasterio.shutil.copy(plain, tmp, driver="COG", compress="deflate", overview_resampling=resampling)
         finally:
             plain.unlink(missing_ok=True)

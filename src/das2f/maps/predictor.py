@@ -19,7 +19,7 @@ import hydra
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..data.nodata import map_nodata
 from ..data.readers import read_raster
@@ -276,8 +276,12 @@ def predict(cfg: DictConfig) -> dict:
     """Maps of the dataset's scenes through ``trainer.predict`` (any trainer: cpu, gpu, ddp; precision)."""
     from ..runtime.cli import route_lightning_logs
 
+    from ..checkpoint import best_of_run
+
     route_lightning_logs()
     stride, window = check_request(cfg)
+    with open_dict(cfg):
+        cfg.ckpt_path = best_of_run(cfg.ckpt_path)  # a run directory: its best-on-validation checkpoint
     predictor = Predictor(cfg.ckpt_path, scan_backend=cfg.get("scan_backend"), compile=bool(cfg.get("compile")))
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     if dataset.get("classes") and list(dataset["classes"]) != predictor.class_names:
@@ -374,6 +378,8 @@ def map_scene(cfg: DictConfig, predictor: Predictor, dataset: dict, out_dir: Pat
                           status=signals.exit_status(sig)) from err
     seconds = time.perf_counter() - t0
     values = np.load(map_path, mmap_mode="r+")
+    r0, r1, c0, c1 = region
+    skipped = int((values[r0:r1:stride, c0:c1:stride] == NODATA_MARK).sum())  # nodata pixels: not classified
     if stride > 1:
         fill_from_stride(values, region, stride)
         values.flush()
@@ -384,7 +390,7 @@ def map_scene(cfg: DictConfig, predictor: Predictor, dataset: dict, out_dir: Pat
     scores, figure = finish_scene(values, map_path, region, predictor.class_values, predictor.class_names,
                                   TruthReader.of(spec, ratio, predictor.class_values), ms, dataset.get("rgb_bands"))
     colors = dict(zip(predictor.class_values, map(tuple, class_colors(len(predictor.class_values)))))
-    r0, r1, c0, c1 = region  # outside a region: nodata too
+    # outside a region: nodata too
     for rows, cols in ((slice(0, r0), slice(None)), (slice(r1, None), slice(None)), (slice(r0, r1), slice(0, c0)),
                        (slice(r0, r1), slice(c1, None))):
         values[rows, cols] = scores["nodata_value"]
@@ -395,7 +401,7 @@ def map_scene(cfg: DictConfig, predictor: Predictor, dataset: dict, out_dir: Pat
         scores["confidence"] = str(write_map(np.load(confidence_file(map_path), mmap_mode="r"),
                                              out_dir / f"{name}_confidence", ms.profile, nodata=float("nan"))
                                    if ms.profile else confidence_file(map_path))
-    pixels = (r1 - r0) * (c1 - c0) if stride == 1 else len(range(0, r1 - r0, stride)) * len(range(0, c1 - c0, stride))
+    pixels = len(range(r0, r1, stride)) * len(range(c0, c1, stride)) - skipped
     entry = {"map": str(final), "shape": [r1 - r0, c1 - c0], "region": list(region), "seconds": round(seconds, 2),
              "classified_pixels": pixels, "pixels_per_s": round(pixels / seconds, 1), **scores}
     if "confusion" in entry:

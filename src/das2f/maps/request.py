@@ -11,8 +11,8 @@ from ..runtime.errors import ConfigError
 def check_request(cfg: DictConfig) -> tuple[int, int]:
     """``(stride, window)`` of a request with a checkpoint, ``stats`` train or scene, whole stride and window >= 1."""
     if not cfg.get("ckpt_path"):
-        raise ConfigError("predict needs a checkpoint: ckpt_path=<run dir>/checkpoints/epoch_NNN.ckpt "
-                          "(written by das2f.train)")
+        raise ConfigError("predict needs a checkpoint: ckpt_path=<run dir> (its best-on-validation checkpoint) "
+                          "or ckpt_path=<run dir>/checkpoints/<file>.ckpt (written by das2f.train)")
     if cfg.stats not in ("train", "scene"):
         raise ConfigError(f"stats must be 'train' or 'scene', got {cfg.stats!r}")
     stride, window = int(cfg.get("stride", 1)), int(cfg.get("window", 16))

@@ -23,8 +23,8 @@ def start_point(cfg: DictConfig) -> tuple[DictConfig, str | None, dict | None]:
     takes its own overrides (then this command's) and thread setting, an evaluation the checkpoint's network,
     a checkpoint with a W&B run id continues that run."""
     if not cfg.get("train") and not cfg.get("ckpt_path"):
-        raise ConfigError("evaluation needs a checkpoint: ckpt_path=<run dir>/checkpoints/epoch_NNN.ckpt "
-                          "(the best-on-validation checkpoint of a das2f.train run)")
+        raise ConfigError("evaluation needs a checkpoint: ckpt_path=<run dir> (its best-on-validation checkpoint) "
+                          "or ckpt_path=<run dir>/checkpoints/<file>.ckpt")
     ckpt, saved = resolve_ckpt(cfg)
     if cfg.get("resume"):
         cfg = resumed_config(cfg, ckpt, saved)
@@ -104,7 +104,11 @@ def intact_last(run_dir: Path) -> tuple[str, dict]:
 def resolve_ckpt(cfg: DictConfig) -> tuple[str | None, dict | None]:
     """The checkpoint a run starts from and its contents, read once: ``resume=<run dir>`` -> its newest intact
     last.ckpt; ``ckpt_path=<file>``; (None, None) for a new run."""
+    from ..checkpoint import best_of_run
+
     resume, ckpt = cfg.get("resume"), cfg.get("ckpt_path")
+    if ckpt and ckpt != "last":
+        ckpt = best_of_run(ckpt)
     if resume and ckpt:
         raise ConfigError(f"resume={resume} and ckpt_path={ckpt}: give one (resume continues a run in place)")
     if resume:
