@@ -56,7 +56,8 @@ def test_config_values_are_checked_before_any_work(tmp_path):
              "data.num_workers=-1": "data.num_workers=-1: expected an integer >= 0",
              "threads=0": "threads=0: expected 'auto' or an integer >= 1",
              "dataset.split.train=1.5": "dataset.split.train=1.5: expected a ratio in (0, 1]",
-             "+dataset.scenes.0.nodata=black": "dataset.scenes[0].nodata='black': expected null or a number"}
+             "+dataset.scenes.0.nodata=black": "dataset.scenes[0].nodata='black': expected null or a number",
+             "+dataset.scenes.0.alig=true": "dataset.scenes[0]: unknown key(s) ['alig']; expected some of"}
     for override, expected in cases.items():
         with pytest.raises(ConfigError, match=re.escape(expected)):
             check_config(compose_in(tmp_path, "train", [override]))

@@ -88,6 +88,11 @@ def test_every_config_option_composes_and_runs_a_batch(group, option, tmp_path, 
         pytest.skip("composed; ../shared/data/gid5 not present")
     if dataset in ("xian", "nanjing"):
         stand_in_files(tmp_path / "raw", cfg)
+    if dataset == "tutorial":  # its GeoTIFF set, made as the tutorial makes it
+        import runpy
+
+        runpy.run_path(str(Path(CONF_DIR).parent / "experiments" / "tutorial" / "make_scene.py"))["main"](
+            Path(cfg.dataset.raw_dir))
     metrics = run(cfg)
     key = "test/oa" if cfg.test else "val/oa"  # hparams_search trials compare on validation only
     assert key in metrics and 0 <= metrics[key] <= 1, metrics

@@ -68,6 +68,7 @@ NOT_RUN = {  # README commands the test suite does not run, and why
     "make gpu-wheels": "downloads from the package index",
     "python -m das2f.bench.gpu": "part of make gpu-check, needs a GPU",
     "hydra/launcher=slurm": "needs a SLURM cluster (the config composes: test_train.test_sweep_configs_compose)",
+    "dataset=tutorial": "the tutorial's commands run as typed, in order, in tests/test_tutorial.py",
     "hydra/launcher=mycluster": "needs a SLURM cluster (docs/slurm.md's launcher config and commands compose: "
                                 "test_the_slurm_how_to_composes_as_written)",
     "python -m das2f.*": "a pattern, not a command",
@@ -120,7 +121,7 @@ def skip_reason(command: str) -> str | None:
     if command in SAME_AS and SAME_AS[command] in COMMANDS:
         return f"the same run as `{SAME_AS[command]}`, which runs"
     for key, why in NOT_RUN.items():
-        if command == key or (key.startswith(("hydra", "make sweep ")) and key in command) or \
+        if command == key or (key.startswith(("hydra", "make sweep ", "dataset=")) and key in command) or \
                 (key == "make install" and command.startswith("make install")):
             return why
     return None
@@ -320,3 +321,37 @@ def test_the_slurm_how_to_composes_as_written(tmp_path):
         check_config(cfg)
     assert cfg.trainer.num_nodes == 2 and launcher.nodes == 2 and launcher.tasks_per_node == cfg.trainer.devices == 4
 
+
+
+def test_the_dataset_keys_tables_match_the_template_and_the_code():
+    """docs/own-dataset.md's tables of dataset, scene and tile keys: every key of the template (set or commented
+    out) is documented; the keys documented as required are those preparation requires (and the network's
+    ms_channels); the scene and tile tables list exactly the keys a config may give (others are refused)."""
+    from das2f.data.prepare import REQUIRED_KEYS
+    from das2f.data.scenes import SCENE_KEYS
+    from das2f.data.tiles import TILE_KEYS
+
+    page = (ROOT / "docs" / "own-dataset.md").read_text()
+
+    def table(header: str) -> dict[str, str]:
+        """{key: the row's last cell} of the table under ``header``."""
+        rows = page.split(header, 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+        out = {}
+        for row in rows:
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            out.update({k: cells[-1] for k in re.findall(r"`(\w+)`", cells[0])})
+        return out
+
+    dataset, scene, tile = (table("| key | meaning | default |\n"), table("| key | meaning |\n"),
+                            table("| key of `tiles` | meaning |\n"))
+    template = (ROOT / "conf" / "dataset" / "_template.yaml").read_text()
+    top = set(re.findall(r"^#? ?(\w+):", template, re.M)) - {"a", "b"}
+    assert top - set(dataset) == set(), top - set(dataset)
+    required = {k for k, default in dataset.items() if default.startswith("required")}
+    assert required == set(REQUIRED_KEYS) | {"ms_channels"}, required ^ (set(REQUIRED_KEYS) | {"ms_channels"})
+    block = template.split("scenes:\n", 1)[1].split("\n\n", 1)[0]
+    scene_keys = {k for ln in block.splitlines() for k in re.findall(r"(\w+):", ln.split("  #")[0].lstrip(" #-"))}
+    assert scene_keys <= set(scene) == set(SCENE_KEYS), (scene_keys - set(scene), set(scene) ^ set(SCENE_KEYS))
+    tiles_block = template.split("# tiles:\n", 1)[1]
+    tile_keys = set(re.findall(r"^#   (\w+):", tiles_block, re.M))
+    assert tile_keys <= set(tile) == set(TILE_KEYS), (tile_keys - set(tile), set(tile) ^ set(TILE_KEYS))

@@ -29,6 +29,9 @@ import numpy as np
 from ..runtime.errors import ConfigError, MissingFileError
 
 KINDS = ("wald_rgb", "files")
+PER_TILE = ("ms_key", "pan_key", "label_key", "ms_bands", "band_axis", "color_table", "nodata", "align",
+            "align_resampling")  # scene keys a tiles block gives every tile
+TILE_KEYS = ("root", "kind", "image_dir", "ms_dir", "pan_dir", "label_dir", "pattern", "label_suffix", *PER_TILE)
 
 
 def _natural_key(path: Path) -> list:
@@ -83,8 +86,7 @@ def _tile_scene(tiles: dict, kind: str, root: Path, rel: Path, path: Path) -> di
     if kind == "wald_rgb":
         return dict(scene, kind="wald_rgb", image=str(path))
     scene.update(ms=str(path), pan=str(root / str(tiles["pan_dir"]) / rel))
-    for key in ("ms_key", "pan_key", "label_key", "ms_bands", "band_axis", "color_table", "nodata", "align",
-                "align_resampling"):
+    for key in PER_TILE:
         if tiles.get(key) is not None:
             scene[key] = tiles[key]
     return scene

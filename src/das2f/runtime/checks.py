@@ -88,7 +88,14 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r}: expected {expected}")
     entries = [(f"dataset.scenes[{i}]", s) for i, s in enumerate(OmegaConf.select(cfg, "dataset.scenes", default=None) or [])]
     tiles = OmegaConf.select(cfg, "dataset.tiles", default=None)
+    from ..data.scenes import SCENE_KEYS
+    from ..data.tiles import TILE_KEYS
+
     for where, entry in entries + ([("dataset.tiles", tiles)] if tiles else []):
+        known = TILE_KEYS if where == "dataset.tiles" else SCENE_KEYS
+        unknown = [k for k in entry if k not in known]
+        if unknown:  # a misspelt key would be ignored silently
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {list(known)}")
         for key, (expected, ok) in SCENE_CHECKS.items():
             if entry.get(key) is not None and not ok(entry[key]):
                 raise ConfigError(f"{where}.{key}={entry[key]!r}: expected {expected}")
