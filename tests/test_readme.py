@@ -355,3 +355,27 @@ def test_the_dataset_keys_tables_match_the_template_and_the_code():
     tiles_block = template.split("# tiles:\n", 1)[1]
     tile_keys = set(re.findall(r"^#   (\w+):", tiles_block, re.M))
     assert tile_keys <= set(tile) == set(TILE_KEYS), (tile_keys - set(tile), set(tile) ^ set(TILE_KEYS))
+
+
+SETTINGS = ("default 420 s", "every 10 minutes")  # durations that are settings, not measurements
+
+
+def test_user_pages_carry_no_date_timing_or_issue_number():
+    """Dates, timings and history belong in Benchmarks and CHANGELOG.md: the README and every other docs page carry
+    none (a duration that is a setting, such as a checkpoint interval, is named in SETTINGS)."""
+    patterns = {
+        "a date": r"\b20\d\d-\d\d-\d\d\b|\b(?:January|February|March|April|May|June|July|August|September|October|"
+                  r"November|December) 20\d\d\b",
+        "an issue number": r"(?<![\w&/])#\d+\b|\bissues? \d+\b",
+        "a timing": r"\b\d+(?:\.\d+)?\s?(?:min|minutes?|s|sec|seconds?|ms|hours?|h)\b(?!\w)|"
+                    r"\b\d[\d,.]*\s?(?:px|pixels|samples|it|steps)/s\b|\b\d+(?:\.\d+)?x (?:faster|slower)\b",
+    }
+    found = []
+    for page in PAGES:
+        if page.name == "benchmarks.md":
+            continue
+        for n, line in enumerate(page.read_text().splitlines(), 1):
+            for what, pattern in patterns.items():
+                found += [f"{page.name}:{n}: {what}: {m.group(0)!r}" for m in re.finditer(pattern, line)
+                          if not any(s in line for s in SETTINGS)]
+    assert not found, "\n".join(found)
