@@ -11,7 +11,6 @@ import numpy as np
 from .nodata import on_ms_grid
 from .readers import Raster, SceneError, read_raster
 
-
 SCENE_KEYS = ("name", "kind", "ms", "pan", "image", "label", "train", "val", "test", "ms_key", "pan_key", "label_key",
               "train_key", "val_key", "test_key", "ms_bands", "band_axis", "color_table", "split", "align",
               "align_resampling", "nodata")  # what a scene entry of a dataset config may hold (docs/own-dataset.md)

@@ -274,9 +274,8 @@ def finish_scene(values: np.ndarray, map_path: Path, region: tuple[int, int, int
 
 def predict(cfg: DictConfig) -> dict:
     """Maps of the dataset's scenes through ``trainer.predict`` (any trainer: cpu, gpu, ddp; precision)."""
-    from ..runtime.cli import route_lightning_logs
-
     from ..checkpoint import best_of_run
+    from ..runtime.cli import route_lightning_logs
 
     route_lightning_logs()
     stride, window = check_request(cfg)

@@ -46,6 +46,40 @@ class Stage(nn.Module):
 
 
 class DAS2F(nn.Module):
+    """The DAS²F network: an MS patch and its PAN patch -> class logits.
+
+    ``forward(ms, pan)`` takes ms (B, ms_channels, ms_patch, ms_patch) and pan (B, 1, ms_patch * ratio,
+    ms_patch * ratio) and returns logits (B, num_classes). Each stage computes each modality's full features
+    (SPVM blocks) and their common features (the CMDA block); AALF fuses the dominant features (full minus
+    common) from the deepest stage to the first, starting from the mean of the last stage's common features.
+    The defaults are the authors' released 2-stage model; das2f's configs (``conf/model/das2f.yaml``) default
+    to 1 stage.
+
+    Args:
+        ms_channels: MS bands.
+        num_classes: classes (the last layer's outputs).
+        stages: stages of SPVM + CMDA blocks; 1 is the authors' Xi'an model, 2 their Nanjing model.
+        d_model: token width.
+        d_state: the state size N of the selective scan.
+        dt_rank: the rank R of the scan's step-size projection.
+        mlp_ratio: the blocks' MLP width / d_model.
+        ms_patch: MS patch side; the PAN patch is ``ms_patch * ratio``.
+        ratio: PAN pixels per MS pixel along a side.
+        embed_patch: side of the patch embedding's convolution (kernel = stride).
+        pan_channels: channels of the PAN's 1x1 expansion before its embedding.
+        hidden: width of the classifier's hidden layer.
+        backbone: ``spvm`` (space-preserving SS2D), ``vmamba`` (plain SS2D) or ``cnn`` (das2f.models.blocks).
+        fusion: ``aalf``, ``sum``, ``mean`` or ``concat`` (das2f.models.fusion).
+        swap: CMDA scans each modality with the other's SSM parameters; False: with its own.
+        dominant: fuse full minus common (the dominant features); False: the full features.
+        scan_backend: the selective scan's backend (das2f.ops.scan): ``auto``, ``cpu``, ``torch``, ``triton``,
+            ``reference`` or ``mamba_ssm``.
+
+    Raises:
+        ConfigError: an unknown backbone, fusion or backend, ``stages < 1``, a ``d_model`` not divisible by 4,
+            or a PAN patch that is not a multiple of ``embed_patch``; before any layer is built.
+    """
+
     def __init__(
         self,
         ms_channels: int = 4,

@@ -1,43 +1,39 @@
-"""Selective scan (Mamba-1 S6 recurrence) behind one interface, three backends.
+"""Selective scan (Mamba-1 S6 recurrence) behind one interface, with several backends.
 
-Conventions follow mamba-ssm's ``selective_scan_fn``::
+Conventions follow mamba-ssm's ``selective_scan_fn``:
 
-    u, delta : (B, D, L)
-    A        : (D, N)              (real, negative for a stable scan)
-    B, C     : (B, G, N, L)        G groups, G divides D; channel d uses group d // (D // G)
-    D        : (D,) or None        skip connection
-    delta_bias : (D,) or None
-    returns  y : (B, D, L)
+- ``u``, ``delta``: (B, D, L)
+- ``A``: (D, N), real, negative for a stable scan
+- ``B``, ``C``: (B, G, N, L), G groups, G divides D; channel d uses group d // (D // G)
+- ``D``: (D,) or None, the skip connection; ``delta_bias``: (D,) or None
+- returns ``y``: (B, D, L)
 
-    delta <- softplus(delta + delta_bias)   (when delta_softplus)
-    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
-    y_t = <C_t, h_t> + D * u_t
+The recurrence, with ``delta <- softplus(delta + delta_bias)`` when ``delta_softplus``:
+``h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t`` and ``y_t = <C_t, h_t> + D * u_t``.
 
-``selective_scan_time_major`` is the same scan on time-major sequences (u, delta, y: (L, B, D);
-B, C: (L, B, G, N)), the layout the torch backend computes in; SS2D produces it directly.
+``selective_scan_time_major`` is the same scan on time-major sequences (u, delta, y: (L, B, D); B, C:
+(L, B, G, N)), the layout the torch backend computes in; SS2D produces it directly.
 
-Backends
---------
-``torch``      chunked, time-major, pure PyTorch, one autograd node with a hand-written
-               backward (bias, softplus, delta * u and D * u included). States are
-               kept only at chunk starts and recomputed per chunk in the backward, so
-               memory is O(B*D*N*(L/chunk + chunk)) instead of O(B*D*N*L) (none of the
-               chunk starts without gradients). No closed form over a chunk (no
-               ``exp(cumsum)``), hence no float32 overflow for large deltas.
-``cpu``        one autograd node around two numba kernels (``scan_cpu.py``): the
-               whole recurrence with delta * u and D * u in one compiled, vectorised pass per
-               call, forward and backward, parallel over (batch, group) blocks. The CPU default.
-``reference``  the obvious sequential loop with autograd, for tests (run it in float64).
-``triton``     two Triton kernels, forward and reverse-scan backward (``scan_triton.py``): the
-               fast GPU scan with no CUDA build; CPU tensors only under Triton's interpreter
-               (``TRITON_INTERPRET=1``), which is how CI checks it.
-``mamba_ssm``  mamba-ssm's CUDA kernel; only where it imports and the tensors are on CUDA.
-``auto``       on CUDA: ``mamba_ssm`` if it imports (``triton`` first under deterministic algorithms: mamba-ssm's
-               backward uses atomic adds), else ``triton`` if it imports, else ``torch``;
-               on CPU: ``cpu`` if numba imports, else ``torch``. Logs its choice and the reason once.
+Backends:
 
-Precision: every backend but ``reference`` keeps the state and its exponentials in float32 whatever
-the inputs' dtype (bfloat16 / float16 inputs, or autocast around the call) and returns y in u's dtype.
+- ``torch``: chunked, time-major, pure PyTorch, one autograd node with a hand-written backward (bias,
+  softplus, delta * u and D * u included). States are kept only at chunk starts and recomputed per chunk in
+  the backward, so memory is O(B*D*N*(L/chunk + chunk)) instead of O(B*D*N*L). No closed form over a chunk
+  (no ``exp(cumsum)``), hence no float32 overflow for large deltas.
+- ``cpu``: one autograd node around two numba kernels (``scan_cpu.py``): the whole recurrence with
+  delta * u and D * u in one compiled, vectorised pass per call, forward and backward, parallel over
+  (batch, group) blocks. The CPU default.
+- ``reference``: the obvious sequential loop with autograd, for tests (run it in float64).
+- ``triton``: two Triton kernels, forward and reverse-scan backward (``scan_triton.py``): the fast GPU scan
+  with no CUDA build; CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how CI
+  checks it.
+- ``mamba_ssm``: mamba-ssm's CUDA kernel; only where it imports and the tensors are on CUDA.
+- ``auto``: on CUDA, ``mamba_ssm`` if it imports (``triton`` first under deterministic algorithms:
+  mamba-ssm's backward uses atomic adds), else ``triton`` if it imports, else ``torch``; on CPU, ``cpu`` if
+  numba imports, else ``torch``. Logs its choice and the reason once.
+
+Precision: every backend but ``reference`` keeps the state and its exponentials in float32 whatever the
+inputs' dtype (bfloat16 / float16 inputs, or autocast around the call) and returns y in u's dtype.
 """
 from __future__ import annotations
 
@@ -54,7 +50,7 @@ log = logging.getLogger(__name__)
 
 _LOG2E = 1.4426950408889634  # log2(e)
 # steps per chunk of the recurrence: the fastest with peak memory under 0.5 GB in `make bench`
-# (figures and their date in the README's Benchmark section)
+# (figures and their date in docs/benchmarks.md)
 DEFAULT_CHUNK = 4
 
 
