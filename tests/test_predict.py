@@ -449,3 +449,31 @@ def test_a_map_reads_its_checkpoint_once_and_builds_the_network_once(tmp_path, m
     monkeypatch.setattr(DAS2F, "__init__", lambda self, *a, **k: builds.append(1) or real_init(self, *a, **k))
     predict(predict_cfg(tmp_path, trained["best"], *PATCH, "region=[0,8,0,8]", "window=8"))
     assert len(loads) == 1 and len(builds) == 1, (loads, builds)
+
+
+def test_an_aligned_scene_is_warped_once_for_all_map_workers(tmp_path, monkeypatch, trained):
+    """`align: true` resamples the scene in memory: the map's windows (main process and two DataLoader workers)
+    share one resampled copy; only the truth's labels read it again."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    import das2f.data.scenes as scenes
+
+    trained = beside(tmp_path, trained)
+    raw = trained["data"] / "synthetic" / "raw"
+    ms, pan = np.load(raw / "ms.npy").transpose(2, 0, 1), np.load(raw / "pan.npy")[None]
+    spec = {"name": "shifted", "align": True}
+    for key, arr, pixel, west in (("ms", ms, 4.0, 0.0), ("pan", pan[:, :, 4:], 1.0, 4.0)):  # PAN 1 MS pixel east
+        spec[key] = str(tmp_path / f"{key}.tif")
+        with rasterio.open(spec[key], "w", driver="GTiff", height=arr.shape[1], width=arr.shape[2], count=len(arr),
+                           dtype=arr.dtype, crs="EPSG:32650", transform=from_origin(500000 + west, 4000000, pixel,
+                                                                                    pixel)) as dst:
+            dst.write(arr)
+    calls = tmp_path / "align-calls"
+    real = scenes.align
+    monkeypatch.setattr(scenes, "align", lambda *a, **k: calls.open("a").write("x") and real(*a, **k))
+    scene = "[{" + ",".join(f"{k}:'{v}'" for k, v in spec.items()) + "}]"
+    summary = predict(predict_cfg(tmp_path, trained["best"], *PATCH, f"dataset.scenes={scene}", "num_workers=2",
+                                  "region=[0,16,0,16]", "window=8"))
+    assert summary["scenes"]["shifted"]["shape"] == [16, 16]
+    assert calls.read_text() == "x"  # the windows' copy, in the main process only (no labels: no truth to read)

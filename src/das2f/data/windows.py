@@ -70,7 +70,7 @@ class LazyImage:
         if self._array is not None:
             self._shape, self.dtype = self._array.shape, self._array.dtype
         self.shape = (len(bands) if bands is not None else self._shape[0], *self._shape[1:])
-        self._declares, self._in_memory = declares, in_memory
+        self._declares, self.in_memory = declares, in_memory
         self.may_hold_nodata = self._valid is not None or (not in_memory and may_hold_nodata(self.dtype, declares, nodata))
 
     def _read(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -95,11 +95,11 @@ class LazyImage:
         if not self.may_hold_nodata:
             return None
         data, mask = self._read(r0, r1, c0, c1)
-        return mask if self._in_memory else valid_pixels(data, mask, self.nodata)
+        return mask if self.in_memory else valid_pixels(data, mask, self.nodata)
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         data, mask = self._read(r0, r1, c0, c1)
-        if self._in_memory or not self.may_hold_nodata:
+        if self.in_memory or not self.may_hold_nodata:
             return data
         valid = valid_pixels(data, mask, self.nodata)
         return data if valid is None else fill(data, valid, self.fill_values())
@@ -198,22 +198,26 @@ class SceneWindows(Dataset):
     classified: an item's ``nodata`` holds their coordinates."""
 
     def __init__(self, spec: dict, ratio: int, ms_patch: int, size: int = 16, stride: int = 1,
-                 region: tuple[int, int, int, int] | None = None):
+                 region: tuple[int, int, int, int] | None = None, images: tuple | None = None):
+        """``images``: the scene's (ms, pan) from :func:`open_scene`, when the caller has opened it already."""
         self.spec, self.ratio, self.ms_patch, self.size, self.stride = spec, ratio, ms_patch, size, stride
-        ms, pan = open_scene(spec, ratio)
+        ms, pan = images or open_scene(spec, ratio)
         self.shape = ms.shape[1:]
-        # what nodata pixels read as, computed once here (each worker opens the files again)
+        # what nodata pixels read as, computed once here
         self.fills = [img.fill_values() if img.may_hold_nodata else None for img in (ms, pan)]
+        # the images hold no open file (each read opens its file), so forked DataLoader workers share them: an
+        # aligned scene (resampled in memory) is read and warped once per map, not once per worker
+        self._images = (ms, pan)
         self.region = region or (0, self.shape[0], 0, self.shape[1])
         r0, r1, c0, c1 = self.region
         self.grid = (math.ceil((r1 - r0) / size), math.ceil((c1 - c0) / size))
-        self._images = None
 
     def __len__(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    def __getstate__(self):
-        return {**self.__dict__, "_images": None}  # each worker opens the files itself
+    def __getstate__(self):  # a spawned process (DDP) gets the images held in memory, and opens files itself
+        in_memory = self._images is not None and all(img.in_memory for img in self._images)
+        return {**self.__dict__, "_images": self._images if in_memory else None}
 
     def bounds(self, i: int) -> tuple[int, int, int, int]:
         r0, r1, c0, c1 = self.region

@@ -153,6 +153,8 @@ class TruthReader:
     @classmethod
     def of(cls, spec: dict, ratio: int, class_values: np.ndarray) -> TruthReader | None:
         sources = []
+        if not any(spec.get(k) for k in ("label", "test", "train", "val")):
+            return None
         if spec.get("kind") == "wald_rgb" or spec.get("align"):  # made whole (resampled onto the MS grid: align)
             sources += list(load_scene(spec, ratio).maps.values())
         else:
@@ -352,7 +354,7 @@ def map_scene(cfg: DictConfig, predictor: Predictor, dataset: dict, out_dir: Pat
 
     spec, name, ms, pan, region = scene
     ratio = int(dataset["ratio"])
-    windows = SceneWindows(spec, ratio, predictor.ms_patch, window, stride, region)
+    windows = SceneWindows(spec, ratio, predictor.ms_patch, window, stride, region, images=(ms, pan))
     confidence = bool(cfg.get("confidence"))
     meta = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "files": [str(ms.path), str(pan.path)],
             "region": list(region), "stride": stride, "window": window, "stats": cfg.stats, "confidence": confidence}
