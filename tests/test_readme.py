@@ -68,6 +68,7 @@ NOT_RUN = {  # README commands the test suite does not run, and why
     "make gpu-wheels": "downloads from the package index",
     "python -m das2f.bench.gpu": "part of make gpu-check, needs a GPU",
     "hydra/launcher=slurm": "needs a SLURM cluster (the config composes: test_train.test_sweep_configs_compose)",
+    "das2f train resume=logs/tutorial/train": "continues the tutorial's run after a stop (resume=: test_signals)",
     "dataset=tutorial": "the tutorial's commands run as typed, in order, in tests/test_tutorial.py",
     "hydra/launcher=mycluster": "needs a SLURM cluster (docs/slurm.md's launcher config and commands compose: "
                                 "test_the_slurm_how_to_composes_as_written)",
