@@ -75,12 +75,12 @@ def test_slots_share_out_gpus_and_cores(jobs, gpus, per, want):
 
 def test_a_local_sweep_stopped_by_a_group_sigterm_is_continued_by_the_one_command_it_prints(tmp_path, shared):
     """A sweep over two datasets (synthetic, and `mine` from a user's --config-dir: the same generated scene under
-    another name) and two seeds: four jobs, two at a time, each on its own core; jobs 0 and 1 both reach their pause
-    point (run one after another, the first would wait there alone). SIGTERM to the whole process group (launcher,
-    submitit's controllers, jobs, their DataLoader workers): both save last.ckpt and stop, the launcher starts no
-    further job, names them and prints the continuation command, exit 143. That command resumes both from their
-    last.ckpt and runs the two others: the four end with exactly the weights of the same seeds run uninterrupted one
-    after another, in ONE directory named after both datasets, and the report counts 4 of 4."""
+    another name): two jobs at once, each on its own core; both reach their pause point (run one after another, the
+    first would wait there alone). SIGTERM to the whole process group (launcher, submitit's controllers, jobs, their
+    DataLoader workers): both save last.ckpt and stop, the launcher names them and prints the continuation command,
+    exit 143. That command resumes both from their last.ckpt: they end with exactly the weights of the same seed run
+    uninterrupted, in ONE directory named after both datasets, and the report counts 2 of 2. (Jobs that never
+    started are run by a continuation: the serial launcher's test, test_signals; the plan is the same for all.)"""
     from das2f.runtime.config import CONF_DIR
 
     data, references = shared
@@ -89,30 +89,29 @@ def test_a_local_sweep_stopped_by_a_group_sigterm_is_continued_by_the_one_comman
     (tmp_path / "myconf" / "dataset" / "mine.yaml").write_text(mine)
     marker = tmp_path / "paused"
     p = start(tmp_path, "das2f.train", "--config-dir", str(tmp_path / "myconf"), "-m", "dataset=synthetic,mine",
-              "seed=42,43", *BASE, f"paths.data_dir={data}", "test=false", LOCAL, "hydra.launcher.jobs=2", PAUSE,
+              "seed=42", *BASE, f"paths.data_dir={data}", "test=false", LOCAL, "hydra.launcher.jobs=2", PAUSE,
               f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3", "+callbacks.pause.jobs=[0,1]")
     for job in (0, 1):
         wait_for(Path(f"{marker}-{job}"), p, tmp_path)
     os.killpg(p.pid, signal.SIGTERM)
     code, out = finish(p, tmp_path)
     assert code == 143, out[-4000:]
-    assert re.search(r"sweep stopped by SIGTERM: job\(s\) (0, 1|1, 0) stopped; job\(s\) 2, 3 not started", out), out[-3000:]
+    assert re.search(r"sweep stopped by SIGTERM: job\(s\) (0, 1|1, 0) stopped", out), out[-3000:]
     assert "at most 2 at once" in out and "job 0 started (CPU" in out and "job 1 started (CPU" in out, out[-4000:]
     sweep = the_sweep(tmp_path)
-    assert sweep.name.startswith("synthetic+mine_") and not (sweep / "2").exists()
+    assert sweep.name.startswith("synthetic+mine_")
     assert not (sweep / ".submitit" / "%j").exists()
     code, out = run(tmp_path, *continuation(out))
     assert code == 0, out[-4000:]
     assert the_sweep(tmp_path) == sweep
-    for job, seed in enumerate((42, 43, 42, 43)):
+    for job, seed in enumerate((42, 42)):
         log = (sweep / str(job) / "train.log").read_text()
-        if job < 2:
-            assert "Restoring states from the checkpoint path at" in log
+        assert "Restoring states from the checkpoint path at" in log
         if len(os.sched_getaffinity(0)) >= 2:
             assert "torch threads: 1 of 1 cores (CPU affinity)" in log, log[:3000]
         assert same_weights(weights(sweep / str(job) / "checkpoints" / "last.ckpt"), references[seed]), job
     code, report = run(tmp_path, "das2f.report", "--latest")
-    assert code == 0 and "4 of 4 jobs finished" in report and (sweep / "report.md").is_file(), report[-2000:]
+    assert code == 0 and "2 of 2 jobs finished" in report and (sweep / "report.md").is_file(), report[-2000:]
 
 
 def test_jobs_that_need_different_preparations_run_side_by_side(tmp_path):

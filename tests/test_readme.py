@@ -82,7 +82,7 @@ NOT_RUN = {  # README commands the test suite does not run, and why
                                 "test_predict.test_checkpoints_describe_themselves_and_load_safely",
     "make sweep": "EXP=ablation by default, 48 jobs: slow, see test_ablation_sweep_as_typed",
     "make docs": "make test builds the same documentation the same way first (mkdocs build --strict)",
-    "make sweep EXP=compare": "the same sweep machinery as `make sweep EXP=seeds` (which runs), 6 jobs; the experiment "
+    "make sweep EXP=compare": "the same sweep machinery as `make sweep EXP=seeds` (composed here), 6 jobs; the experiment "
                               "config composes and runs a batch in test_configs",
 }
 # commands the same as another one run here, once the placeholders are filled in (NAME is the generated dataset,
@@ -133,7 +133,9 @@ COMMANDS = [c for raw in readme_commands() for c in expand(raw)]
 
 # run end to end as processes, first and in this order: what the later commands' placeholders name (CKPT, RUN_DIR,
 # DIR) comes from them; `make test-slow` runs every command so
-END_TO_END = ["make train", "python -m das2f.train -m fusion=aalf,sum seed=1,2,3", "make sweep EXP=seeds",
+# (`make sweep EXP=seeds`, the sweep target's recipe, composes in-process here: its sweep is the one above, run end
+# to end, and its report runs in-process on it; `make test-slow` runs it end to end)
+END_TO_END = ["make train", "python -m das2f.train -m fusion=aalf,sum seed=1,2,3",
               'make eval ARGS="ckpt_path=CKPT"', 'make predict ARGS="ckpt_path=CKPT"',
               "make prepare DATASET=NAME ARGS=inspect=true", "das2f --help", "make help"]
 EVERY_COMMAND = os.environ.get("DAS2F_TEST_EVERY_COMMAND") == "1"  # make test-slow: all end to end

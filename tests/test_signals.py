@@ -122,8 +122,13 @@ def test_ctrl_c_in_validation_saves_exits_130_and_resumes_exactly(tmp_path, shar
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     rows_before = csv_rows(run_dir / "csv" / "metrics.csv")
-    code, out = run(tmp_path, "das2f.train", *BASE, f"paths.data_dir={data}", "ckpt_path=last")
-    assert code == 2 and f"resume={run_dir}" in out, out[-2000:]  # refused, with the command to type
+    from omegaconf import OmegaConf
+
+    from das2f.runtime.errors import ConfigError
+    from das2f.training.start import resolve_ckpt
+
+    with pytest.raises(ConfigError, match=f"resume={run_dir}"):  # ckpt_path=last: refused, with the command to type
+        resolve_ckpt(OmegaConf.create({"ckpt_path": "last", "paths": {"log_dir": str(tmp_path / "logs")}}))
     code, out = run(tmp_path, "das2f.train", f"resume={run_dir}")  # no other override: the run's own are reused
     assert code == 0, out[-3000:]
     assert same_weights(weights(run_dir / "checkpoints" / "last.ckpt"), reference)
@@ -306,13 +311,23 @@ def test_broken_checkpoints_are_one_line_and_exit_2(tmp_path, shared):
     broken_run = tmp_path / "run"
     (broken_run / "checkpoints").mkdir(parents=True)
     (broken_run / "checkpoints" / "last.ckpt").write_bytes(truncated.read_bytes())
-    for args, file in ((["das2f.train", f"ckpt_path={truncated}"], truncated),
-                       (["das2f.train", f"resume={broken_run}"], broken_run / "checkpoints" / "last.ckpt"),
-                       (["das2f.eval", f"ckpt_path={text}"], text),
-                       (["das2f.predict", f"ckpt_path={archive}"], archive),
-                       (["das2f.checkpoint", str(truncated), str(tmp_path / "new.ckpt")], truncated)):
+    # as processes, two entry points (a training entry and a map: the exit status and the one line); the same
+    # errors, raised by the same code for resume=, eval and the converter, in-process
+    for args, file in ((["das2f.train", f"resume={broken_run}"], broken_run / "checkpoints" / "last.ckpt"),
+                       (["das2f.predict", f"ckpt_path={archive}"], archive)):
         code, out = run(tmp_path, *args)
         lines = [ln for ln in out.splitlines() if ln.strip() and "[INFO]" not in ln]  # the error, and nothing else
         assert code == 2, out[-2000:]
         assert len(lines) == 1 and str(file) in lines[0] and "Traceback" not in out, out[-2000:]
         assert "truncated" in lines[0] or "not a PyTorch checkpoint" in lines[0]
+    from omegaconf import OmegaConf
+
+    from das2f.checkpoint import main as convert_main
+    from das2f.training.start import resolve_ckpt
+
+    for ckpt in (truncated, text):  # ckpt_path= of train and eval
+        with pytest.raises(CheckpointError, match=rf"{ckpt}: (truncated|not a PyTorch checkpoint)"):
+            resolve_ckpt(OmegaConf.create({"ckpt_path": str(ckpt)}))
+    with pytest.raises(SystemExit) as exit_info:
+        convert_main([str(truncated), str(tmp_path / "new.ckpt")])
+    assert exit_info.value.code == 2 and not (tmp_path / "new.ckpt").exists()
