@@ -29,12 +29,12 @@ def runs(cwd: Path, task: str = "train") -> list[Path]:
 
 
 def test_user_mistakes_are_one_line_exit_2_and_leave_no_run_dir(tmp_path):
+    """As processes: a training entry and the preparation (the exit status, the one line, no run directory). The
+    other mistakes raise the same user errors in-process (test_config_values_are_checked_before_any_work,
+    test_a_bad_map_request_is_refused_before_lightning_is_imported, test_signals' broken checkpoints)."""
     cases = [
-        (("eval", *SIZE), "evaluation needs a checkpoint: ckpt_path="),
         (("train", *SIZE, "ckpt_path=nowhere.ckpt"), "ckpt_path: no checkpoint at nowhere.ckpt"),
-        (("train", *SIZE, "data.normalization=max"), "data.normalization='max': expected one of ['minmax', 'zscore']"),
         (("prepare", "dataset=xian"), "input file not found: "),
-        (("predict",), "predict needs a checkpoint"),
     ]
     for args, expected in cases:
         r = das2f(tmp_path, *args)
@@ -43,6 +43,13 @@ def test_user_mistakes_are_one_line_exit_2_and_leave_no_run_dir(tmp_path):
         assert len(errors) == 1 and expected in errors[0], (args, r.stdout[-1000:], r.stderr[-1000:])
         assert "Traceback" not in r.stderr and "HYDRA_FULL_ERROR" not in r.stderr, args
     assert not any((tmp_path / "logs").rglob("*.log")), list((tmp_path / "logs").rglob("*"))  # no empty run dirs
+    from omegaconf import OmegaConf
+
+    from das2f.runtime.errors import ConfigError
+    from das2f.training.start import start_point
+
+    with pytest.raises(ConfigError, match="evaluation needs a checkpoint: ckpt_path="):  # das2f eval without one
+        start_point(OmegaConf.create({"train": False, "ckpt_path": None}))
 
 
 def test_config_values_are_checked_before_any_work(tmp_path):
@@ -68,6 +75,7 @@ def test_config_values_are_checked_before_any_work(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow  # two processes of training and evaluation (in-process: test_train.test_resume_and_eval_reproduce)
 def test_eval_rebuilds_the_network_from_the_checkpoint(tmp_path):
     r = das2f(tmp_path, "train", *SIZE, "model.net.stages=2", "fusion=sum", "trainer.max_epochs=2",
               "callbacks.epoch_summary.every_s=0")

@@ -73,6 +73,7 @@ def test_slots_share_out_gpus_and_cores(jobs, gpus, per, want):
         assert len({c for s in slots for c in s["cpus"]}) == share * len(want)
 
 
+@pytest.mark.slow  # the serial launcher's (test_signals) runs by default: the same plan continues every launcher
 def test_a_local_sweep_stopped_by_a_group_sigterm_is_continued_by_the_one_command_it_prints(tmp_path, shared):
     """A sweep over two datasets (synthetic, and `mine` from a user's --config-dir: the same generated scene under
     another name): two jobs at once, each on its own core; both reach their pause point (run one after another, the

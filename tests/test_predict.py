@@ -89,7 +89,7 @@ def test_predict_maps_every_pixel_like_the_test_pass(tmp_path, monkeypatch, trai
 
 def test_a_nodata_border_is_left_unclassified_in_a_cog_map_with_a_confidence(tmp_path, trained):
     """The generated scene tiled to 528 x 528 MS pixels as GeoTIFFs whose first 40 columns are nodata (0, declared):
-    a stride-8 preview map is a COG with overviews whose border holds the map's nodata value, left out of the
+    a stride-16 preview map is a COG with overviews whose border holds the map's nodata value, left out of the
     class fractions and the accuracy; confidence=true writes the top class probability beside it (NaN: nodata)."""
     import rasterio
     from rasterio.transform import from_origin
@@ -111,7 +111,7 @@ def test_a_nodata_border_is_left_unclassified_in_a_cog_map_with_a_confidence(tmp
             dst.write(arr)
     scenes = "[{" + ",".join(f"{k}:'{v}'" for k, v in spec.items()) + "}]"
     run_dir = Path(trained["best"]).parents[1]  # a run directory stands for its best-on-validation checkpoint
-    summary = predict(predict_cfg(tmp_path, str(run_dir), f"dataset.scenes={scenes}", "stride=8", "window=32",
+    summary = predict(predict_cfg(tmp_path, str(run_dir), f"dataset.scenes={scenes}", "stride=16", "window=32",
                                   "confidence=true", f"out={tmp_path / 'maps'}"))
     assert summary["checkpoint"] == trained["best"]
     from das2f.checkpoint import best_of_run
@@ -120,7 +120,7 @@ def test_a_nodata_border_is_left_unclassified_in_a_cog_map_with_a_confidence(tmp
         best_of_run(tmp_path)
     entry = summary["scenes"]["geo"]
     assert entry["nodata_value"] == 0 and entry["nodata_pixels"] >= 528 * (border - 4)
-    assert entry["classified_pixels"] == 66 * 66 - 66 * 5  # every 8th pixel, less the 5 nodata columns of them
+    assert entry["classified_pixels"] == 33 * 33 - 33 * 3  # every 16th pixel, less the 3 nodata columns of them
     with rasterio.open(entry["map"]) as src:
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and src.overviews(1) and src.nodata == 0
         values = src.read(1)

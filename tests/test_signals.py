@@ -156,6 +156,7 @@ def test_second_ctrl_c_stops_at_once(tmp_path, shared):
     assert no_survivors(workers)
 
 
+@pytest.mark.slow  # by default: test_writing_last_ckpt_is_atomic_under_sigkill (the write under a kill)
 def test_sigkill_loses_at_most_the_interval_and_a_broken_newest_checkpoint_falls_back(tmp_path, shared):
     """last.ckpt every second of training (every_s=1): a SIGKILL to the group loses at most that; the previous
     checkpoint is kept; with the newest cut short (a kill while it was written) resume= takes the one before,
