@@ -35,27 +35,6 @@ def test_a_failed_job_is_reported_the_others_finish_and_the_sweep_fails(tmp_path
     assert code == 0 and "1 of 2 jobs finished" in report and "model.optimizer.eps=-1" in report, report[-3000:]
 
 
-def test_warning_signal_requeues_and_the_job_continues_in_place(tmp_path, shared):
-    """submitit's warning signal (SIGUSR2, to every process of the job, as SLURM sends it) during training:
-    last.ckpt is written, submitit requeues the job (its local executor restarts it, as SLURM would), and the
-    requeued job continues that checkpoint in the same directory: the same weights as never interrupted."""
-    data, references = shared
-    marker = tmp_path / "paused"
-    p = start(tmp_path, "das2f.train", "-m", "seed=42", *BASE, f"paths.data_dir={data}", "test=false", LOCAL, PAUSE,
-              f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3")
-    wait_for(marker, p, tmp_path)
-    os.killpg(p.pid, signal.SIGUSR2)
-    code, out = finish(p, tmp_path)
-    assert code == 0, out[-4000:]
-    sweep = the_sweep(tmp_path)
-    assert sorted(d.name for d in sweep.iterdir() if not d.name.startswith(".")) == ["0", "multirun.yaml"]
-    job = sweep / "0"
-    log = (job / "train.log").read_text()
-    assert "requeueing this job through submitit" in log and f"resuming {job}" in log, log[-4000:]
-    assert "resume=" in (job / ".hydra" / "overrides.yaml").read_text()
-    assert same_weights(weights(job / "checkpoints" / "last.ckpt"), references[42])
-
-
 @pytest.mark.parametrize(("jobs", "gpus", "per", "want"), [
     (4, [0, 1], 1, [[0], [1], [0], [1]]),       # more jobs than GPUs: they share them, in turn
     (None, [0, 1, 2, 3], 2, [[0, 1], [2, 3]]),  # by default one job per gpus_per_job GPUs
@@ -180,3 +159,25 @@ def test_the_slurm_submitting_process_stopped_prints_the_continuation(tmp_path, 
     assert stop.value.code == 143 and signal.getsignal(signal.SIGTERM) == before
     assert f"go on under SLURM (squeue lists them). Once they have ended, continue the sweep with: python -m " \
            f"das2f.train -m seed=1,2 hydra.sweep.dir={tmp_path}" in caplog.text
+
+
+# last in this file: it needs the `shared` runs, which another worker may still be making when this file starts
+def test_warning_signal_requeues_and_the_job_continues_in_place(tmp_path, shared):
+    """submitit's warning signal (SIGUSR2, to every process of the job, as SLURM sends it) during training:
+    last.ckpt is written, submitit requeues the job (its local executor restarts it, as SLURM would), and the
+    requeued job continues that checkpoint in the same directory: the same weights as never interrupted."""
+    data, references = shared
+    marker = tmp_path / "paused"
+    p = start(tmp_path, "das2f.train", "-m", "seed=42", *BASE, f"paths.data_dir={data}", "test=false", LOCAL, PAUSE,
+              f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3")
+    wait_for(marker, p, tmp_path)
+    os.killpg(p.pid, signal.SIGUSR2)
+    code, out = finish(p, tmp_path)
+    assert code == 0, out[-4000:]
+    sweep = the_sweep(tmp_path)
+    assert sorted(d.name for d in sweep.iterdir() if not d.name.startswith(".")) == ["0", "multirun.yaml"]
+    job = sweep / "0"
+    log = (job / "train.log").read_text()
+    assert "requeueing this job through submitit" in log and f"resuming {job}" in log, log[-4000:]
+    assert "resume=" in (job / ".hydra" / "overrides.yaml").read_text()
+    assert same_weights(weights(job / "checkpoints" / "last.ckpt"), references[42])

@@ -95,7 +95,7 @@ def low_precision_inputs(dtype, seed=7, batch=2, channels=16):
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu", pytest.param("triton", marks=triton_missing)])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, pytest.param(torch.float16, marks=pytest.mark.slow)])  # fp16: slow
 def test_reduced_precision_inputs_keep_a_float32_state(backend, dtype):
     """bf16 / fp16 inputs: y comes back in that dtype but the state accumulated in float32, so y's error is
     its final rounding. Measured on these inputs: ours 2.4e-3 (bf16) and 1.9e-4 (fp16); the same loop
