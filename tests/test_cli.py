@@ -108,6 +108,7 @@ def test_eval_rebuilds_the_network_from_the_checkpoint(tmp_path):
     assert "optimizer_states" in torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+@pytest.mark.slow  # by default: a map continued from the windows written (test_predict), SIGTERM in training
 def test_a_map_stopped_by_sigterm_exits_143_and_the_same_command_finishes_it_identically(tmp_path):
     import signal
     import time

@@ -1,6 +1,6 @@
 """das2f's sweep launchers (hydra_plugins/das2f_launchers): parallel jobs on one machine with the serial sweep's
-results, failures reported, the requeue path submitit takes on SLURM (here through its local executor), and the
-slots a job gets."""
+results, failures reported, the slots a job gets, the SLURM submitting process's stop. (The requeue path submitit
+takes on SLURM, through its local executor: test_signals, beside the runs it compares with.)"""
 from __future__ import annotations
 
 import os
@@ -159,25 +159,3 @@ def test_the_slurm_submitting_process_stopped_prints_the_continuation(tmp_path, 
     assert stop.value.code == 143 and signal.getsignal(signal.SIGTERM) == before
     assert f"go on under SLURM (squeue lists them). Once they have ended, continue the sweep with: python -m " \
            f"das2f.train -m seed=1,2 hydra.sweep.dir={tmp_path}" in caplog.text
-
-
-# last in this file: it needs the `shared` runs, which another worker may still be making when this file starts
-def test_warning_signal_requeues_and_the_job_continues_in_place(tmp_path, shared):
-    """submitit's warning signal (SIGUSR2, to every process of the job, as SLURM sends it) during training:
-    last.ckpt is written, submitit requeues the job (its local executor restarts it, as SLURM would), and the
-    requeued job continues that checkpoint in the same directory: the same weights as never interrupted."""
-    data, references = shared
-    marker = tmp_path / "paused"
-    p = start(tmp_path, "das2f.train", "-m", "seed=42", *BASE, f"paths.data_dir={data}", "test=false", LOCAL, PAUSE,
-              f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3")
-    wait_for(marker, p, tmp_path)
-    os.killpg(p.pid, signal.SIGUSR2)
-    code, out = finish(p, tmp_path)
-    assert code == 0, out[-4000:]
-    sweep = the_sweep(tmp_path)
-    assert sorted(d.name for d in sweep.iterdir() if not d.name.startswith(".")) == ["0", "multirun.yaml"]
-    job = sweep / "0"
-    log = (job / "train.log").read_text()
-    assert "requeueing this job through submitit" in log and f"resuming {job}" in log, log[-4000:]
-    assert "resume=" in (job / ".hydra" / "overrides.yaml").read_text()
-    assert same_weights(weights(job / "checkpoints" / "last.ckpt"), references[42])

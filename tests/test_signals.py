@@ -71,6 +71,29 @@ def test_a_sweep_stopped_by_a_group_sigterm_is_continued_by_the_one_command_it_p
     assert code == 0 and "3 of 3 jobs finished" in report, report[-2000:]
 
 
+# the launchers' requeue path (SLURM's warning signal), here beside the `shared` runs it compares with
+def test_warning_signal_requeues_and_the_job_continues_in_place(tmp_path, shared):
+    """submitit's warning signal (SIGUSR2, to every process of the job, as SLURM sends it) during training:
+    last.ckpt is written, submitit requeues the job (its local executor restarts it, as SLURM would), and the
+    requeued job continues that checkpoint in the same directory: the same weights as never interrupted."""
+    data, references = shared
+    marker = tmp_path / "paused"
+    p = start(tmp_path, "das2f.train", "-m", "seed=42", *BASE, f"paths.data_dir={data}", "test=false",
+              "hydra/launcher=local", PAUSE,
+              f"+callbacks.pause.marker={marker}", "+callbacks.pause.step=3")
+    wait_for(marker, p, tmp_path)
+    os.killpg(p.pid, signal.SIGUSR2)
+    code, out = finish(p, tmp_path)
+    assert code == 0, out[-4000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    assert sorted(d.name for d in sweep.iterdir() if not d.name.startswith(".")) == ["0", "multirun.yaml"]
+    job = sweep / "0"
+    log = (job / "train.log").read_text()
+    assert "requeueing this job through submitit" in log and f"resuming {job}" in log, log[-4000:]
+    assert "resume=" in (job / ".hydra" / "overrides.yaml").read_text()
+    assert same_weights(weights(job / "checkpoints" / "last.ckpt"), references[42])
+
+
 @pytest.mark.slow  # three short trials and a stopped one: about 40 s
 def test_a_stopped_optuna_search_continues_with_its_trials_counted(tmp_path, shared):
     """An Optuna search of 3 trials (its study in the sweep directory by default), stopped by a group SIGTERM in its
@@ -201,6 +224,7 @@ def test_a_warning_signal_writes_last_ckpt_and_training_goes_on(tmp_path, shared
     assert no_survivors(workers)
 
 
+@pytest.mark.slow  # by default: SIGTERM in training (the sweep test) and in preparation
 def test_group_sigterm_in_test_phase_keeps_the_trained_checkpoint(tmp_path, shared):
     data, _ = shared
     marker = tmp_path / "paused"
