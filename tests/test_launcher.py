@@ -25,8 +25,8 @@ def test_a_failed_job_is_reported_the_others_finish_and_the_sweep_fails(tmp_path
     """One job fails (an epsilon torch's Adam refuses), the other finishes: the sweep exits non-zero, the failed job
     keeps its directory with error.txt, the launcher names it with its error, the report lists it under the table.
     (The same with Hydra's basic launcher: test_train.test_a_sweep_with_a_failing_job_..., slow.)"""
-    code, out = run(tmp_path, "das2f.train", "-m", "+model.optimizer.eps=-1,1e-8", *BASE, "data.num_workers=0", LOCAL,
-                    "hydra.launcher.jobs=2")
+    code, out = run(tmp_path, "das2f.train", "-m", "+model.optimizer.eps=-1,1e-8", *BASE, "data.num_workers=0",
+                    "trainer.max_epochs=1", "test=false", LOCAL, "hydra.launcher.jobs=2")
     assert code != 0
     assert "job 0 failed after" in out and "Invalid epsilon value" in out and "job 1 finished after" in out, out[-3000:]
     sweep = the_sweep(tmp_path)
