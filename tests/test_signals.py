@@ -139,6 +139,7 @@ def test_ctrl_c_in_validation_saves_exits_130_and_resumes_exactly(tmp_path, shar
     os.killpg(p.pid, signal.SIGINT)
     code, out = finish(p, tmp_path)
     assert code == 130, out[-3000:]
+    assert "torch threads: 1 of" in out and "fixed (threads=)" in out  # the entry point applied threads=1
     assert "stopped by SIGINT while training at epoch 1" in out and "resume=" in out, out[-2000:]
     assert "KeyboardInterrupt" not in out
     assert no_survivors(workers)
