@@ -7,7 +7,7 @@ import pytest
 
 from das2f.data.prepare import prepare_dataset
 from das2f.data.readers import read_raster
-from das2f.data.windows import LazyImage, open_scene, scene_valid, window_patches
+from das2f.data.windows import LazyImage, open_scene, window_patches
 
 from .test_labels import dataset, geotiff
 
@@ -92,9 +92,8 @@ def test_a_map_sees_the_nodata_the_preparation_sees(tmp_path):
         ms, pan = open_scene(s, 4)
         for img in (ms, pan):
             img.fill = img.fill_values() if img.may_hold_nodata else None
-        valid = scene_valid(ms, pan, 4, 0, 16, 0, 16)
+        m, p, _, valid = window_patches(ms, pan, 0, 16, 0, 16, 8, 4)
         assert valid is not None and not valid[:, :BORDER].any() and valid[:, BORDER:].all()
-        m, p, _ = window_patches(ms, pan, 0, 16, 0, 16, 8, 4)
         whole = read_raster(spec["ms"])
         assert (m > 0).all() and (p > 0).all() and (m[0, :, 3, 3] == whole.data[:, 0, 0]).all()
     assert LazyImage(spec["label"]).may_hold_nodata is False  # a plain file needs no look at its pixels

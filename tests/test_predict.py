@@ -292,13 +292,13 @@ def test_windows_cut_exactly_the_whole_scene_patches_and_read_only_their_region(
     whole = PatchCutter(ms.transpose(2, 0, 1), pan[None], 16, 4)
     lazy_ms, lazy_pan = LazyImage(tmp_path / "ms.npy"), LazyImage(tmp_path / "pan.npy")
     for r0, r1, c0, c1 in ((0, 5, 0, 7), (9, 17, 11, 29), (18, 23, 0, 29)):  # borders and interior
-        m, p, coords = window_patches(lazy_ms, lazy_pan, r0, r1, c0, c1, 16, 4)
+        m, p, coords, _ = window_patches(lazy_ms, lazy_pan, r0, r1, c0, c1, 16, 4)
         wm, wp = whole.cut(coords)
         assert np.array_equal(m, wm) and np.array_equal(p, wp)
     # a window reads only its region plus the patch margins, never the scene
     reads = []
-    original = LazyImage.read
-    monkeypatch.setattr(LazyImage, "read", lambda self, r0, r1, c0, c1: reads.append((r1 - r0) * (c1 - c0))
+    original = LazyImage.read_masked  # every read of an image goes through it
+    monkeypatch.setattr(LazyImage, "read_masked", lambda self, r0, r1, c0, c1: reads.append((r1 - r0) * (c1 - c0))
                         or original(self, r0, r1, c0, c1))
     ds = SceneWindows({"name": "s", "ms": str(tmp_path / "ms.npy"), "pan": str(tmp_path / "pan.npy")}, 4, 16, size=4)
     item = ds[9]  # rows 4..7, cols 4..7
@@ -361,8 +361,8 @@ def test_a_region_of_a_large_scene_reads_only_that_region(tmp_path, monkeypatch,
     np.save(tmp_path / "big_pan.npy", rng.integers(0, 1000, (4 * h, 4 * h), dtype=np.uint16))
     np.save(tmp_path / "big_label.npy", rng.integers(0, 9, (h, h), dtype=np.uint8))
     reads = []
-    original = LazyImage.read
-    monkeypatch.setattr(LazyImage, "read", lambda self, r0, r1, c0, c1: reads.append((r1 - r0) * (c1 - c0))
+    original = LazyImage.read_masked  # every read of an image goes through it
+    monkeypatch.setattr(LazyImage, "read_masked", lambda self, r0, r1, c0, c1: reads.append((r1 - r0) * (c1 - c0))
                         or original(self, r0, r1, c0, c1))
     scene = f"{{name: big, ms: {tmp_path}/big_ms.npy, pan: {tmp_path}/big_pan.npy, label: {tmp_path}/big_label.npy}}"
     summary = predict(predict_cfg(tmp_path, ckpt, f"dataset.scenes=[{scene}]", "region=[500,516,700,716]",

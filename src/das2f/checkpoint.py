@@ -26,12 +26,12 @@ from .runtime.errors import EXIT_USER_ERROR, CheckpointError, MissingFileError, 
 
 DATAMODULE_KEY = "MsPanDataModule"  # Lightning stores a datamodule's state_dict under its class name
 LAST, PREVIOUS = "last.ckpt", "last.prev.ckpt"  # in <run dir>/checkpoints/: the newest resumable state and the one before
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (since torch 1.6)
 
 
 def resumable(run_dir: str | Path) -> list[Path]:
     """A run's resumable checkpoints that exist, newest first: last.ckpt, then last.prev.ckpt."""
     return [p for p in (Path(run_dir) / "checkpoints" / LAST, Path(run_dir) / "checkpoints" / PREVIOUS) if p.is_file()]
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (since torch 1.6)
 
 
 def checkpoint_problem(path: str | Path) -> str | None:

@@ -311,7 +311,7 @@ def inspect_dataset(cfg: dict, console: Console | None = None) -> dict:
                 every[v] = every.get(v, 0) + n
         rows.append((scene.name, str(spec.get("split", "")), str(scene.ms.data.shape), str(scene.pan.data.shape),
                      f"{scene.ms.data.dtype} / {scene.pan.data.dtype}",
-                     "0" if scene.valid is None else str(int((~scene.valid).sum())), labels))
+                     str(scene.nodata_pixels), labels))
     print_table(console, f"{cfg.get('name')}: {len(specs)} scenes", columns,
                 [(*cells, "; ".join(labels) or "(no labels)") for *cells, labels in rows])
     print_table(console, "georeferencing per file", ("scene", "file", "CRS", "extent (left, bottom, right, top)",
@@ -429,9 +429,9 @@ def _draw(cfg: dict, specs: list[dict], values: list[int], blocks: tuple | None)
         scene = load_scene(spec, ratio)
         validate_scene(scene, ratio)
         lost = scene.exclude_nodata(values)  # no sample centre in nodata
-        if scene.valid is not None:
+        if scene.nodata_pixels:
             log.info("scene %s: %d MS pixels are nodata (MS or PAN); %d labelled pixels among them are no sample",
-                     scene.name, int((~scene.valid).sum()), lost)
+                     scene.name, scene.nodata_pixels, lost)
         drawn.found.update(scene.label_values)
         drawn.protocols.add(_protocol(scene, spec, drawn.blocks))
         if drawn.blocks and spec.get("split") is None and "label" in scene.maps:
@@ -447,7 +447,7 @@ def _draw(cfg: dict, specs: list[dict], values: list[int], blocks: tuple | None)
         drawn.shapes = shapes
         drawn.meta.append({"name": scene.name, "files": _spec_files(spec), "ms_size": list(scene.ms.data.shape),
                            "bytes": int(scene.ms.data.nbytes + scene.pan.data.nbytes),
-                           "nodata_pixels": 0 if scene.valid is None else int((~scene.valid).sum()),
+                           "nodata_pixels": scene.nodata_pixels,
                            "georeferenced": scene.ms.georeferenced})
     return drawn
 

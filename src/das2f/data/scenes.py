@@ -31,6 +31,11 @@ class Scene:
         """Every file of the scene: MS, PAN, then the label maps."""
         return [self.ms, self.pan, *self.labels.values()]
 
+    @property
+    def nodata_pixels(self) -> int:
+        """MS pixels without data (MS or PAN)."""
+        return 0 if self.valid is None else int((~self.valid).sum())
+
     def exclude_nodata(self, values: list[int]) -> int:
         """Set the label maps' nodata pixels to a value that is no class, so that no split draws a sample centre
         there; returns how many labelled pixels (of a class) that took."""

@@ -90,19 +90,16 @@ class LazyImage:
         mask = None if self._valid is None else self._valid[r0:r1, c0:c1]
         return np.asarray(region[list(self.bands)] if self.bands is not None else region), mask
 
-    def valid(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
-        """(h, w) True where the region holds data; None when all of it does."""
-        if not self.may_hold_nodata:
-            return None
-        data, mask = self._read(r0, r1, c0, c1)
-        return mask if self.in_memory else valid_pixels(data, mask, self.nodata)
-
-    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    def read_masked(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The region, its nodata pixels filled, and where it holds data ((h, w) bool; None: everywhere): one read."""
         data, mask = self._read(r0, r1, c0, c1)
         if self.in_memory or not self.may_hold_nodata:
-            return data
+            return data, mask  # in memory: filled when read whole, the mask as it was read
         valid = valid_pixels(data, mask, self.nodata)
-        return data if valid is None else fill(data, valid, self.fill_values())
+        return (data, None) if valid is None else (fill(data, valid, self.fill_values()), valid)
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        return self.read_masked(r0, r1, c0, c1)[0]
 
     def fill_values(self, rows: int = 256) -> np.ndarray:
         """Each band's mean over the image's valid pixels (what its nodata pixels read as), computed once."""
@@ -163,33 +160,36 @@ def open_scene(spec: dict, ratio: int) -> tuple[LazyImage, LazyImage]:
     return ms, pan
 
 
-def _padded(img: LazyImage, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-    """Rows r0..r1, cols c0..c1 of the image (may reach outside it), outside parts reflected (reflect-101)."""
+def _padded(img: LazyImage, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows r0..r1, cols c0..c1 of the image (may reach outside it), outside parts reflected (reflect-101), and
+    where they hold data (reflected alike; None: everywhere)."""
     _, h, w = img.shape
     a0, a1, b0, b1 = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
-    region = img.read(a0, a1, b0, b1)
+    region, valid = img.read_masked(a0, a1, b0, b1)
     pad = ((0, 0), (a0 - r0, r1 - a1), (b0 - c0, c1 - b1))
-    return np.pad(region, pad, mode="reflect") if any(p for ax in pad for p in ax) else region
+    if not any(p for ax in pad for p in ax):
+        return region, valid
+    return np.pad(region, pad, mode="reflect"), None if valid is None else np.pad(valid, pad[1:], mode="reflect")
 
 
 def window_patches(ms: LazyImage, pan: LazyImage, r0: int, r1: int, c0: int, c1: int, ms_patch: int, ratio: int,
-                   coords: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   coords: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Patches of the MS pixels rows r0..r1, cols c0..c1 (all of them, row-major, or ``coords`` inside
-    the window): (ms (n, C, P, P), pan (n, 1, rP, rP), coords (n, 2)), bit for bit PatchCutter's."""
+    the window): (ms (n, C, P, P), pan (n, 1, rP, rP), coords (n, 2)), bit for bit PatchCutter's, and the
+    window's valid pixels on the MS grid ((r1 - r0, c1 - c0) bool, das2f.data.nodata.on_ms_grid; None: all)."""
     before, after = ms_patch // 2 - 1, ms_patch // 2
-    ms_region = _padded(ms, r0 - before, r1 + after, c0 - before, c1 + after)
-    pan_region = _padded(pan, ratio * (r0 - before), ratio * (r1 + after), ratio * (c0 - before), ratio * (c1 + after))
+    ms_region, ms_valid = _padded(ms, r0 - before, r1 + after, c0 - before, c1 + after)
+    pan_region, pan_valid = _padded(pan, ratio * (r0 - before), ratio * (r1 + after), ratio * (c0 - before),
+                                    ratio * (c1 + after))
     if coords is None:
         rows, cols = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
         coords = np.stack([rows.ravel(), cols.ravel()], 1)
     cutter = PatchCutter.from_padded(ms_region, pan_region, ms_patch, ratio)
     m, p = cutter.cut(coords - np.array([r0, c0]))
-    return m, p, coords
-
-
-def scene_valid(ms: LazyImage, pan: LazyImage, ratio: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
-    """(h, w) True where the MS pixels rows r0..r1, cols c0..c1 and their PAN pixels hold data (None: all)."""
-    return on_ms_grid(ms.valid(r0, r1, c0, c1), pan.valid(ratio * r0, ratio * r1, ratio * c0, ratio * c1), ratio)
+    h, w, k = r1 - r0, c1 - c0, ratio * before  # the window inside its margins
+    valid = on_ms_grid(None if ms_valid is None else ms_valid[before:before + h, before:before + w],
+                       None if pan_valid is None else pan_valid[k:k + ratio * h, k:k + ratio * w], ratio)
+    return m, p, coords, valid
 
 
 class SceneWindows(Dataset):
@@ -237,9 +237,8 @@ class SceneWindows(Dataset):
             cols = np.arange(c0, c1)[(np.arange(c0, c1) - self.region[2]) % self.stride == 0]
             rr, cc = np.meshgrid(rows, cols, indexing="ij")
             coords = np.stack([rr.ravel(), cc.ravel()], 1).astype(np.int64)
-        ms, pan, coords = window_patches(*self._images, r0, r1, c0, c1, self.ms_patch, self.ratio, coords)
+        ms, pan, coords, valid = window_patches(*self._images, r0, r1, c0, c1, self.ms_patch, self.ratio, coords)
         nodata = np.empty((0, 2), np.int64)
-        valid = scene_valid(*self._images, self.ratio, r0, r1, c0, c1)
         if valid is not None:
             keep = valid[coords[:, 0] - r0, coords[:, 1] - c0]
             ms, pan, coords, nodata = ms[keep], pan[keep], coords[keep], coords[~keep]

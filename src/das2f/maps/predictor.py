@@ -73,8 +73,8 @@ class Predictor:
         h, w = ms.shape[1:]
         for r, r1 in row_bands(0, h, rows):  # valid pixels only: nodata never enters the statistics
             for stats, img, k in ((stats_ms, ms, 1), (stats_pan, pan, self.ratio)):
-                valid = img.valid(k * r, k * r1, 0, k * w)
-                stats.update(img.read(k * r, k * r1, 0, k * w)[None], None if valid is None else valid[None, None])
+                data, valid = img.read_masked(k * r, k * r1, 0, k * w)
+                stats.update(data[None], None if valid is None else valid[None, None])
         return shift_scale(self.normalization, {**stats_ms.as_attrs("ms"), **stats_pan.as_attrs("pan")})
 
 
