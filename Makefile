@@ -33,10 +33,10 @@ $(STAMP): $(ROOT)/pyproject.toml
 test: $(STAMP) ## the linter, the strict docs build, then the test suite (CI runs exactly this); slow and GPU tests left out
 	cd $(ROOT) && $(PY) -m ruff check src tests experiments docs
 	cd $(ROOT) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir $$(mktemp -d)
-	cd $(ROOT) && $(PY) -m pytest -q -n auto --dist loadfile
+	cd $(ROOT) && $(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 test-slow: $(STAMP) ## the slow tests too (DDP simulation, longer trainings), every documented command run end to end
-	cd $(ROOT) && DAS2F_TEST_EVERY_COMMAND=1 $(PY) -m pytest -q -n auto --dist loadfile -m "slow or not slow"
+	cd $(ROOT) && DAS2F_TEST_EVERY_COMMAND=1 $(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m "slow or not slow"
 
 docs: $(STAMP) ## the documentation (docs/), built strictly into site/: a broken link or a page left out fails
 	cd $(ROOT) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict

@@ -92,13 +92,15 @@ def shared(tmp_path_factory):
 # Run in parallel by `make test` (pytest-xdist, one worker per core, --dist loadfile: a test file runs on one
 # worker, in order, so its module fixtures are made once and the README commands build on the ones before them).
 # Each worker's own torch work runs one thread (two workers with torch's default threads on 2 cores slow each other
-# many times over). The longest files go first. (pytest-xdist's finer --dist loadgroup does not group with pytest 9:
-# its node-id suffix is ignored; the session fixture `shared` shares its work through a file lock instead.)
+# many times over). The longest files go first (FIRST, below; `--no-loadscope-reorder` keeps this order, where
+# pytest-xdist would hand out the files with the most tests first). (pytest-xdist's finer --dist loadgroup does
+# not group with pytest 9: its node-id suffix is ignored; the session fixture `shared` shares its work through a
+# file lock instead.)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-FIRST = ("test_readme.py", "test_launcher.py", "test_signals.py", "test_predict.py", "test_configs.py",
+FIRST = ("test_signals.py", "test_readme.py", "test_launcher.py", "test_predict.py", "test_configs.py",
          "test_scan_triton.py", "test_train.py", "test_cli.py")
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4",
+# the smallest sizes the network and the splits take: a process's imports (about 6 s) are most of its time
+BASE = ["dataset.generate.size=48", "dataset.ms_patch=8", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4",
         "model.net.d_state=4", "model.net.dt_rank=4", "model.net.hidden=32", "data.num_workers=2",
         "data.batch_size=4", "trainer.max_epochs=2", "threads=1", "trainer.enable_progress_bar=false"]
 PAUSE = "+callbacks.pause._target_=tests.helpers.PauseAt"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from das2f.report import main as report_main
 from tests.procs import BASE, PAUSE, finish, run, same_weights, start, wait_for, weights
 from tests.test_signals import continuation
 
@@ -21,7 +22,7 @@ def the_sweep(cwd):
     return sweep
 
 
-def test_a_failed_job_is_reported_the_others_finish_and_the_sweep_fails(tmp_path):
+def test_a_failed_job_is_reported_the_others_finish_and_the_sweep_fails(tmp_path, capsys):
     """One job fails (an epsilon torch's Adam refuses), the other finishes: the sweep exits non-zero, the failed job
     keeps its directory with error.txt, the launcher names it with its error, the report lists it under the table.
     (The same with Hydra's basic launcher: test_train.test_a_sweep_with_a_failing_job_..., slow.)"""
@@ -31,8 +32,9 @@ def test_a_failed_job_is_reported_the_others_finish_and_the_sweep_fails(tmp_path
     assert "job 0 failed after" in out and "Invalid epsilon value" in out and "job 1 finished after" in out, out[-3000:]
     sweep = the_sweep(tmp_path)
     assert "Invalid epsilon value" in (sweep / "0" / "error.txt").read_text()
-    code, report = run(tmp_path, "das2f.report", str(sweep))
-    assert code == 0 and "1 of 2 jobs finished" in report and "model.optimizer.eps=-1" in report, report[-3000:]
+    report_main([str(sweep)])  # (in-process: its exit statuses are test_cli's)
+    report = capsys.readouterr().out
+    assert "1 of 2 jobs finished" in report and "model.optimizer.eps=-1" in report, report[-3000:]
 
 
 @pytest.mark.parametrize(("jobs", "gpus", "per", "want"), [
@@ -99,7 +101,7 @@ def test_jobs_that_need_different_preparations_run_side_by_side(tmp_path):
     reads them; before, the two jobs replaced each other's files and one died on the other's patch size."""
     import json
 
-    code, out = run(tmp_path, "das2f.train", "-m", "dataset.ms_patch=8,16", *BASE, "trainer.max_epochs=1", LOCAL,
+    code, out = run(tmp_path, "das2f.train", "-m", *BASE, "dataset.ms_patch=8,16", "trainer.max_epochs=1", LOCAL,
                     "hydra.launcher.jobs=2")
     assert code == 0, out[-4000:]
     sweep = the_sweep(tmp_path)

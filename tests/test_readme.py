@@ -28,14 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README = "\n".join(p.read_text() for p in PAGES)  # the README and every docs page
 
+DATA = ["dataset.generate.size=48", "dataset.ms_patch=8", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4"]
 SIZE = {  # size limits only, per entry point
-    "train": ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4",
-              "model.net.d_state=4", "model.net.dt_rank=4", "model.net.hidden=32", "data.num_workers=0",
+    "train": [*DATA, "model.net.d_state=4", "model.net.dt_rank=4", "model.net.hidden=32", "data.num_workers=0",
               "data.batch_size=16", "trainer.max_epochs=1"],
-    "eval": ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4",
-             "data.num_workers=0"],
+    "eval": [*DATA, "data.num_workers=0"],
     "predict": ["dataset.generate.size=48", "num_workers=0", "region=[0,16,0,16]"],  # a corner: 256 of 2304 px
-    "prepare": ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4"],
+    "prepare": DATA,
     "report": [],
     "checkpoint": [],
 }
