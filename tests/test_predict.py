@@ -192,6 +192,7 @@ def test_wv2_scene_loads_as_four_band_prediction_scene():
 def test_checkpoints_describe_themselves_and_load_safely(tmp_path):
     import functools
 
+    import hydra
     import torch
 
     from das2f.checkpoint import DATAMODULE_KEY, convert, load_checkpoint
@@ -218,7 +219,8 @@ def test_checkpoints_describe_themselves_and_load_safely(tmp_path):
                     "ms_patch": 16, "ratio": 4, "dataset": "synthetic",
                     "normalization": {"kind": old[DATAMODULE_KEY]["normalization"], "shift": old[DATAMODULE_KEY]["shift"],
                                       "scale": old[DATAMODULE_KEY]["scale"]}}
-    hp["optimizer"] = functools.partial(torch.optim.Adam, lr=0.001)
+    hp["optimizer"] = hydra.utils.instantiate({"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.001})
+    hp["scheduler"] = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=3)  # (older: either kind)
     del old[DATAMODULE_KEY]
     torch.save(old, tmp_path / "old.ckpt")
     with pytest.raises(CheckpointError, match=r"python -m das2f.checkpoint .*old.ckpt NEW.ckpt"):
@@ -226,7 +228,9 @@ def test_checkpoints_describe_themselves_and_load_safely(tmp_path):
     convert(tmp_path / "old.ckpt", tmp_path / "new.ckpt")
     with torch.no_grad():
         assert torch.equal(Predictor(tmp_path / "new.ckpt").net(ms, pan), predictor.net(ms, pan))
-    assert load_checkpoint(tmp_path / "new.ckpt")["hyper_parameters"]["optimizer"]["_target_"] == "torch.optim.adam.Adam"
+    hp = load_checkpoint(tmp_path / "new.ckpt")["hyper_parameters"]
+    assert hp["optimizer"] == {"_target_": "torch.optim.adam.Adam", "_partial_": True, "lr": 0.001}
+    assert hp["scheduler"] == {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 3}
 
 
 def check_data_module_restores(tmp_path, ckpt_path):
@@ -394,7 +398,7 @@ def test_a_finished_map_is_checked_scored_and_drawn_band_by_band(tmp_path, monke
     monkeypatch.setattr(P, "FINISH_ROWS", 64)
     names = ["a", "b", "c", "d", "e"]
     values = np.load(tmp_path / "map.npy", mmap_mode="r")
-    truth = P.TruthReader.of({"label": str(tmp_path / "label.npy")}, 4, values_)
+    truth = P.TruthReader.of({"label": str(tmp_path / "label.npy")}, 4, values_, None)
     tracemalloc.start()  # numpy reports its allocations to tracemalloc
     entry, figure = P.finish_scene(values, tmp_path / "map.npy", (0, h, 0, w), values_, names, truth)
     peak = tracemalloc.get_traced_memory()[1]
@@ -451,9 +455,11 @@ def test_a_map_reads_its_checkpoint_once_and_builds_the_network_once(tmp_path, m
     assert len(loads) == 1 and len(builds) == 1, (loads, builds)
 
 
-def test_an_aligned_scene_is_warped_once_for_all_map_workers(tmp_path, monkeypatch, trained):
+def test_an_aligned_scene_is_warped_once_and_scored_on_its_own_grid(tmp_path, monkeypatch, trained):
     """`align: true` resamples the scene in memory: the map's windows (main process and two DataLoader workers)
-    share one resampled copy; only the truth's labels read it again."""
+    share one resampled copy, warped once. The map covers what MS and PAN cover; a label file that covers less is
+    resampled alone onto the map's grid (not the scene again, which cropped it to the labels' extent: the truth was
+    off the map's grid), unlabelled where it does not reach."""
     import rasterio
     from rasterio.transform import from_origin
 
@@ -461,19 +467,34 @@ def test_an_aligned_scene_is_warped_once_for_all_map_workers(tmp_path, monkeypat
 
     trained = beside(tmp_path, trained)
     raw = trained["data"] / "synthetic" / "raw"
-    ms, pan = np.load(raw / "ms.npy").transpose(2, 0, 1), np.load(raw / "pan.npy")[None]
+    ms, pan, label = np.load(raw / "ms.npy").transpose(2, 0, 1), np.load(raw / "pan.npy")[None], np.load(raw / "label.npy")
     spec = {"name": "shifted", "align": True}
-    for key, arr, pixel, west in (("ms", ms, 4.0, 0.0), ("pan", pan[:, :, 4:], 1.0, 4.0)):  # PAN 1 MS pixel east
+    # PAN 1 MS pixel east; the labels from MS row 4 and column 3 on
+    for key, arr, pixel, west, north in (("ms", ms, 4.0, 0, 0), ("pan", pan[:, :, 4:], 1.0, 4, 0),
+                                         ("label", label[None, 4:, 3:], 4.0, 12, 16)):
         spec[key] = str(tmp_path / f"{key}.tif")
         with rasterio.open(spec[key], "w", driver="GTiff", height=arr.shape[1], width=arr.shape[2], count=len(arr),
-                           dtype=arr.dtype, crs="EPSG:32650", transform=from_origin(500000 + west, 4000000, pixel,
-                                                                                    pixel)) as dst:
+                           dtype=arr.dtype, crs="EPSG:32650",
+                           transform=from_origin(500000 + west, 4000000 - north, pixel, pixel)) as dst:
             dst.write(arr)
     calls = tmp_path / "align-calls"
     real = scenes.align
     monkeypatch.setattr(scenes, "align", lambda *a, **k: calls.open("a").write("x") and real(*a, **k))
     scene = "[{" + ",".join(f"{k}:'{v}'" for k, v in spec.items()) + "}]"
+    out = tmp_path / "maps"
     summary = predict(predict_cfg(tmp_path, trained["best"], *PATCH, f"dataset.scenes={scene}", "num_workers=2",
-                                  "region=[0,16,0,16]", "window=8"))
-    assert summary["scenes"]["shifted"]["shape"] == [16, 16]
-    assert calls.read_text() == "x"  # the windows' copy, in the main process only (no labels: no truth to read)
+                                  "region=[0,16,0,16]", "window=8", f"out={out}"))
+    entry = summary["scenes"]["shifted"]
+    assert entry["shape"] == [16, 16]
+    assert calls.read_text() == "x"  # the windows' copy, in the main process only; the labels alone for the truth
+    # the map's grid starts at MS column 1 (PAN's west edge): the truth is label[r, c + 1] where the file reaches
+    with rasterio.open(out / "shifted_map.tif") as src:
+        mapped = src.read(1)[:16, :16]
+    truth = np.zeros((16, 16), label.dtype)
+    truth[4:, 2:] = label[4:16, 3:17]
+    values = list(map(int, Predictor(trained["best"]).class_values))
+    want = np.zeros((len(values), len(values)), int)
+    for t, m in zip(truth.ravel(), mapped.ravel()):
+        if t in values:
+            want[values.index(t), values.index(m)] += 1
+    assert entry["labelled_pixels"] == want.sum() > 100 and entry["confusion"] == want.tolist()

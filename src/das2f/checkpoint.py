@@ -104,19 +104,23 @@ def data_state(ckpt: dict, path: str | Path = "checkpoint") -> dict:
     return state
 
 
+# the class name hydra 1.3's `_partial_: true` objects were pickled under in older checkpoints
+HYDRA_PARTIAL = "hydra._internal.target_policy._DeferredTarget"
+
+
+class HydraPartial(functools.partial):
+    """Read in place of HYDRA_PARTIAL (a functools.partial subclass holding two strings besides), so that converting
+    needs nothing of hydra's internals: it is read back as the partial it is."""
+
+
 def convert(old: Path, new: Path) -> None:
     """An older das2f checkpoint -> the self-describing, safely loadable form."""
     import torch
     from torch.optim import SGD, Adam, AdamW
     from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, StepLR
 
-    allowed = [functools.partial, Adam, AdamW, SGD, ExponentialLR, CosineAnnealingLR, StepLR]
-    try:  # hydra 1.3's `_partial_` objects: a functools.partial subclass holding two strings besides
-        from hydra._internal.target_policy import _DeferredTarget
-
-        allowed.append(_DeferredTarget)
-    except ImportError:
-        pass
+    allowed = [functools.partial, Adam, AdamW, SGD, ExponentialLR, CosineAnnealingLR, StepLR,
+               (HydraPartial, HYDRA_PARTIAL)]
     # OmegaConf containers (class names were saved as a ListConfig): data nodes and their metadata
     import collections
     import typing

@@ -189,6 +189,43 @@ def check_georeferencing(scene: Scene, ratio: int) -> None:
                              f"grid's {px:g} x {py:g} ({ms.path}): label maps sit on the MS grid; {fix}")
 
 
+def warp(r: Raster, shape: tuple[int, ...], transform, crs, how) -> Raster:
+    """``r`` resampled onto a grid (``shape``, ``transform``, ``crs``) with rasterio's ``how``; its valid mask (and
+    the part the file does not cover) onto it by nearest: None where ``r`` has no mask."""
+    from rasterio.warp import Resampling, reproject
+
+    def onto(data: np.ndarray, out: np.ndarray, how) -> np.ndarray:
+        reproject(data, out, src_transform=r.profile["transform"], src_crs=r.profile["crs"], dst_transform=transform,
+                  dst_crs=crs, resampling=how)
+        return out
+
+    out = onto(r.data, np.zeros(shape, r.data.dtype), how)
+    valid = None
+    if r.valid is not None:
+        valid = onto(r.valid.astype(np.uint8), np.zeros(shape[-2:], np.uint8), Resampling.nearest) > 0
+    return Raster(out, r.path, {"crs": crs, "transform": transform}, valid)
+
+
+def labels_onto(spec: dict, profile: dict, shape: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """An aligned scene's label maps on the grid its images were aligned to for a map (``profile``'s crs and
+    transform, ``shape``: MS rows, cols), by nearest: [(values, covered)], covered False where a label file does
+    not reach (a map covers what MS and PAN cover; its labels may cover less)."""
+    from rasterio.warp import Resampling
+
+    out = []
+    for m in ("label", "train", "val", "test"):
+        if not spec.get(m):
+            continue
+        lab = read_raster(spec[m], key=spec.get(f"{m}_key"), label=True, color_table=spec.get("color_table"))
+        if not lab.georeferenced:
+            raise SceneError(f"{lab.path}: `align: true` needs georeferenced files (a CRS and a transform); this one "
+                             "has none")
+        covered = Raster(lab.data, lab.path, lab.profile, np.ones(lab.data.shape, bool))
+        on_grid = warp(covered, shape, profile["transform"], profile["crs"], Resampling.nearest)
+        out.append((on_grid.data, on_grid.valid))
+    return out
+
+
 def align(ms: Raster, pan: Raster, labels: dict[str, Raster], ratio: int, resampling: str = "bilinear"
           ) -> tuple[Raster, Raster, dict[str, Raster]]:
     """``align: true`` on a scene: MS, PAN and labels onto one grid. The MS is cropped to the extent all files cover
@@ -197,7 +234,7 @@ def align(ms: Raster, pan: Raster, labels: dict[str, Raster], ratio: int, resamp
     import logging
 
     from rasterio.transform import Affine
-    from rasterio.warp import Resampling, reproject, transform_bounds
+    from rasterio.warp import Resampling, transform_bounds
 
     if resampling not in ("bilinear", "cubic"):
         raise SceneError(f"{pan.path}: align_resampling {resampling!r}, expected 'bilinear' or 'cubic'")
@@ -214,24 +251,11 @@ def align(ms: Raster, pan: Raster, labels: dict[str, Raster], ratio: int, resamp
         raise SceneError(f"{pan.path}: covers no whole pixel of the MS {ms.path} (in the MS's CRS {crs}): nothing to "
                          "align")
     grid = t @ Affine.translation(c0, r0)
-
-    def warp(r: Raster, shape: tuple[int, ...], transform, how) -> Raster:
-        def onto(data: np.ndarray, out: np.ndarray, how) -> np.ndarray:
-            reproject(data, out, src_transform=r.profile["transform"], src_crs=r.profile["crs"],
-                      dst_transform=transform, dst_crs=crs, resampling=how)
-            return out
-
-        out = onto(r.data, np.zeros(shape, r.data.dtype), how)
-        valid = None  # nodata stays nodata (nearest), so does any part the file does not cover
-        if r.valid is not None:
-            valid = onto(r.valid.astype(np.uint8), np.zeros(shape[-2:], np.uint8), Resampling.nearest) > 0
-        return Raster(out, r.path, {"crs": crs, "transform": transform}, valid)
-
     h, w = r1 - r0, c1 - c0
     new_ms = Raster(np.ascontiguousarray(ms.data[:, r0:r1, c0:c1]), ms.path, {"crs": crs, "transform": grid},
                     None if ms.valid is None else ms.valid[r0:r1, c0:c1])
-    new_pan = warp(pan, (1, ratio * h, ratio * w), grid @ Affine.scale(1 / ratio), Resampling[resampling])
-    new_labels = {m: warp(lab, (h, w), grid, Resampling.nearest) for m, lab in labels.items()}
+    new_pan = warp(pan, (1, ratio * h, ratio * w), grid @ Affine.scale(1 / ratio), crs, Resampling[resampling])
+    new_labels = {m: warp(lab, (h, w), grid, crs, Resampling.nearest) for m, lab in labels.items()}
     logging.getLogger("das2f.data").info(
         "align: %s cropped to rows %d:%d, cols %d:%d (the extent every file covers); %s resampled onto it at 1/%d of "
         "its pixel (%s)%s", ms.path.name, r0, r1, c0, c1, pan.path.name, ratio, resampling,

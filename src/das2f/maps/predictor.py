@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..data.nodata import map_nodata
 from ..data.readers import read_raster
-from ..data.scenes import load_scene
+from ..data.scenes import labels_onto, load_scene
 from ..data.tiles import scene_specs
 from ..data.transforms import RunningStats, shift_scale
 from ..data.windows import LazyImage, SceneDataModule, SceneWindows, open_scene
@@ -148,32 +148,36 @@ class TruthReader:
     without labels."""
 
     def __init__(self, sources: list, class_values: np.ndarray):
-        self.sources, self.class_values = sources, np.asarray(class_values)
+        self.sources, self.class_values = sources, np.asarray(class_values)  # [(image or array, covered or None)]
 
     @classmethod
-    def of(cls, spec: dict, ratio: int, class_values: np.ndarray) -> TruthReader | None:
+    def of(cls, spec: dict, ratio: int, class_values: np.ndarray, grid: LazyImage) -> TruthReader | None:
+        """``grid``: the scene's MS image the map is made on (an aligned scene's labels are resampled onto it)."""
         sources = []
         if not any(spec.get(k) for k in ("label", "test", "train", "val")):
             return None
-        if spec.get("kind") == "wald_rgb" or spec.get("align"):  # made whole (resampled onto the MS grid: align)
-            sources += list(load_scene(spec, ratio).maps.values())
+        if spec.get("kind") == "wald_rgb":  # made whole
+            sources += [(m, None) for m in load_scene(spec, ratio).maps.values()]
+        elif spec.get("align"):  # the labels alone onto the map's grid (the images were aligned once, for the windows)
+            sources += labels_onto(spec, grid.profile, grid.shape[1:])
         else:
             for k in ("label", "test", "train", "val"):
                 if not spec.get(k):
                     continue
                 if Path(spec[k]).suffix.lower() in (".npy", ".tif", ".tiff"):
-                    sources.append(LazyImage(spec[k]))
+                    sources.append((LazyImage(spec[k]), None))
                 else:
-                    sources.append(read_raster(spec[k], key=spec.get(f"{k}_key"), label=True,
-                                               color_table=spec.get("color_table")).data)
+                    sources.append((read_raster(spec[k], key=spec.get(f"{k}_key"), label=True,
+                                                color_table=spec.get("color_table")).data, None))
         return cls(sources, class_values) if sources else None
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         truth = np.full((r1 - r0, c1 - c0), -1, np.int64)
-        for src in self.sources:
+        for src, covered in self.sources:
             m = src.read(r0, r1, c0, c1)[0] if isinstance(src, LazyImage) else src[r0:r1, c0:c1]
+            where = None if covered is None else covered[r0:r1, c0:c1]
             for i, v in enumerate(self.class_values):
-                truth[m == v] = i
+                truth[(m == v) if where is None else (m == v) & where] = i
         return truth
 
 
@@ -389,7 +393,7 @@ def map_scene(cfg: DictConfig, predictor: Predictor, dataset: dict, out_dir: Pat
             fill_from_stride(conf, region, stride)
             conf.flush()
     scores, figure = finish_scene(values, map_path, region, predictor.class_values, predictor.class_names,
-                                  TruthReader.of(spec, ratio, predictor.class_values), ms, dataset.get("rgb_bands"))
+                                  TruthReader.of(spec, ratio, predictor.class_values, ms), ms, dataset.get("rgb_bands"))
     colors = dict(zip(predictor.class_values, map(tuple, class_colors(len(predictor.class_values)))))
     # outside a region: nodata too
     for rows, cols in ((slice(0, r0), slice(None)), (slice(r1, None), slice(None)), (slice(r0, r1), slice(0, c0)),
