@@ -69,6 +69,29 @@ def test_config_mistakes_hydra_finds_are_one_short_message_and_exit_2():
         assert len(r.stderr.strip().splitlines()) <= 8 and ("aalf" in r.stderr) == (arg == "fusion=max"), r.stderr
 
 
+def test_a_bug_inside_a_target_keeps_its_traceback_a_config_that_does_not_fit_is_one_line(capsys):
+    """Hydra's instantiate wraps whatever a target raises. A target that does not exist or does not take a key is
+    the user's mistake: one line, exit 2. An error raised inside the target's code is a bug: it propagates with its
+    traceback (it was one line, exit 2, too: `+callbacks.x._target_=fractions.Fraction` with a zero denominator)."""
+    import hydra
+    from hydra.errors import InstantiationException
+
+    from das2f.runtime.cli import mistakes_around
+
+    def entry(cfg):
+        return mistakes_around(lambda: hydra.utils.instantiate(cfg))()
+
+    for cfg, expected in (({"_target_": "fractions.Fraction", "numerator": 1, "nosuchkey": 2}, "nosuchkey"),
+                          ({"_target_": "fractions.Fractoin"}, "fractions.Fractoin")):
+        with pytest.raises(SystemExit) as stop:
+            entry(cfg)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and expected in err and len(err.strip().splitlines()) <= 3, err
+    with pytest.raises(InstantiationException) as raised:
+        entry({"_target_": "fractions.Fraction", "numerator": 1, "denominator": 0})
+    assert isinstance(raised.value.__cause__, ZeroDivisionError)
+
+
 @pytest.mark.slow  # the README's `-m fusion=aalf,sum seed=1,2,3` runs end to end by default (test_readme)
 def test_cli_multirun_and_report(tmp_path):
     # as typed, from a directory that is not the project root, with no path override (size limits only)

@@ -128,16 +128,19 @@ def user_mistake(err: BaseException, *kinds: type) -> BaseException | None:
     return None
 
 
-def report_user_error(err: BaseException) -> None:
+def mistake_text(err: BaseException) -> str:
+    """A user mistake as one line."""
     from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(err, OmegaConfBaseException):  # its message spans lines (full_key, object_type, ...)
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         key = next((ln for ln in lines if ln.startswith("full_key:")), "")
-        text = f"config: {lines[0] if lines else type(err).__name__}" + (f" ({key})" if key else "")
-    else:
-        text = " ".join(str(err).split())
-    log.error("%s", text)
+        return f"config: {lines[0] if lines else type(err).__name__}" + (f" ({key})" if key else "")
+    return " ".join(str(err).split())
+
+
+def report_user_error(err: BaseException) -> None:
+    log.error("%s", mistake_text(err))
 
 
 def hydra_entry(config_name: str) -> Callable:
@@ -183,10 +186,33 @@ def hydra_entry(config_name: str) -> Callable:
     return decorate
 
 
+def wrapped_bug(err: BaseException) -> BaseException | None:
+    """The exception Hydra wrapped that was raised inside the code it called (``instantiate`` wraps whatever the
+    target raises): a bug, which keeps its traceback. None where Hydra wrapped nothing of the kind: a target that
+    cannot be imported, or a call the config's keys do not fit (the TypeError of the call itself, raised before
+    the target's code runs)."""
+    import traceback
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    cause, seen = err.__cause__, 0
+    while cause is not None and seen < 10:
+        if isinstance(cause, (UserError, OmegaConfBaseException)):
+            return None
+        if not isinstance(cause, (HydraException, ImportError)):
+            # the call's own TypeError has one frame, the caller's: the target's code never ran
+            binding = isinstance(cause, TypeError) and len(traceback.extract_tb(cause.__traceback__)) == 1
+            return None if binding else cause
+        cause, seen = cause.__cause__, seen + 1
+    return None
+
+
 def mistakes_around(main: Callable) -> Callable:
     """Mistakes found by Hydra's machinery before or around the jobs (a config option that does not exist, a key not
-    in the config, a sweep directory that holds another sweep) are user mistakes too: one message, exit 2. Hydra
-    re-raises them here (HYDRA_FULL_ERROR) instead of printing its own traceback; anything else keeps its traceback."""
+    in the config, a target that does not exist or does not take a key, a sweep directory that holds another sweep)
+    are user mistakes too: one message, exit 2. Hydra re-raises them here (HYDRA_FULL_ERROR) instead of printing its
+    own traceback; anything else keeps its traceback, a bug Hydra wrapped (:func:`wrapped_bug`) too."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -199,14 +225,16 @@ def mistakes_around(main: Callable) -> Callable:
             log.error("%s", err)
             sys.exit(1)
         except (HydraException, UserError, OmegaConfBaseException) as err:
-            mistake = user_mistake(err, OmegaConfBaseException, HydraException)
+            mistake = user_mistake(err)  # ours, even wrapped by Hydra: the most precise message
+            if mistake is None and isinstance(err, HydraException) and wrapped_bug(err) is None:
+                mistake = err  # Hydra's own finding: an option, an override, a target that does not exist
+            mistake = mistake or user_mistake(err, OmegaConfBaseException)
             if mistake is None:
                 raise
-            if isinstance(mistake, HydraException):
-                text = str(mistake).split("Config search path:")[0].strip()  # Hydra's options list kept
-                print(f"das2f: {text}", file=sys.stderr)
-            else:
-                report_user_error(mistake)
+            # (to stderr: outside a job, Hydra's logging goes to stdout)
+            text = str(mistake).split("Config search path:")[0].strip() if isinstance(mistake, HydraException) \
+                else mistake_text(mistake)  # Hydra's list of options kept
+            print(f"das2f: {text}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
 
     return entry
