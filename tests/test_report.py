@@ -84,6 +84,17 @@ def test_seeds_are_averaged_duplicates_flagged_and_the_paired_difference_tested(
     assert "includes 0: no difference shown" in text and "excludes 0" in text
 
 
+def test_a_sweep_with_no_list_of_values_counts_its_jobs(tmp_path):
+    """A glob over a config group has no list of values to count: the jobs found are the jobs asked."""
+    sweep = tmp_path / "sweep"
+    job(sweep, 0, 1, 0.1, 0.5, overrides=["fusion=aalf"])
+    job(sweep, 1, 1, 0.1, 0.6, overrides=["fusion=sum"])
+    multirun(sweep, ["fusion=glob(*)"])
+    assert collect([sweep])[1] == 2
+    multirun(sweep, ["fusion=aalf,sum,max,linear"])
+    assert collect([sweep])[1] == 4
+
+
 def test_a_bad_baseline_is_one_line(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     job(sweep, 0, 1, 0.1, 0.5)

@@ -128,6 +128,7 @@ def sweep_size(d: Path) -> tuple[int | None, bool]:
     if "optuna" in str(sweeper.get("_target_", "")).lower():
         return int(sweeper.get("n_trials") or 0) or None, True
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     parser = OverridesParser.create()
     try:
@@ -138,7 +139,7 @@ def sweep_size(d: Path) -> tuple[int | None, bool]:
         params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
         overrides += [o for o in parser.parse_overrides(params) if o.key_or_group not in given]
         return math.prod(len(list(o.sweep_string_iterator())) for o in overrides if o.is_sweep_override()), False
-    except Exception:  # a sweep this parser cannot expand (glob over a config group): count the jobs instead
+    except HydraException:  # a sweep with no list of values (glob over a config group, interval): count the jobs
         return None, False
 
 
