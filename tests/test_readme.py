@@ -159,6 +159,9 @@ def artifacts(cwd: Path) -> dict:
 
 def as_run(command: str, cwd: Path) -> list[str]:
     """The argv of a README command with its placeholders filled and the size limits appended."""
+    # continuing a sweep (the docs' compare sweep): a directory of its own, which the first such command starts and
+    # the next continues; DIR elsewhere is the newest multirun (a report's)
+    command = re.sub(r"\b(hydra\.sweep\.dir|SWEEP_DIR)=DIR\b", rf"\1={cwd / 'continued-sweep'}", command)
     found = artifacts(cwd)
     for key, value in found.items():
         if re.search(rf"\b{key}\b", command):
