@@ -21,8 +21,10 @@ triton_missing = pytest.mark.skipif(
 
 
 def relative_errors(x64, y_ref, y, inputs):
-    """Max error of y and of the gradients of every input, relative to the reference's largest value."""
-    w = torch.randn_like(y_ref)
+    """Max error of y and of the gradients of every input, relative to the reference's largest value. The weights
+    of y in the loss are drawn from a generator of their own: the same whatever ran before (the global generator
+    left by earlier tests once drew weights whose dA nearly cancelled, a relative error of 0.015)."""
+    w = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(0), dtype=y_ref.dtype)
     g_ref = torch.autograd.grad((y_ref * w).sum(), list(x64.values()))
     g = torch.autograd.grad((y.double() * w).sum(), inputs)
     errors = {"y": ((y.double() - y_ref).abs().max() / y_ref.abs().max()).item()}
