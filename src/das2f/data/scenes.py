@@ -14,6 +14,7 @@ from .readers import Raster, SceneError, read_raster
 SCENE_KEYS = ("name", "kind", "ms", "pan", "image", "label", "train", "val", "test", "ms_key", "pan_key", "label_key",
               "train_key", "val_key", "test_key", "ms_bands", "band_axis", "color_table", "split", "align",
               "align_resampling", "nodata")  # what a scene entry of a dataset config may hold (docs/own-dataset.md)
+LABEL_MAPS = ("label", "train", "val", "test")  # a scene's label map keys
 
 
 @dataclass
@@ -99,9 +100,9 @@ def load_scene(spec: dict, ratio: int) -> Scene:
         ms = read_raster(spec["ms"], key=spec.get("ms_key"), band_axis=spec.get("band_axis"), bands=spec.get("ms_bands"),
                          nodata=nodata)
         pan = read_raster(spec["pan"], key=spec.get("pan_key"), band_axis=spec.get("band_axis"), nodata=nodata)
-        for m in ("label", "train", "val", "test"):
+        for m in LABEL_MAPS:
             if spec.get(m):
-                lab = read_raster(spec[m], key=spec.get(f"{m}_key"), label=True, color_table=spec.get("color_table"))
+                lab = read_label(spec, m)
                 found[str(lab.path)] = value_counts(lab.data)
                 maps[m], labels[m] = lab.data, lab
     else:
@@ -113,6 +114,11 @@ def load_scene(spec: dict, ratio: int) -> Scene:
     fits = pan.data.shape[1:] == (ratio * h, ratio * w)  # (sizes that do not fit are refused by validate_scene)
     valid = on_ms_grid(ms.valid, pan.valid, ratio) if fits else None
     return Scene(spec.get("name", Path(str(ms.path)).stem), ms, pan, maps, found, labels, valid)
+
+
+def read_label(spec: dict, m: str) -> Raster:
+    """A scene's label map ``m`` (one of LABEL_MAPS) as its spec describes it."""
+    return read_raster(spec[m], key=spec.get(f"{m}_key"), label=True, color_table=spec.get("color_table"))
 
 
 def value_counts(label: np.ndarray) -> dict[int, int]:
@@ -189,6 +195,11 @@ def check_georeferencing(scene: Scene, ratio: int) -> None:
                              f"grid's {px:g} x {py:g} ({ms.path}): label maps sit on the MS grid; {fix}")
 
 
+def must_be_georeferenced(r: Raster) -> None:
+    if not r.georeferenced:
+        raise SceneError(f"{r.path}: `align: true` needs georeferenced files (a CRS and a transform); this one has none")
+
+
 def warp(r: Raster, shape: tuple[int, ...], transform, crs, how) -> Raster:
     """``r`` resampled onto a grid (``shape``, ``transform``, ``crs``) with rasterio's ``how``; its valid mask (and
     the part the file does not cover) onto it by nearest: None where ``r`` has no mask."""
@@ -213,13 +224,9 @@ def labels_onto(spec: dict, profile: dict, shape: tuple[int, int]) -> list[tuple
     from rasterio.warp import Resampling
 
     out = []
-    for m in ("label", "train", "val", "test"):
-        if not spec.get(m):
-            continue
-        lab = read_raster(spec[m], key=spec.get(f"{m}_key"), label=True, color_table=spec.get("color_table"))
-        if not lab.georeferenced:
-            raise SceneError(f"{lab.path}: `align: true` needs georeferenced files (a CRS and a transform); this one "
-                             "has none")
+    for m in (m for m in LABEL_MAPS if spec.get(m)):
+        lab = read_label(spec, m)
+        must_be_georeferenced(lab)
         covered = Raster(lab.data, lab.path, lab.profile, np.ones(lab.data.shape, bool))
         on_grid = warp(covered, shape, profile["transform"], profile["crs"], Resampling.nearest)
         out.append((on_grid.data, on_grid.valid))
@@ -239,8 +246,7 @@ def align(ms: Raster, pan: Raster, labels: dict[str, Raster], ratio: int, resamp
     if resampling not in ("bilinear", "cubic"):
         raise SceneError(f"{pan.path}: align_resampling {resampling!r}, expected 'bilinear' or 'cubic'")
     for r in (ms, pan, *labels.values()):
-        if not r.georeferenced:
-            raise SceneError(f"{r.path}: `align: true` needs georeferenced files (a CRS and a transform); this one has none")
+        must_be_georeferenced(r)
     crs, t = ms.profile["crs"], ms.profile["transform"]
     boxes = [extent(ms)] + [transform_bounds(r.profile["crs"], crs, *extent(r)) for r in (pan, *labels.values())]
     west, south = max(b[0] for b in boxes), max(b[1] for b in boxes)

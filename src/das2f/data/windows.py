@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from .nodata import BandSums, declared, declares_mask, fill, may_hold_nodata, on_ms_grid, valid_pixels
 from .patches import PatchCutter
 from .readers import Raster, _channels_first, mat_key, read_raster
-from .scenes import Scene, check_georeferencing, load_scene, wald_from_rgb
+from .scenes import LABEL_MAPS, Scene, check_georeferencing, load_scene, wald_from_rgb
 from .transforms import normalize_pair
 
 
@@ -147,7 +147,7 @@ def open_scene(spec: dict, ratio: int) -> tuple[LazyImage, LazyImage]:
         ms, pan = wald_from_rgb(Path(spec["image"]), ratio)  # a small RGB tile, made whole
         return LazyImage(ms.path, array=ms.data), LazyImage(pan.path, array=pan.data)
     if spec.get("align"):  # resampled onto one grid in memory, as training saw it (scenes.align)
-        scene = load_scene({k: v for k, v in spec.items() if k not in ("label", "train", "val", "test")}, ratio)
+        scene = load_scene({k: v for k, v in spec.items() if k not in LABEL_MAPS}, ratio)
         images = tuple(LazyImage(r.path, array=r.data, valid=r.valid) for r in (scene.ms, scene.pan))
         images[0].profile = scene.ms.profile
         return images

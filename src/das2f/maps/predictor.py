@@ -22,8 +22,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..data.nodata import map_nodata
-from ..data.readers import read_raster
-from ..data.scenes import labels_onto, load_scene
+from ..data.scenes import LABEL_MAPS, labels_onto, load_scene, read_label
 from ..data.tiles import scene_specs
 from ..data.transforms import RunningStats, shift_scale
 from ..data.windows import LazyImage, SceneDataModule, SceneWindows, open_scene
@@ -154,7 +153,7 @@ class TruthReader:
     def of(cls, spec: dict, ratio: int, class_values: np.ndarray, grid: LazyImage) -> TruthReader | None:
         """``grid``: the scene's MS image the map is made on (an aligned scene's labels are resampled onto it)."""
         sources = []
-        if not any(spec.get(k) for k in ("label", "test", "train", "val")):
+        if not any(spec.get(k) for k in LABEL_MAPS):
             return None
         if spec.get("kind") == "wald_rgb":  # made whole
             sources += [(m, None) for m in load_scene(spec, ratio).maps.values()]
@@ -167,8 +166,7 @@ class TruthReader:
                 if Path(spec[k]).suffix.lower() in (".npy", ".tif", ".tiff"):
                     sources.append((LazyImage(spec[k]), None))
                 else:
-                    sources.append((read_raster(spec[k], key=spec.get(f"{k}_key"), label=True,
-                                                color_table=spec.get("color_table")).data, None))
+                    sources.append((read_label(spec, k).data, None))
         return cls(sources, class_values) if sources else None
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
