@@ -9,15 +9,18 @@ left no metrics are listed under the table with their overrides and the first li
 the report says "N of M jobs finished", M taken from the sweep itself (its multirun.yaml: the sweep's
 values, or an Optuna sweep's trial count). An Optuna sweep's trials are sorted by the objective.
 
-Against a baseline row (the first, or ``--baseline KEY=VALUE``) each row gets its paired difference in
-test OA over the seeds both share: mean and 95 % confidence interval (Student's t), and whether the
+Against a baseline row (the first, or ``--baseline KEY=VALUE``: the row with that value and the same value in
+every other column, so a sweep over nets x datasets compares within each dataset) each row gets its paired
+difference in test OA over the seeds both share: mean and 95 % confidence interval (Student's t), and whether the
 interval includes zero (no difference shown).
 
 Each row also shows its test overlap (the share of test patches reading a pixel a training patch reads, from
 the runs' metrics.json); runs under different split protocols get a ``protocol`` column; the provenance counts
 the deterministic runs, and a row whose runs differ in it is flagged (~).
 
-Writes report.md and report.csv into the first directory (or --out).
+Writes report.md, report.csv and report.png (a forest plot: each row's seeds and mean, its paired difference
+with the 95 % interval) into the first directory (or --out). An experiment names its baseline with its
+``baseline`` key (experiment=zoo: ``net=das2f``); ``--baseline`` overrides it.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ IGNORED = (
     "model.compile", "trainer.enable_progress_bar", "trainer.default_root_dir", "trainer.accelerator",
     "trainer.log_every_n_steps", "task_name", "tags", "resume", "ckpt_path", "dataset.raw_dir",
     "dataset.prepared_dir", "dataset.source_dir", "dataset.scenes", "dataset.tiles.root", "dataset.layout",
-    "dataset.lock_timeout_s", "dataset.shuffle_memory_mb",
+    "dataset.lock_timeout_s", "dataset.shuffle_memory_mb", "baseline",
 )
 MAIN = "test/oa"  # the metric of the paired differences
 
@@ -87,7 +90,10 @@ def load_run(job: Path) -> dict:
         # the split protocol first: runs that differ in it get a readable column ("blocks 28", "pixels"), and the
         # dataset.split* keys that part them alike are the same column (see varying_keys)
         protocol = {"protocol": split_protocol(run["split"])} if run.get("split") else {}
-        run["config"] = {**protocol, **flatten(config)}
+        flat = flatten(config)
+        if flat.get("model.net._target_") == "das2f.models.DAS2F":  # a run written before the net group: DAS²F
+            flat.setdefault("model.net.name", "das2f")
+        run["config"] = {**protocol, **flat}
         run["seed"] = run.get("seed", config.get("seed"))
     error = recorded_failure(job)
     if error is not None:
@@ -215,38 +221,54 @@ def table(runs: list[dict], optuna: bool = False) -> tuple[list[str], list[dict]
     return keys, rows
 
 
-def paired(rows: list[dict], keys: list[str], baseline: str | None, metric: str = MAIN) -> tuple[dict | None, list]:
-    """Each row's difference to the baseline row over the seeds both have: (baseline, [(row, n, mean, lo, hi)])."""
+def paired(rows: list[dict], keys: list[str], baseline: str | None, metric: str = MAIN) -> tuple[str | None, list]:
+    """Each row's difference to its baseline row over the seeds both have: (what the baseline is,
+    [(row, its baseline row, n, mean, lo, hi)]).
+
+    ``baseline`` KEY=VALUE pairs each row with the row that has KEY=VALUE and the same value in every other column
+    (a sweep over nets x datasets: each net against DAS²F within its dataset); a column one of the two rows does not
+    have (a key internal to one net) does not part them. None: every row against the first."""
     if len(rows) < 2 or not any(metric in r["runs"][0]["metrics"] for r in rows):
         return None, []
-    base = rows[0]
     if baseline:
         name, _, value = baseline.partition("=")
         key = next((k for k in keys if name in (k, short(k))), None)  # the column's name or the full dotted key
         if key is None:
             raise ConfigError(f"--baseline {baseline}: {name!r} is not a key in which these runs differ "
                               f"({', '.join(short(k) for k in keys) or 'none: they differ only in the seed'})")
-        matches = [r for r in rows if r["values"][keys.index(key)] == value]
-        if not matches:
-            found = sorted({r["values"][keys.index(key)] for r in rows})
+        at = keys.index(key)
+        bases = [r for r in rows if r["values"][at] == value]
+        if not bases:
+            found = sorted({r["values"][at] for r in rows})
             raise ConfigError(f"--baseline {baseline}: no row has {name}={value} (found {found})")
-        base = matches[0]
+        same = lambda a, b: all(x == y or "" in (x, y) for i, (x, y) in enumerate(zip(a["values"], b["values"]))  # noqa: E731
+                                if i != at)
+        pairs = [(r, next((b for b in bases if same(r, b)), None)) for r in rows if r not in bases]
+        what = f"{short(key)}={value}" + (" with the same other columns" if len(keys) > 1 else "")
+    else:
+        pairs, what = [(r, rows[0]) for r in rows[1:]], row_label(keys, rows[0])
     from scipy import stats
 
     per_seed = lambda r: {r2.get("seed"): r2["metrics"].get(metric) for r2 in reversed(r["runs"])}  # noqa: E731
-    b = per_seed(base)
     out = []
-    for r in rows:
-        if r is base:
+    for r, base in pairs:
+        if base is None:
+            out.append((r, None, 0, None, None, None))
             continue
-        mine = per_seed(r)
+        mine, b = per_seed(r), per_seed(base)
         diffs = np.array([mine[s] - b[s] for s in mine if s in b and mine[s] is not None and b[s] is not None], float)
         if len(diffs) < 2:
-            out.append((r, len(diffs), diffs.mean() if len(diffs) else None, None, None))
+            out.append((r, base, len(diffs), diffs.mean() if len(diffs) else None, None, None))
             continue
         half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
-        out.append((r, len(diffs), diffs.mean(), diffs.mean() - half, diffs.mean() + half))
-    return base, out
+        out.append((r, base, len(diffs), diffs.mean(), diffs.mean() - half, diffs.mean() + half))
+    return what, out
+
+
+def configured_baseline(runs: list[dict]) -> str | None:
+    """The baseline the sweep's experiment names (its ``baseline`` key, e.g. net=das2f), or None."""
+    named = {r["config"].get("baseline") for r in runs if r["config"].get("baseline") not in (None, "None")}
+    return named.pop() if len(named) == 1 else None
 
 
 def provenance(dirs: list[Path], runs: list[dict], asked: int) -> list[str]:
@@ -290,7 +312,7 @@ def overlap_cell(overlap: tuple[float, float] | None) -> str:
 
 
 def short(key: str) -> str:
-    return key.removeprefix("model.net.").removeprefix("model.")
+    return "net" if key == "model.net.name" else key.removeprefix("model.net.").removeprefix("model.")
 
 
 def cell(m: str, v) -> str:
@@ -309,7 +331,44 @@ def write(keys, rows, runs, out: Path, notes: list[str], baseline: tuple) -> tup
     md_path, csv_path = out / "report.md", out / "report.csv"
     md_path.write_text(text)
     write_csv(keys, rows, csv_path)
+    if rows and any(MAIN in x["metrics"] for r in rows for x in r["runs"]):
+        write_figure(keys, rows, baseline, out / "report.png")
     return md_path, csv_path
+
+
+def write_figure(keys, rows, baseline: tuple, path: Path) -> None:
+    """A forest plot: per configuration, the test OA of each seed and their mean (left); its paired difference
+    against its baseline row with the 95 % interval (right; the baseline rows: none)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    what, diffs = baseline
+    against = {id(r): (mean, lo, hi) for r, _, _, mean, lo, hi in diffs}
+    labels = [row_label(keys, r) or "all runs" for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(10, 1.2 + 0.42 * len(rows)),
+                                      gridspec_kw={"width_ratios": [1, 1]})
+    for y, r in enumerate(rows):
+        oa = [100 * x["metrics"][MAIN] for x in r["runs"] if x["metrics"].get(MAIN) is not None]
+        left.scatter(oa, [y] * len(oa), s=18, color="tab:blue", alpha=0.6, zorder=2)
+        if oa:
+            left.scatter([np.mean(oa)], [y], marker="D", s=40, color="black", zorder=3)
+        mean, lo, hi = against.get(id(r), (None, None, None))
+        if mean is not None:
+            err = [[100 * (mean - lo)], [100 * (hi - mean)]] if lo is not None else None
+            color = "tab:green" if lo is not None and lo > 0 else "tab:red" if hi is not None and hi < 0 else "tab:gray"
+            right.errorbar([100 * mean], [y], xerr=err, fmt="o", color=color, capsize=3)
+    left.set_yticks(range(len(rows)), labels)
+    left.invert_yaxis()
+    left.set_xlabel("test OA (%): each seed (dots) and the mean (diamond)")
+    right.axvline(0, color="black", lw=0.8)
+    right.set_xlabel(f"ΔOA (points) against {what or 'the baseline'}, 95 % CI" if what else "no baseline")
+    for ax in (left, right):
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def table_md(keys, rows) -> str:
@@ -362,20 +421,24 @@ def flags_md(keys, rows) -> str:
 
 
 def paired_md(keys, baseline: tuple) -> str:
-    base, diffs = baseline
-    if base is None:
+    what, diffs = baseline
+    if what is None:
         return ""
-    text = (f"\nPaired difference in test OA against the baseline ({row_label(keys, base)}), over the seeds both rows "
-            "have (mean, 95 % confidence interval, Student's t):\n\n| row | shared seeds | ΔOA (points) | 95 % CI | |\n"
-            "|---|---|---|---|---|\n")
-    for r, n, mean, lo, hi in diffs:
-        if mean is None:
-            text += f"| {row_label(keys, r)} | 0 | | | no seed in common |\n"
+    text = (f"\nPaired difference in test OA against the baseline ({what}), over the seeds both rows have (mean, "
+            "95 % confidence interval, Student's t):\n\n| row | baseline | shared seeds | ΔOA (points) | 95 % CI | |\n"
+            "|---|---|---|---|---|---|\n")
+    for r, base, n, mean, lo, hi in diffs:
+        against = row_label(keys, base) if base is not None else ""
+        if base is None:
+            text += f"| {row_label(keys, r)} | | 0 | | | no baseline row with the same other columns |\n"
+        elif mean is None:
+            text += f"| {row_label(keys, r)} | {against} | 0 | | | no seed in common |\n"
         elif lo is None:
-            text += f"| {row_label(keys, r)} | {n} | {100 * mean:+.2f} | | one shared seed: no interval |\n"
+            text += f"| {row_label(keys, r)} | {against} | {n} | {100 * mean:+.2f} | | one shared seed: no interval |\n"
         else:
             verdict = "includes 0: no difference shown" if lo <= 0 <= hi else "excludes 0"
-            text += f"| {row_label(keys, r)} | {n} | {100 * mean:+.2f} | [{100 * lo:+.2f}, {100 * hi:+.2f}] | {verdict} |\n"
+            text += (f"| {row_label(keys, r)} | {against} | {n} | {100 * mean:+.2f} | [{100 * lo:+.2f}, {100 * hi:+.2f}] "
+                     f"| {verdict} |\n")
     return text
 
 
@@ -425,7 +488,7 @@ def main(argv=None) -> None:
         runs, asked, optuna = collect(dirs)
         finished = any(r["metrics"] is not None for r in runs)  # none: the report lists the failed jobs only
         keys, rows = table(runs, optuna=optuna) if finished else ([], [])
-        baseline = paired(rows, keys, args.baseline) if finished else (None, [])
+        baseline = paired(rows, keys, args.baseline or configured_baseline(runs)) if finished else (None, [])
     except UserError as err:
         print(f"das2f.report: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
@@ -433,7 +496,8 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     md, csv_path = write(keys, rows, runs, out, provenance(dirs, runs, asked), baseline)
     print(md.read_text())
-    print(f"written: {md} and {csv_path}")
+    figure = md.with_name("report.png")
+    print(f"written: {md} and {csv_path}" + (f" and {figure}" if figure.is_file() else ""))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,12 @@ Defaults reproduce the authors' released model: 17,416,531 parameters at ``stage
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..ops.scan import check_backend
 from ..runtime.errors import ConfigError
+from .base import PatchClassifier
 from .blocks import CrossBlock, MixerBlock, backbone_kind
 from .fusion import check_fusion, make_fusion, tokens_to_subpixels
 
@@ -45,7 +45,7 @@ class Stage(nn.Module):
         return self.ms(ms), self.pan(pan), ms_common, pan_common
 
 
-class DAS2F(nn.Module):
+class DAS2F(PatchClassifier):
     """The DAS²F network: an MS patch and its PAN patch -> class logits.
 
     ``forward(ms, pan)`` takes ms (B, ms_channels, ms_patch, ms_patch) and pan (B, 1, ms_patch * ratio,
@@ -100,7 +100,7 @@ class DAS2F(nn.Module):
         dominant: bool = True,
         scan_backend: str = "auto",
     ):
-        super().__init__()
+        super().__init__(ms_channels, ms_patch, ratio, num_classes)
         backbone_kind(backbone), check_fusion(fusion), check_backend(scan_backend)  # every choice, before any work
         if stages < 1:
             raise ConfigError(f"model.net.stages must be >= 1, got {stages}")
@@ -108,8 +108,6 @@ class DAS2F(nn.Module):
             raise ConfigError(f"model.net.d_model must be divisible by 4 (2x2 sub-pixels), got {d_model}")
         if (ms_patch * ratio) % embed_patch:
             raise ConfigError(f"the PAN patch ({ms_patch * ratio}) must be a multiple of embed_patch ({embed_patch})")
-        self.ms_channels, self.num_classes = ms_channels, num_classes
-        self.ms_patch, self.pan_patch, self.ratio = ms_patch, ms_patch * ratio, ratio
         self.dominant = dominant
         self.pan_expand = nn.Conv2d(1, pan_channels, 1)
         self.embed_ms = PatchEmbed(ms_channels, d_model, embed_patch)
@@ -122,38 +120,6 @@ class DAS2F(nn.Module):
         grid = ms_patch * ratio // embed_patch  # token grid side (16)
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * grid * grid * channels, hidden),
                                         nn.Linear(hidden, num_classes))
-
-    def forward_flops(self) -> int:
-        """Floating-point operations of one sample's forward pass, counted by torch's FlopCounterMode: matmuls
-        and convolutions, and the scan only where it runs torch matmuls (the torch backend's, about 6 % more;
-        the cpu backend's kernels are not torch operations). Counted in eval mode (BatchNorm's running statistics
-        untouched) with the parameters frozen (the counter's module tracker cannot hook outputs that are
-        parameters, the SSM's); both restored after."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        p, q = self.ms_patch, self.pan_patch
-        device = next(self.parameters()).device
-        ms, pan = torch.zeros(1, self.ms_channels, p, p, device=device), torch.zeros(1, 1, q, q, device=device)
-        wanted, training = [t.requires_grad for t in self.parameters()], self.training
-        self.requires_grad_(False)
-        self.eval()
-        try:
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                self(ms, pan)
-        finally:
-            self.train(training)
-            for t, w in zip(self.parameters(), wanted):
-                t.requires_grad_(w)
-        return int(counter.get_total_flops())
-
-    def check_inputs(self, ms: torch.Tensor, pan: torch.Tensor) -> None:
-        p, q = self.ms_patch, self.pan_patch
-        if ms.dim() != 4 or ms.shape[1:] != (self.ms_channels, p, p):
-            raise ValueError(f"DAS2F: ms must be (B, {self.ms_channels}, {p}, {p}), got {tuple(ms.shape)}")
-        if pan.dim() != 4 or pan.shape[1:] != (1, q, q) or pan.shape[0] != ms.shape[0]:
-            raise ValueError(
-                f"DAS2F: pan must be (B={ms.shape[0]}, 1, {q}, {q}) ({self.ratio}x the MS patch), got {tuple(pan.shape)}"
-            )
 
     def features(self, ms, pan):
         """Fused sub-pixel features (B, 4*H*W, D/4) before the classifier."""

@@ -8,6 +8,7 @@ keys beyond these, and keys a user adds with ``++``, pass through to the classes
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -107,3 +108,65 @@ SCENE_CHECKS = {  # the keys of one scene entry (or of a tiles block, for every 
     "nodata": ("null or a number: the pixel value meaning no data (in every band)",
                lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
 }
+
+
+# Options that belong to one net (the config group or key -> the net whose option it is): named on the command line
+# or in an experiment together with another net, they are refused before anything is composed.
+NET_OPTIONS: dict[str, str] = {
+    "backbone": "das2f", "fusion": "das2f", "cmda": "das2f", "variant": "das2f", "model.net.stages": "das2f",
+}
+DEFAULT_NET = "das2f"
+
+
+def experiment_overrides(name: str) -> list[str]:
+    """What an experiment of conf/experiment/ names, as overrides: its defaults list's ``override /group: value``,
+    its sweep's params and the NET_OPTIONS keys it sets (an experiment of a --config-dir is not read: [])."""
+    from .config import CONF_DIR
+
+    path = Path(CONF_DIR) / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        return []
+    node = OmegaConf.load(path)
+    found = []
+    for entry in node.get("defaults") or []:
+        for key, value in (entry.items() if isinstance(entry, DictConfig) else []):
+            found.append(f"{str(key).removeprefix('override').strip().lstrip('/')}={value}")
+    params = OmegaConf.select(node, "hydra.sweeper.params", default=None) or {}
+    found += [f"{k}={v}" for k, v in params.items()]
+    found += [f"{k}={OmegaConf.select(node, k)}" for k in NET_OPTIONS if "." in k and OmegaConf.select(node, k) is not None]
+    return found
+
+
+def check_net_options(overrides: list[str]) -> None:
+    """Refuse a net's own options named together with another net (NET_OPTIONS), from the command line's overrides
+    and the experiments they name; sweeps included (a sweep over nets and DAS²F's options is two sweeps)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides([o for o in overrides if not o.startswith("-")])
+        given = [parser.parse_overrides(experiment_overrides(e)) for o in parsed if o.key_or_group == "experiment"
+                 for e in values_of(o)]
+    except HydraException:
+        return  # a malformed override: Hydra's own message says which
+    named: dict[str, list[str]] = {}
+    for o in [*parsed, *(x for g in given for x in g)]:
+        if o.is_delete():
+            continue
+        named.setdefault(o.key_or_group, []).extend(values_of(o))
+    nets = named.get("net") or [DEFAULT_NET]
+    for key, owner in NET_OPTIONS.items():
+        others = [n for n in nets if n != owner]
+        if key in named and others and named[key] != ["null"]:
+            raise ConfigError(f"{key}={','.join(named[key])} is an option of net={owner}, named together with "
+                              f"net={','.join(others)}; give it without {key} (a sweep over nets and {owner}'s "
+                              f"options: one sweep each)")
+
+
+def values_of(override) -> list[str]:
+    """An override's value(s) as text: a sweep's each, a single value alone."""
+    if override.is_sweep_override():
+        return [str(v) for v in override.sweep_string_iterator()]
+    value = override.value()
+    return ["null" if value is None else str(value)]

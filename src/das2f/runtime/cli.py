@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import signals
-from .checks import check_config
+from .checks import check_config, check_net_options
 from .config import CONF_DIR, update_moved_targets  # (registers the resolvers too)
 from .errors import EXIT_USER_ERROR, Interrupted, SweepJobsFailed, UserError
 
@@ -220,6 +220,7 @@ def mistakes_around(main: Callable) -> Callable:
     def entry(*args, **kwargs):
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")
         try:
+            check_net_options(sys.argv[1:])  # before Hydra composes: a net's options with another net
             return main(*args, **kwargs)
         except SweepJobsFailed as err:
             log.error("%s", err)

@@ -8,6 +8,7 @@ from torch import nn
 from torchmetrics import ConfusionMatrix, MaxMetric, MeanMetric
 
 from ..metrics import metric_collection
+from ..models.base import build_net
 from ..runtime.config import plain
 from ..runtime.errors import ConfigError
 
@@ -28,7 +29,7 @@ class Das2fClassifier(L.LightningModule):
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
         class_names, class_weights = plain(class_names), plain(class_weights)
         self.save_hyperparameters(logger=False)
-        self.net = hydra.utils.instantiate(net)
+        self.net = build_net(net)
         if compile:
             # torch.compile of the network in place (its state_dict keys unchanged); the cpu scan backend is
             # traced as two operators, the others stay eager between compiled graphs (ops/scan.py).
@@ -51,8 +52,15 @@ class Das2fClassifier(L.LightningModule):
         return self.net(ms, pan)
 
     def _step(self, batch, stage: str):
-        logits = self(batch["ms"], batch["pan"])
-        loss = self.criterion(logits, batch["label"])
+        phased = stage == "train" and hasattr(self.net, "training_loss")
+        if phased:  # a net trained in phases (a reconstruction first, say): its phase from the share of steps done
+            progress = self.global_step / max(1, self.trainer.estimated_stepping_batches)
+            loss, logits, extra = self.net.training_loss(batch["ms"], batch["pan"], batch["label"], self.criterion,
+                                                         progress)
+            self.log_dict({f"train/{k}": v for k, v in extra.items()}, batch_size=len(logits))
+        else:
+            logits = self(batch["ms"], batch["pan"])
+            loss = self.criterion(logits, batch["label"])
         preds = logits.argmax(1)
         self.metrics[f"{stage}_"].update(preds, batch["label"])
         if f"{stage}_" in self.confusion:

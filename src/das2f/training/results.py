@@ -21,9 +21,9 @@ def write_results(cfg, metrics: dict, model, started: float | None = None, split
     out.mkdir(parents=True, exist_ok=True)
     net = cfg.model.net  # the network that ran (for eval: the checkpoint's, see das2f.training.start.net_from_checkpoint)
     summary = {
-        "dataset": cfg.dataset.name, "seed": int(cfg.seed), "stages": int(net.stages),
-        "backbone": net.backbone, "fusion": net.fusion, "cmda": "swap" if net.swap else "none",
-        "dominant": bool(net.dominant), "class_names": list(model.class_names), "metrics": json_values(metrics),
+        "dataset": cfg.dataset.name, "seed": int(cfg.seed), "net": net_name(net), **das2f_options(net),
+        "parameters": sum(p.numel() for p in model.net.parameters()), "forward_flops": model.net.forward_flops(),
+        "class_names": list(model.class_names), "metrics": json_values(metrics),
         "wall_seconds": round(time.perf_counter() - started, 1) if started else None, "machine": machine(),
         "split": split,
         "reproducibility": {"deterministic": bool(cfg.get("deterministic", False)),
@@ -35,6 +35,19 @@ def write_results(cfg, metrics: dict, model, started: float | None = None, split
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     return out
+
+
+def net_name(net) -> str:
+    """The net's name (its config's ``name``; a config written before the net group: das2f)."""
+    return str(net.get("name") or "das2f")
+
+
+def das2f_options(net) -> dict:
+    """DAS²F's ablation options as the runs record them (nothing for another net)."""
+    if net_name(net) != "das2f":
+        return {}
+    return {"stages": int(net.stages), "backbone": net.backbone, "fusion": net.fusion,
+            "cmda": "swap" if net.swap else "none", "dominant": bool(net.dominant)}
 
 
 def machine() -> dict:
