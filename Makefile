@@ -56,10 +56,10 @@ predict: $(STAMP) ## full-scene classification maps of a dataset's scenes: ARGS=
 prepare: $(STAMP) ## cut a dataset's scenes into HDF5 patch pairs (ARGS=inspect=true: list each scene's sizes and label values)
 	$(PY) -m das2f.prepare dataset=$(DATASET) $(ARGS)
 
-sweep: $(STAMP) ## a ready sweep from conf/experiment/ (EXP=ablation|seeds|compare), ends with its report; JOBS=N: N jobs at once; SWEEP_DIR=a stopped sweep's dir: continue it
+sweep: $(STAMP) ## a ready sweep from conf/experiment/ (EXP=ablation|seeds|compare|zoo, or several: EXP="[gid5,zoo]"), ends with its report; JOBS=N: N jobs at once; SWEEP_DIR=a stopped sweep's dir: continue it
 	@# the report also after a failed job (it lists the job and its error); the sweep's exit status is kept
 	@before=$$(ls -td logs/train/multiruns/* 2>/dev/null | head -1); \
-	$(PY) -m das2f.train -m experiment=$(EXP) dataset=$(DATASET) $(if $(JOBS),hydra/launcher=local hydra.launcher.jobs=$(JOBS)) $(if $(SWEEP_DIR),hydra.sweep.dir=$(SWEEP_DIR)) $(ARGS); status=$$?; \
+	$(PY) -m das2f.train -m 'experiment=$(EXP)' dataset=$(DATASET) $(if $(JOBS),hydra/launcher=local hydra.launcher.jobs=$(JOBS)) $(if $(SWEEP_DIR),hydra.sweep.dir=$(SWEEP_DIR)) $(ARGS); status=$$?; \
 	after=$(if $(SWEEP_DIR),$(SWEEP_DIR),$$(ls -td logs/train/multiruns/* 2>/dev/null | head -1)); \
 	if [ -n "$$after" ] && { [ "$$after" != "$$before" ] || [ -n "$(SWEEP_DIR)" ]; } && ls "$$after"/*/.hydra >/dev/null 2>&1; then \
 		$(PY) -m das2f.report "$$after"; \

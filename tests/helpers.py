@@ -76,3 +76,15 @@ class Barrier(L.Callback):
             if time.monotonic() - t0 > self.seconds:
                 raise RuntimeError(f"Barrier: {len(list(folder.iterdir()))} of {self.n} runs started together")
             time.sleep(0.05)
+
+
+class StopAfterEpoch(L.Callback):
+    """Test-only: stops training at the end of epoch ``epoch`` (after its validation and checkpoint), as a stop
+    between epochs would."""
+
+    def __init__(self, epoch: int = 0):
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True

@@ -57,6 +57,10 @@ NOT_RUN = {  # README commands the test suite does not run, and why
                                                "too small for 32-pixel blocks (the full scene's block split: test_split)",
     "das2f train --config-dir /path/to/my-conf dataset=NAME": "a folder of the reader's own: "
         "test_layout.test_a_wheel_carries_its_configs_and_takes_a_users_config_dir trains with one",
+    "make train DATASET=gid5 ARGS=\"net=mft\"": "one net on the real tiles; every net trains through the entry point "
+                                                 "in test_zoo.test_a_short_training_through_the_entry_point",
+    "make sweep EXP=zoo DATASET=my_dataset": "a dataset of the reader's own; the zoo sweep composes in test_zoo",
+    "make sweep EXP=\"[gid5,zoo]\" DATASET=gid5": "24 trainings on the real tiles",
     "make experiment-protocols": "nine trainings on the real tiles, about 40 minutes (docs/splits.md states the results)",
     "das2f train -m dataset.split_blocks=64 dataset.split_folds=5 dataset.split_fold=0,1,2,3,4":
         "five trainings on a scene large enough for five folds of 64-pixel blocks; the folds: test_split",

@@ -16,12 +16,13 @@ CLASSES = ["a", "b"]
 
 def job(sweep: Path, n: int, seed: int, lr: float, oa: float | None, *, threads: int = 2, error: str | None = None,
         overrides: list[str] | None = None, split: dict | None = None, repro: dict | None = None,
-        dataset: dict | None = None) -> None:
+        dataset: dict | None = None, net: dict | None = None, baseline: str | None = None) -> None:
     d = sweep / str(n)
     (d / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(overrides or [f"model.optimizer.lr={lr}", f"seed={seed}"]), d / ".hydra" / "overrides.yaml")
     cfg = {"seed": seed, "threads": threads, "paths": {"output_dir": str(d)}, "data": {"seed": seed, "num_workers": 2},
-           "dataset": dataset or {"name": "synthetic"}, "model": {"optimizer": {"lr": lr}, "net": {"stages": 1}}}
+           "dataset": dataset or {"name": "synthetic"}, "model": {"optimizer": {"lr": lr}, "net": net or {"stages": 1}},
+           "baseline": baseline}
     OmegaConf.save(OmegaConf.create(cfg), d / "config.yaml")
     if oa is not None:
         metrics = {"test/oa": oa, "test/aa": oa, "test/kappa": oa - 0.1, "test/f1": oa, "test/acc_a": oa, "test/acc_b": None}
@@ -73,9 +74,10 @@ def test_seeds_are_averaged_duplicates_flagged_and_the_paired_difference_tested(
     assert keys == ["model.optimizer.lr"] and [r["values"] for r in rows] == [("0.001",), ("0.002",), ("0.003",)]
     assert rows[0]["seeds"] == [1, 2, 3, 4] and rows[0]["duplicates"] == {4: 2}
     assert rows[0]["stats"]["test/oa"][0] == pytest.approx((0.80 + 0.82 + 0.79 + 0.81) / 4)  # not the 0.50 duplicate
-    base, diffs = paired(rows, keys, "model.optimizer.lr=0.001")
-    assert paired(rows, keys, "optimizer.lr=0.001")[0] is base  # the column's name works too
-    (r2, n2, m2, lo2, hi2), (r3, n3, m3, lo3, hi3) = diffs
+    what, diffs = paired(rows, keys, "model.optimizer.lr=0.001")
+    assert paired(rows, keys, "optimizer.lr=0.001")[0] == what == "optimizer.lr=0.001"  # the column's name works too
+    (r2, b2, n2, m2, lo2, hi2), (r3, b3, n3, m3, lo3, hi3) = diffs
+    assert b2 is b3 is rows[0]
     assert n2 == 4 and m2 == pytest.approx(0.10) and lo2 > 0  # a real improvement (the 0.50 duplicate not taken)
     assert lo3 < 0 < hi3  # within the seed spread: no difference shown
     main([str(sweep), "--baseline", "model.optimizer.lr=0.001"])
@@ -146,7 +148,7 @@ def test_split_protocol_column_overlap_and_reproducibility_flags(tmp_path):
     assert lines[0].startswith("| protocol | seeds | test overlap | oa |")
     assert lines[1].startswith("| blocks 28 | 3 (~) | 0.0 % | 72.00 ± 2.65 |")
     assert lines[2].startswith("| pixels | 3 | 99.8 % | **82.00 ± 2.00** |")
-    assert "| protocol=blocks 28 | 3 | -10.00 |" in text
+    assert "| protocol=blocks 28 | protocol=pixels | 3 | -10.00 |" in text
     assert "(~) runs of one configuration that differ in how they could be repeated" in text
     assert "deterministic, 2 threads" in text and "not deterministic, 1-2 threads" in text
     assert "8 of 9 runs deterministic=true" in text
@@ -162,3 +164,30 @@ def test_a_command_line_that_narrows_an_experiments_sweep_is_counted_as_hydra_ru
     assert collect([sweep])[1] == 2
     multirun(sweep, ["experiment=compare"], sweeper={"params": {"backbone": "spvm,cnn", "seed": "1,2,3"}})
     assert collect([sweep])[1] == 6
+
+
+def test_a_baseline_key_pairs_each_row_within_the_other_keys_and_the_figure_is_written(tmp_path):
+    """Nets x datasets, the sweep's own baseline (net=das2f, from its config): each net against DAS²F on the same
+    dataset (not every row against one row); keys one net has and the other has not do not part the pairs."""
+    import csv
+
+    sweep = tmp_path / "sweep"
+    n = 0
+    for seed in (1, 2, 3):
+        for data, gain in (("one", 0.10), ("two", -0.20)):
+            for name, net, oa in (("das2f", {"name": "das2f", "stages": 1}, 0.5 + 0.01 * seed),
+                                  ("mft", {"name": "mft", "width": 64}, 0.5 + 0.01 * seed + gain + 0.001 * seed)):
+                job(sweep, n, seed, 0.001, oa, dataset={"name": data}, net=net, baseline="net=das2f",
+                    overrides=[f"net={name}", f"dataset={data}", f"seed={seed}"])
+                n += 1
+    multirun(sweep, ["net=das2f,mft", "dataset=one,two", "seed=1,2,3"])
+    main([str(sweep)])
+    text = (sweep / "report.md").read_text()
+    assert "net=das2f with the same other columns" in text
+    lines = text.splitlines()
+    assert lines[0] == "| dataset.name | net | seeds | oa | aa | kappa | f1 | acc_a | acc_b |"  # no column per net's key
+    assert "| dataset.name=one, net=mft | dataset.name=one, net=das2f | 3 | +10.20 | [+9.95, +10.45] | excludes 0 |" in lines
+    assert "| dataset.name=two, net=mft | dataset.name=two, net=das2f | 3 | -19.80 | [-20.05, -19.55] | excludes 0 |" in lines
+    figure = sweep / "report.png"
+    assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
+    assert len(list(csv.reader((sweep / "report.csv").read_text().splitlines()))) == 5

@@ -29,6 +29,7 @@ import csv
 import json
 import math
 import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -361,9 +362,12 @@ def write_figure(keys, rows, baseline: tuple, path: Path) -> None:
             right.errorbar([100 * mean], [y], xerr=err, fmt="o", color=color, capsize=3)
     left.set_yticks(range(len(rows)), labels)
     left.invert_yaxis()
-    left.set_xlabel("test OA (%): each seed (dots) and the mean (diamond)")
+    left.set_title("test OA: each seed (dots), the mean (diamond)", fontsize=10)
+    left.set_xlabel("test OA (%)")
     right.axvline(0, color="black", lw=0.8)
-    right.set_xlabel(f"ΔOA (points) against {what or 'the baseline'}, 95 % CI" if what else "no baseline")
+    right.set_title(textwrap.fill(f"paired difference against {what}, 95 % interval" if what else "no baseline", 48),
+                    fontsize=10)
+    right.set_xlabel("ΔOA (points)")
     for ax in (left, right):
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

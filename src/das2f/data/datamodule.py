@@ -257,8 +257,11 @@ class MsPanDataModule(L.LightningDataModule):
         ds = self.sets[split]
         sampler = ChunkBatchSampler(len(ds), self.batch_size, self.window, shuffle=shuffle, seed=self.seed)
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        # the workers' seeds come from a generator of the loader's own: the global one is the model's (dropout,
+        # augmentation), saved in checkpoints, and a loader started on resume would otherwise draw from it
         return DataLoader(ds, batch_size=None, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                          generator=torch.Generator().manual_seed(self.seed),
                           **(self.worker_options(self.num_workers, rank) if self.worker_options else {}))
 
     def train_dataloader(self):

@@ -61,7 +61,14 @@ class PatchClassifier(nn.Module):
 
 
 def build_net(config: dict) -> nn.Module:
-    """A net from its config (``_target_`` and arguments; ``name``, the report's ``net`` column, is not one)."""
+    """A net from its config (``_target_`` and arguments; ``name``, the report's ``net`` column, is not one). A
+    geometry the net refuses raises its ConfigError itself, not wrapped in Hydra's InstantiationException."""
     import hydra
+    from hydra.errors import InstantiationException
 
-    return hydra.utils.instantiate({k: v for k, v in config.items() if k != "name"})
+    try:
+        return hydra.utils.instantiate({k: v for k, v in config.items() if k != "name"})
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise

@@ -165,8 +165,8 @@ def check_net_options(overrides: list[str]) -> None:
 
 
 def values_of(override) -> list[str]:
-    """An override's value(s) as text: a sweep's each, a single value alone."""
+    """An override's value(s) as text: a sweep's each, a list's each (``experiment=[gid5,zoo]``), a value alone."""
     if override.is_sweep_override():
         return [str(v) for v in override.sweep_string_iterator()]
     value = override.value()
-    return ["null" if value is None else str(value)]
+    return [str(v) for v in value] if isinstance(value, list) else ["null" if value is None else str(value)]

@@ -57,7 +57,8 @@ class Das2fClassifier(L.LightningModule):
             progress = self.global_step / max(1, self.trainer.estimated_stepping_batches)
             loss, logits, extra = self.net.training_loss(batch["ms"], batch["pan"], batch["label"], self.criterion,
                                                          progress)
-            self.log_dict({f"train/{k}": v for k, v in extra.items()}, batch_size=len(logits))
+            self.log_dict({f"train/{k}": v for k, v in extra.items()}, on_step=False, on_epoch=True,
+                          batch_size=len(logits))  # epoch means: train/phase is 1, 2, or between at the switch
         else:
             logits = self(batch["ms"], batch["pan"])
             loss = self.criterion(logits, batch["label"])
@@ -107,11 +108,27 @@ class Das2fClassifier(L.LightningModule):
         self.train_loss.reset()
 
     def on_load_checkpoint(self, checkpoint):
-        """A checkpoint written before the training metrics were saved in it: they start from their initial state."""
+        """A checkpoint written before the training metrics were saved in it: they start from their initial state.
+        Its random state (dropout, augmentation) is set back when training starts again (on_train_start)."""
         state = checkpoint["state_dict"]
         for key, value in self.state_dict().items():
             if key.startswith(("metrics.train_.", "train_loss.", "val_oa_best.")) and key not in state:
                 state[key] = value
+        self.saved_rng = checkpoint.get("rng_states")
+
+    def on_save_checkpoint(self, checkpoint):
+        """The random state that training draws from (dropout, augmentation), so that a resumed run draws what the
+        run that never stopped drew (the data order has its own seeds: das2f.data.datamodule)."""
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_train_start(self):
+        """Resumed: the checkpoint's random state, after the sanity check and before the first batch is drawn."""
+        saved, self.saved_rng = getattr(self, "saved_rng", None), None
+        if saved is not None:
+            torch.set_rng_state(saved["torch"])
+            if saved["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(saved["cuda"])
 
     def on_validation_epoch_end(self):
         values = self._log_epoch("val")
