@@ -16,8 +16,8 @@ from das2f.train import run
 from .conftest import SHARED, compose_in
 
 CONF = Path(CONF_DIR)
-NARROW = ["model.net.d_state=4", "model.net.dt_rank=4", "model.net.hidden=32", "data.num_workers=0",
-          "data.batch_size=16", "debug=fast"]
+DAS2F_NARROW = ["model.net.d_state=4", "model.net.dt_rank=4", "model.net.hidden=32"]  # DAS²F's sizes, narrowed
+NARROW = ["data.num_workers=0", "data.batch_size=16", "debug=fast"]
 SYNTH = ["dataset.generate.size=48", "dataset.split.train=6", "dataset.split.val=3", "dataset.split.test=4"]
 GROUPS = ["dataset", "data", "model", "net", "backbone", "fusion", "cmda", "trainer", "logger", "callbacks", "experiment",
           "variant", "hparams_search", "debug"]
@@ -56,8 +56,8 @@ def stand_in_files(raw: Path, cfg) -> None:
 
 
 def config(tmp_path: Path, group: str, option: str):
-    narrow = NARROW[3:] if group == "net" and option != "das2f" else NARROW
-    over = [f"{group}={option}", *narrow]  # (DAS²F's sizes narrowed; another net's are its own)
+    sizes = [] if group == "net" and option != "das2f" else DAS2F_NARROW  # another net keeps its own sizes
+    over = [f"{group}={option}", *sizes, *NARROW]
     gid5 = group == "experiment" and option.startswith("gid5")  # gid5 (tiles), gid5_pixels, gid5_blocks
     dataset = option if group == "dataset" else ("gid5" if gid5 else "synthetic")
     if dataset == "synthetic":

@@ -29,6 +29,7 @@ class Das2fClassifier(L.LightningModule):
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
         class_names, class_weights = plain(class_names), plain(class_weights)
         self.save_hyperparameters(logger=False)
+        self.saved_rng = None  # a checkpoint's random state, until training starts again (on_train_start)
         self.net = build_net(net)
         if compile:
             # torch.compile of the network in place (its state_dict keys unchanged); the cpu scan backend is
@@ -124,7 +125,7 @@ class Das2fClassifier(L.LightningModule):
 
     def on_train_start(self):
         """Resumed: the checkpoint's random state, after the sanity check and before the first batch is drawn."""
-        saved, self.saved_rng = getattr(self, "saved_rng", None), None
+        saved, self.saved_rng = self.saved_rng, None
         if saved is not None:
             torch.set_rng_state(saved["torch"])
             if saved["cuda"] and torch.cuda.is_available():
